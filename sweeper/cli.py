@@ -1,0 +1,108 @@
+"""`python -m sweeper run FILE ...` and `python -m sweeper ui`.
+
+Bad input (a file, key or value) is one line on stderr and exit code 2, before anything starts.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import subprocess
+import sys
+
+from sweeper.spec import SweepError
+
+EXIT_BAD_INPUT = 2
+
+
+def main(argv=None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        return args.command(args)
+    except (SweepError, ValueError, FileNotFoundError) as e:
+        # ConfigError and DatasetError are ValueErrors; the message already names the culprit.
+        print(f"sweeper: error: {str(e).splitlines()[0] if str(e) else type(e).__name__}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m sweeper", description=__doc__.splitlines()[0])
+    commands = parser.add_subparsers(required=True, metavar="COMMAND")
+    run = commands.add_parser("run", help="run the sweep a search-space file defines")
+    run.add_argument("file", help="search-space file, e.g. search_spaces/wgangp.py")
+    run.add_argument("--quick", action="store_true", help="CPU-sized budget: few trials, 32 px, few evals")
+    run.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                     help="override a fixed config value (type-checked; repeatable)")
+    run.add_argument("--num-samples", type=int, help="number of trials")
+    run.add_argument("--data", help="dataset: toy-faces (default) or a folder of images (class = subfolder)")
+    run.add_argument("--name", help="sweep name (MLflow experiment and registered model prefix)")
+    run.add_argument("--dry-run", action="store_true", help="validate and print the resolved sweep; start nothing")
+    run.set_defaults(command=_run)
+    ui = commands.add_parser("ui", help="open the MLflow UI on the sweep store (127.0.0.1)")
+    ui.add_argument("--port", type=int, default=5000)
+    ui.set_defaults(command=_ui)
+    return parser
+
+
+def _run(args) -> int:
+    from sweeper.loader import load_sweep
+    from trainables.data import check_source
+
+    sweep = load_sweep(args.file).resolve(
+        quick=args.quick, overrides=args.overrides, num_samples=args.num_samples, data=args.data, name=args.name)
+    check_source(sweep.config.data)
+    if args.dry_run:
+        print(describe(sweep))
+        return 0
+
+    from sweeper.run import run_sweep  # imports Ray and MLflow: only when a sweep really runs
+    summary = run_sweep(sweep, sweep_file=args.file, quick=args.quick)
+    print(_report(summary))
+    return 0
+
+
+def describe(sweep) -> str:
+    from sweeper.tracking import default_tracking_uri
+
+    fixed = {k: v for k, v in dataclasses.asdict(sweep.config).items() if k not in sweep.space}
+    lines = [f"sweep {sweep.name}: {sweep.num_samples} trials of {sweep.trainable.__name__}, "
+             f"{sweep.mode}imising {sweep.metric}",
+             "fixed config:", *(f"  {k} = {v!r}" for k, v in fixed.items()),
+             "search space:", *(f"  {k}: {_domain(d)}" for k, d in sweep.space.items()),
+             "warm start:", *(f"  {p}" for p in sweep.warm_start),
+             f"searcher: {sweep.searcher}", f"scheduler: {sweep.scheduler} on eval_period, max {sweep.config.num_evals}",
+             f"resources per trial: {sweep.resources}", f"mlflow: {default_tracking_uri()}"]
+    return "\n".join(lines)
+
+
+def _domain(domain) -> str:
+    if hasattr(domain, "categories"):
+        return f"choice {list(domain.categories)}"
+    sampler = type(getattr(domain, "sampler", None)).__name__.lstrip("_").lower()
+    return f"{type(domain).__name__.lower()} [{domain.lower}, {domain.upper}) {sampler}"
+
+
+def _report(summary) -> str:
+    from sweeper.registry import model_name
+
+    config = ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in summary.best_config.items())
+    outcomes = summary.table["outcome"].value_counts().to_dict()
+    return "\n".join([
+        "",
+        f"trials: {len(summary.table)} ({', '.join(f'{n} {o}' for o, n in outcomes.items())})",
+        f"best trial: {summary.best_trial}  fid {summary.best_fid:.2f}  (feature extractor: {summary.tracking.extractor})",
+        f"best config: {config}",
+        f"registered model: models:/{model_name(summary.sweep_name)}@best (version {summary.model_version})",
+        f"MLflow store: {summary.tracking.uri}",
+        "open the UI: python -m sweeper ui   (then http://127.0.0.1:5000)",
+    ])
+
+
+def _ui(args) -> int:
+    from sweeper.tracking import default_tracking_uri
+
+    uri = default_tracking_uri()
+    print(f"MLflow UI for {uri} on http://127.0.0.1:{args.port}")
+    command = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri,
+               "--host", "127.0.0.1", "--port", str(args.port)]
+    return subprocess.call(command, env=os.environ.copy())

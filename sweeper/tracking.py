@@ -1,0 +1,110 @@
+"""MLflow: one experiment per sweep, a parent run for the sweep, one nested child run per trial.
+
+One writer for structure: the driver creates the experiment and the parent run, closes runs and
+registers models; a trial writes only into its own child run, which it finds again by trial id
+when Ray retries or resumes it, so a trial never has two runs.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from mlflow.entities import Metric, Param, RunTag
+from mlflow.tracking import MlflowClient
+
+SWEEPS_DIR = Path("sweeps")
+TRIAL_TAG = "sweeper.trial_id"
+EXTRACTOR_TAG = "sweeper.fid_extractor"
+PARENT_TAG = "mlflow.parentRunId"
+
+
+def default_tracking_uri() -> str:
+    """MLFLOW_TRACKING_URI when set (a cluster's `mlflow server`), else the local sqlite store."""
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{(SWEEPS_DIR / 'mlflow.db').resolve()}"
+
+
+def local_artifact_root() -> str:
+    return (SWEEPS_DIR / "mlartifacts").resolve().as_uri()
+
+
+@dataclass(frozen=True)
+class Tracking:
+    """Where a sweep's runs live; small and picklable, so it travels to every trial."""
+    uri: str
+    experiment_id: str
+    parent_run_id: str
+    extractor: str
+
+    def client(self) -> MlflowClient:
+        return MlflowClient(self.uri)
+
+
+def open_sweep(name: str, uri: str, *, extractor: str, params: dict, tags: dict) -> Tracking:
+    """Driver: get or create the sweep's experiment and start its parent run."""
+    if uri.startswith("sqlite:"):
+        SWEEPS_DIR.mkdir(parents=True, exist_ok=True)
+    client = MlflowClient(uri)
+    experiment = client.get_experiment_by_name(name)
+    if experiment is None:
+        location = local_artifact_root() + f"/{name}" if uri.startswith("sqlite:") else None
+        experiment_id = client.create_experiment(name, artifact_location=location)
+    else:
+        experiment_id = experiment.experiment_id
+    run = client.create_run(experiment_id, run_name=f"{name}-{time.strftime('%Y%m%d-%H%M%S')}",
+                            tags={**tags, EXTRACTOR_TAG: extractor})
+    _log_params(client, run.info.run_id, params)
+    return Tracking(uri, experiment_id, run.info.run_id, extractor)
+
+
+def trial_run_id(tracking: Tracking, trial_id: str, trial_name: str, params: dict) -> str:
+    """Trial: its child run, found again by trial id on a retry, created on the first attempt."""
+    client = tracking.client()
+    existing = client.search_runs(
+        [tracking.experiment_id],
+        filter_string=f"tags.`{TRIAL_TAG}` = '{trial_id}' and tags.`{PARENT_TAG}` = '{tracking.parent_run_id}'",
+        max_results=1)
+    if existing:
+        client.update_run(existing[0].info.run_id, status="RUNNING")
+        return existing[0].info.run_id
+    run = client.create_run(tracking.experiment_id, run_name=trial_name, tags={
+        PARENT_TAG: tracking.parent_run_id, TRIAL_TAG: trial_id, EXTRACTOR_TAG: tracking.extractor})
+    _log_params(client, run.info.run_id, params)
+    return run.info.run_id
+
+
+def log_eval(tracking: Tracking, run_id: str, metrics: dict, grid_png: Path | None) -> None:
+    """Trial: one eval period's metrics at step = eval period, and its sample grid."""
+    client = tracking.client()
+    step = int(metrics["eval_period"])
+    now = int(time.time() * 1000)
+    client.log_batch(run_id, metrics=[Metric(k, float(v), now, step) for k, v in metrics.items()])
+    if grid_png is not None and grid_png.exists():
+        with tempfile.TemporaryDirectory() as tmp:
+            named = Path(tmp) / f"eval_{step:04d}.png"
+            shutil.copyfile(grid_png, named)
+            client.log_artifact(run_id, str(named), artifact_path="grids")
+
+
+def child_runs(tracking: Tracking) -> dict[str, str]:
+    """trial id -> child run id, for every trial of this sweep."""
+    runs = tracking.client().search_runs(
+        [tracking.experiment_id], filter_string=f"tags.`{PARENT_TAG}` = '{tracking.parent_run_id}'",
+        max_results=10_000)
+    return {r.data.tags[TRIAL_TAG]: r.info.run_id for r in runs if TRIAL_TAG in r.data.tags}
+
+
+def _log_params(client: MlflowClient, run_id: str, params: dict) -> None:
+    client.log_batch(run_id, params=[Param(k, str(v)) for k, v in sorted(params.items())])
+
+
+def config_params(config) -> dict:
+    return dataclasses.asdict(config)
+
+
+__all__ = ["Tracking", "open_sweep", "trial_run_id", "log_eval", "child_runs", "default_tracking_uri",
+           "config_params", "RunTag"]

@@ -1,0 +1,65 @@
+import itertools
+
+import pytest
+import torch
+
+from trainables.config import D_NORMS, G_NORMS, LOSSES, ConfigError, GANConfig
+from trainables.models import build_models
+from trainables.training.optim import build_optimizers
+from trainables.training.step import sample_batch, train_step
+
+
+@pytest.mark.parametrize("resolution", [32, 64])
+def test_shapes_follow_resolution(resolution):
+    cfg = GANConfig(resolution=resolution, z_dim=16, g_width=8, d_width=8)
+    G, D = build_models(cfg)
+    images = G(torch.randn(3, 16))
+    assert images.shape == (3, 3, resolution, resolution)
+    assert images.abs().max() <= 1
+    assert D(images).shape == (3,)
+
+
+def _allowed_combinations():
+    for loss, g_norm, d_norm, optimizer in itertools.product(LOSSES, G_NORMS, D_NORMS, ("adam", "rmsprop")):
+        cfg = GANConfig(loss=loss, g_norm=g_norm, d_norm=d_norm, optimizer=optimizer, resolution=32,
+                        z_dim=8, g_width=4, d_width=4, batch_size=4, n_critic=2)
+        try:
+            yield cfg.validate()
+        except ConfigError:
+            continue
+
+
+def test_every_allowed_combination_takes_two_steps():
+    configs = list(_allowed_combinations())
+    assert len(configs) == 2 * 4 * 4 * 2 - 4 * 2  # only batch-norm in a WGAN-GP critic is refused
+    images = torch.randint(0, 256, (16, 3, 32, 32), dtype=torch.uint8)
+    for cfg in configs:
+        torch.manual_seed(0)
+        G, D = build_models(cfg)
+        opt_g, opt_d = build_optimizers(cfg, G, D)
+        before = [p.detach().clone() for p in G.parameters()]
+        losses = torch.stack([train_step(cfg, G, D, opt_g, opt_d, images) for _ in range(2)])
+        assert torch.isfinite(losses).all(), cfg
+        assert any(not torch.equal(a, b) for a, b in zip(before, G.parameters())), cfg
+
+
+def test_batches_are_scaled_and_sampled_from_the_data():
+    images = torch.full((4, 3, 8, 8), 255, dtype=torch.uint8)
+    images[:, :, :, :4] = 0
+    batch = sample_batch(images, 64)
+    assert batch.shape == (64, 3, 8, 8)
+    assert set(batch.unique().tolist()) == {-1.0, 1.0}
+    # Half the rows are mirrored: left half dark in some samples, bright in others.
+    left = batch[:, 0, 0, 0]
+    assert (left == -1).any() and (left == 1).any()
+
+
+def test_illegal_configs_are_refused_with_the_key_named():
+    with pytest.raises(ConfigError, match="d_norm"):
+        GANConfig(loss="wgan-gp", d_norm="batch").validate()
+    with pytest.raises(ConfigError, match="resolution"):
+        GANConfig(resolution=48).validate()
+    with pytest.raises(ConfigError, match="loss"):
+        GANConfig(loss="wasserstein").validate()
+    with pytest.raises(ConfigError, match="unknown config key: 'lr'"):
+        GANConfig().replace(lr=1e-3)

@@ -1,0 +1,90 @@
+"""The Sweep spec, --set overrides and the CLI's handling of bad input (no Ray started)."""
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from ray import tune
+
+from sweeper import Sweep, SweepError
+from sweeper.loader import load_sweep
+from sweeper.spec import parse_overrides
+from trainables.config import GANConfig
+
+REPO = Path(__file__).resolve().parents[1]
+WGANGP = REPO / "search_spaces" / "wgangp.py"
+
+
+def test_overrides_are_typed_from_the_config():
+    assert parse_overrides(["z_dim=32", "g_lr=1e-3", "loss=bce"]) == {"z_dim": 32, "g_lr": 1e-3, "loss": "bce"}
+
+
+@pytest.mark.parametrize("item, message", [
+    ("nope=1", "--set nope: unknown config key"),
+    ("z_dim=abc", "--set z_dim=abc: expected int"),
+    ("z_dim", "expected key=value"),
+])
+def test_bad_overrides_name_the_key(item, message):
+    with pytest.raises(SweepError, match=message):
+        parse_overrides([item])
+
+
+def test_quick_changes_only_the_budget():
+    sweep = load_sweep(WGANGP)
+    quick = sweep.resolve(quick=True)
+    assert quick.config.resolution == 32 and quick.num_samples < sweep.num_samples
+    assert quick.config.loss == sweep.config.loss == "wgan-gp"
+    assert quick.space == sweep.space and quick.warm_start == sweep.warm_start
+
+
+def test_space_values_are_validated_before_anything_runs():
+    base = GANConfig(loss="wgan-gp")
+    with pytest.raises(SweepError, match="space.d_norm: d_norm: 'batch' is not allowed"):
+        Sweep("s", base, space={"d_norm": tune.choice(["instance", "batch"])}).validate()
+    with pytest.raises(SweepError, match="space.lr: unknown config key"):
+        Sweep("s", base, space={"lr": tune.loguniform(1e-4, 1e-3)}).validate()
+    with pytest.raises(SweepError, match="space.g_lr: g_lr: must be in"):
+        Sweep("s", base, space={"g_lr": tune.uniform(0.5, 2.0)}).validate()
+    with pytest.raises(SweepError, match="warm_start\\[0\\]: key 'beta1' is not in the search space"):
+        Sweep("s", base, space={"g_lr": tune.loguniform(1e-4, 1e-3)}, warm_start=[{"beta1": 0.0}]).validate()
+
+
+def test_setting_a_searched_key_is_refused():
+    with pytest.raises(SweepError, match="--set g_lr: the key is searched"):
+        load_sweep(WGANGP).resolve(overrides=["g_lr=1e-3"])
+
+
+def _cli(*args, cwd):
+    env = {**os.environ, "SWEEPER_OFFLINE": "1"}
+    return subprocess.run([sys.executable, "-m", "sweeper", *args], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=120)
+
+
+@pytest.mark.parametrize("args, fragment", [
+    (["--set", "nope=1"], "nope"),
+    (["--set", "z_dim=abc"], "z_dim=abc"),
+    (["--set", "loss=wasserstein"], "wasserstein"),
+    (["--data", "/no/such/folder"], "/no/such/folder"),
+    (["--num-samples", "0"], "num_samples"),
+])
+def test_cli_bad_input_is_one_line_exit_2_and_writes_nothing(tmp_path, args, fragment):
+    result = _cli("run", str(WGANGP), "--quick", *args, cwd=tmp_path)
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("sweeper: error:") and fragment in lines[0], result.stderr
+    assert list(tmp_path.iterdir()) == []  # no sweeps/, no store, nothing half-written
+
+
+def test_cli_missing_file_is_exit_2(tmp_path):
+    result = _cli("run", "search_spaces/nope.py", cwd=tmp_path)
+    assert result.returncode == 2 and "search_spaces/nope.py" in result.stderr
+
+
+def test_dry_run_prints_the_resolved_sweep_without_starting_ray(tmp_path):
+    result = _cli("run", str(WGANGP), "--quick", "--set", "seed=3", "--dry-run", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "sweep wgangp: 6 trials" in result.stdout
+    assert "seed = 3" in result.stdout and "resolution = 32" in result.stdout
+    assert "g_lr: float" in result.stdout and "d_norm: choice ['instance', 'layer', 'none']" in result.stdout
+    assert list(tmp_path.iterdir()) == []

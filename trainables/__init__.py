@@ -1,0 +1,1 @@
+"""Ray-free training code: configs, data, models, losses, training loops and metrics."""

@@ -1,0 +1,87 @@
+"""The in-memory dataset every trainer consumes: uint8 NCHW images, int64 labels, a content hash."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+
+import numpy as np
+
+
+class DatasetError(ValueError):
+    """A dataset that cannot be used; the message is one line naming the bad file, path or value."""
+
+
+@dataclass(frozen=True, eq=False)
+class ImageSet:
+    """Build with `make_imageset`, which validates the arrays and computes the fingerprint.
+
+    `eq=False` because comparing two sets element-wise is never wanted; compare `fingerprint`s.
+    The arrays stay writable (torch.from_numpy warns on read-only ones), but writing into them
+    makes `fingerprint` stale: treat them as read-only.
+    """
+
+    images: np.ndarray  # uint8 [N, 3, R, R], C-contiguous
+    labels: np.ndarray  # int64 [N], indices into `classes`
+    classes: tuple[str, ...]
+    fingerprint: str  # sha256 of the content, so the same photos at two paths share one cache entry
+    skipped: dict[str, int] = field(default_factory=dict)  # unreadable files by reason
+
+    @property
+    def resolution(self) -> int:
+        return int(self.images.shape[-1])
+
+    def __len__(self) -> int:
+        return int(self.images.shape[0])
+
+
+def make_imageset(
+    images: np.ndarray,
+    labels: np.ndarray,
+    classes: tuple[str, ...] | list[str],
+    skipped: dict[str, int] | None = None,
+) -> ImageSet:
+    """Validate shapes and dtypes, make the arrays C-contiguous and fingerprint the content."""
+    classes = tuple(classes)
+    images = _check_images(images)
+    labels = _check_labels(labels, len(images), len(classes))
+    if not all(isinstance(c, str) and c for c in classes):
+        raise DatasetError(f"class names must be non-empty strings, got {classes!r}")
+    if len(set(classes)) != len(classes):
+        raise DatasetError(f"class names must be unique, got {classes!r}")
+    return ImageSet(
+        images=images,
+        labels=labels,
+        classes=classes,
+        fingerprint=fingerprint(images, labels, classes),
+        skipped=dict(skipped or {}),
+    )
+
+
+def fingerprint(images: np.ndarray, labels: np.ndarray, classes: tuple[str, ...]) -> str:
+    """sha256 hex of shape, pixels, labels and class names; never of a path or a timestamp."""
+    h = hashlib.sha256()
+    h.update(b"sweeper-imageset-v1\0")  # bump if the layout hashed here ever changes
+    h.update(json.dumps([list(images.shape), list(classes)]).encode())
+    h.update(memoryview(images).cast("B"))
+    h.update(memoryview(labels.astype("<i8", copy=False)).cast("B"))
+    return h.hexdigest()
+
+
+def _check_images(images: np.ndarray) -> np.ndarray:
+    if not isinstance(images, np.ndarray) or images.dtype != np.uint8:
+        got = getattr(images, "dtype", type(images).__name__)
+        raise DatasetError(f"images must be a uint8 numpy array, got {got}")
+    if images.ndim != 4 or images.shape[1] != 3 or images.shape[2] != images.shape[3]:
+        raise DatasetError(f"images must have shape [N, 3, R, R], got {list(images.shape)}")
+    return np.ascontiguousarray(images)
+
+
+def _check_labels(labels: np.ndarray, n: int, n_classes: int) -> np.ndarray:
+    labels = np.asarray(labels)
+    if not np.issubdtype(labels.dtype, np.integer) or labels.shape != (n,):
+        raise DatasetError(f"labels must be integers of shape [{n}], got {labels.dtype} {list(labels.shape)}")
+    if n and (labels.min() < 0 or labels.max() >= n_classes):
+        raise DatasetError(f"labels must lie in [0, {n_classes}), got [{labels.min()}, {labels.max()}]")
+    return np.ascontiguousarray(labels, dtype=np.int64)

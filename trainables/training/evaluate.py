@@ -1,0 +1,40 @@
+"""Between-step evaluation: samples from G, their FID against the real data, and the sample grid."""
+import numpy as np
+import torch
+from torchvision.utils import save_image
+
+from trainables.metrics import extract, feature_stats, frechet_distance
+
+
+def to_uint8(x: torch.Tensor) -> torch.Tensor:
+    return x.add(1.0).mul(127.5).round().clamp(0, 255).to(torch.uint8)
+
+
+@torch.no_grad()
+def generate(G, n: int, z_dim: int, seed: int, batch_size: int = 250) -> torch.Tensor:
+    """n uint8 samples. Uses its own RNG so evaluating never shifts the training RNG stream
+    (exact resume depends on that); eval mode so batch-norm uses its running statistics."""
+    device = next(G.parameters()).device
+    gen = torch.Generator(device=device).manual_seed(seed)
+    was_training = G.training
+    G.eval()
+    chunks = [to_uint8(G(torch.randn(min(batch_size, n - i), z_dim, device=device, generator=gen)))
+              for i in range(0, n, batch_size)]
+    G.train(was_training)
+    return torch.cat(chunks)
+
+
+def fid(G, cfg, extractor, ref_stats) -> float:
+    feats = extract(extractor, generate(G, cfg.fid_samples, cfg.z_dim, seed=cfg.seed + 1))
+    mu, sigma = feature_stats(feats)
+    return frechet_distance(mu, sigma, ref_stats.mu, ref_stats.sigma)
+
+
+@torch.no_grad()
+def save_grid(G, fixed_z: torch.Tensor, path) -> None:
+    """The same z every eval, so grids of one trial (and of trials with equal z_dim and seed) compare."""
+    was_training = G.training
+    G.eval()
+    images = G(fixed_z)
+    G.train(was_training)
+    save_image(images, path, nrow=int(np.sqrt(len(fixed_z))), normalize=True, value_range=(-1, 1))
