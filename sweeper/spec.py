@@ -42,7 +42,7 @@ class Quick:
     """What `--quick` changes: the budget only (trial count, image size, steps, samples)."""
     num_samples: int = 6
     config: dict = field(default_factory=lambda: dict(
-        resolution=32, g_width=16, d_width=16, batch_size=32, steps_per_eval=30, num_evals=4,
+        resolution=32, g_width=16, d_width=16, batch_size=32, steps_per_eval=20, num_evals=4,
         fid_samples=512, ref_samples=1024))
 
 

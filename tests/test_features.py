@@ -180,12 +180,12 @@ def test_download_is_hash_checked_and_atomic(monkeypatch, tmp_path, local_server
     monkeypatch.setattr(features_module, "INCEPTION_URL", f"{url}/w.pth")
     monkeypatch.setattr(features_module, "INCEPTION_SHA256_PREFIX", prefix)
     monkeypatch.delenv("SWEEPER_OFFLINE")
+    monkeypatch.setenv("SWEEPER_CACHE", str(tmp_path / "cache"))
     path = features_module._download_weights()
     fid_cache = features_module.cache_dir() / "fid"
     if good_hash:
         assert path == str(fid_cache / features_module.INCEPTION_FILE)
         assert Path(path).read_bytes() == payload
-        Path(path).unlink()  # the cache is shared by this session's tests
+        assert [p.name for p in fid_cache.iterdir()] == [features_module.INCEPTION_FILE]  # no temp file left
     else:
-        assert path is None
-    assert list(fid_cache.iterdir()) == []  # no temp file left behind
+        assert path is None and list(fid_cache.iterdir()) == []

@@ -178,8 +178,8 @@ def load_extractor(device: str | torch.device = "cpu") -> Extractor:
         return InceptionFeatures(path, device)
     message = (
         f"FID uses random conv features (random-conv-v1-seed0) because the Inception weights are missing: "
-        f"FID numbers are NOT comparable to published ones; to get the standard FID set SWEEPER_FID_WEIGHTS "
-        f"to {INCEPTION_FILE} or run once online to cache it in {cache_dir() / 'fid'}."
+        f"FID numbers are NOT comparable to published ones; for the standard FID, download {INCEPTION_URL} "
+        f"and set SWEEPER_FID_WEIGHTS to its path, or run once online to cache it in {cache_dir() / 'fid'}."
     )
     warnings.warn(message, FIDFallbackWarning, stacklevel=2)
     log.warning(message)
