@@ -99,10 +99,13 @@ def _report(summary) -> str:
 
 
 def _ui(args) -> int:
-    from sweeper.tracking import default_tracking_uri
+    from sweeper.tracking import SWEEPS_DIR, default_tracking_uri, local_artifact_root
 
     uri = default_tracking_uri()
-    print(f"MLflow UI for {uri} on http://127.0.0.1:{args.port}")
     command = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri,
                "--host", "127.0.0.1", "--port", str(args.port)]
+    if uri.startswith("sqlite:"):
+        SWEEPS_DIR.mkdir(parents=True, exist_ok=True)
+        command += ["--default-artifact-root", local_artifact_root()]
+    print(f"MLflow UI for {uri} on http://127.0.0.1:{args.port}", flush=True)
     return subprocess.call(command, env=os.environ.copy())

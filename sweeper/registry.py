@@ -1,6 +1,4 @@
 """Log the best trial's generator as an MLflow PyTorch model, register it, alias it `best`."""
-import tempfile
-
 import mlflow
 import numpy as np
 import torch
@@ -26,7 +24,7 @@ def register_generator(tracking: Tracking, run_id: str, cfg, checkpoint, sweep_n
     # Batch of 2: torch.export specialises a batch of 1 to a constant; this keeps the batch dynamic.
     example = np.random.default_rng(0).standard_normal((2, cfg.z_dim)).astype(np.float32)
     mlflow.set_tracking_uri(tracking.uri)
-    with mlflow.start_run(run_id=run_id), tempfile.TemporaryDirectory():
+    with mlflow.start_run(run_id=run_id):
         info = mlflow.pytorch.log_model(
             G, name="generator", input_example=example, serialization_format="pt2",
             registered_model_name=model_name(sweep_name),

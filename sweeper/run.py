@@ -8,6 +8,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import pandas as pd
 import ray
 from ray import tune
 
@@ -33,7 +34,7 @@ class SweepSummary:
     best_config: dict
     model_version: str
     tracking: Tracking
-    table: "object"
+    table: pd.DataFrame
 
 
 def run_sweep(sweep: Sweep, *, sweep_file: str, quick: bool) -> SweepSummary:

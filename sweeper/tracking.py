@@ -14,7 +14,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from mlflow.entities import Metric, Param, RunTag
+from mlflow.entities import Metric, Param
 from mlflow.tracking import MlflowClient
 
 SWEEPS_DIR = Path("sweeps")
@@ -107,4 +107,4 @@ def config_params(config) -> dict:
 
 
 __all__ = ["Tracking", "open_sweep", "trial_run_id", "log_eval", "child_runs", "default_tracking_uri",
-           "config_params", "RunTag"]
+           "config_params"]

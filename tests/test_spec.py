@@ -88,3 +88,11 @@ def test_dry_run_prints_the_resolved_sweep_without_starting_ray(tmp_path):
     assert "seed = 3" in result.stdout and "resolution = 32" in result.stdout
     assert "g_lr: float" in result.stdout and "d_norm: choice ['instance', 'layer', 'none']" in result.stdout
     assert list(tmp_path.iterdir()) == []
+
+
+def test_trials_get_a_gpu_fraction_only_where_gpus_exist():
+    from sweeper.tuner import trial_resources
+
+    sweep = load_sweep(WGANGP)
+    assert trial_resources(sweep, gpus_available=0) == {"cpu": 1.0}
+    assert trial_resources(sweep, gpus_available=8) == {"cpu": 1.0, "gpu": 0.25}
