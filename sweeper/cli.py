@@ -64,15 +64,22 @@ def _run(args) -> int:
 def describe(sweep) -> str:
     from sweeper.tracking import default_tracking_uri
 
-    fixed = {k: v for k, v in dataclasses.asdict(sweep.config).items() if k not in sweep.space}
+    searched = sweep.searched_keys()
+    fixed = {k: v for k, v in dataclasses.asdict(sweep.config).items() if k not in searched}
     lines = [f"sweep {sweep.name}: {sweep.num_samples} trials of {sweep.trainable.__name__}, "
              f"{sweep.mode}imising {sweep.metric}",
              "fixed config:", *(f"  {k} = {v!r}" for k, v in fixed.items()),
-             "search space:", *(f"  {k}: {_domain(d)}" for k, d in sweep.space.items()),
-             "warm start:", *(f"  {p}" for p in sweep.warm_start),
+             "search space:", *_space_lines(sweep.space, searched),
+             "warm start:", *(f"  {sweep.warm_start_params(i)}" for i in range(len(sweep.warm_start))),
              f"searcher: {sweep.searcher}", f"scheduler: {sweep.scheduler} on eval_period, max {sweep.config.num_evals}",
              f"resources per trial: {sweep.resources}", f"mlflow: {default_tracking_uri()}"]
     return "\n".join(lines)
+
+
+def _space_lines(space, searched) -> list[str]:
+    if callable(space):
+        return [f"  define-by-run {space.__name__}(): {', '.join(sorted(searched))}"]
+    return [f"  {k}: {_domain(d)}" for k, d in space.items()]
 
 
 def _domain(domain) -> str:
@@ -92,6 +99,9 @@ def _report(summary) -> str:
         f"trials: {len(summary.table)} ({', '.join(f'{n} {o}' for o, n in outcomes.items())})",
         f"best trial: {summary.best_trial}  fid {summary.best_fid:.2f}  (feature extractor: {summary.tracking.extractor})",
         f"best config: {config}",
+        *([f"hand-tuned baseline (warm start): fid {summary.baseline_fid:.2f}, "
+           f"the sweep's best is {summary.baseline_fid - summary.best_fid:+.2f} better"]
+          if summary.baseline_fid is not None else []),
         f"registered model: models:/{model_name(summary.sweep_name)}@best (version {summary.model_version})",
         f"MLflow store: {summary.tracking.uri}",
         "open the UI: python -m sweeper ui   (then http://127.0.0.1:5000)",

@@ -1,4 +1,6 @@
 """What became of each trial: a table for the parent run, and each child run closed with its outcome."""
+import math
+
 import pandas as pd
 
 from sweeper.tracking import Tracking
@@ -41,3 +43,20 @@ def close_trial_runs(tracking: Tracking, table: pd.DataFrame, runs: dict) -> Non
             continue
         client.set_tag(row.run_id, "sweeper.outcome", row.outcome)
         client.set_terminated(row.run_id, status="FAILED" if row.outcome == ERROR else "FINISHED")
+
+
+def baseline(table: pd.DataFrame, sweep) -> float | None:
+    """The best metric among the warm-start (hand-tuned) trials, or None if none of them ran."""
+    column = f"best_{sweep.metric}"
+    values = [row[column] for _, row in table.iterrows()
+              if row["outcome"] != ERROR and any(_matches(row, sweep.warm_start_params(i))
+                                                 for i in range(len(sweep.warm_start)))]
+    if not values:
+        return None
+    return float(min(values) if sweep.mode == "min" else max(values))
+
+
+def _matches(row, params: dict) -> bool:
+    def same(a, b):
+        return math.isclose(a, b, rel_tol=1e-9) if isinstance(b, float) else a == b
+    return all(f"config.{k}" in row and same(row[f"config.{k}"], v) for k, v in params.items())

@@ -12,7 +12,7 @@ import pandas as pd
 import ray
 from ray import tune
 
-from sweeper.outcomes import close_trial_runs, trial_table
+from sweeper.outcomes import baseline, close_trial_runs, trial_table
 from sweeper.refstats import reference_stats
 from sweeper.registry import model_name, register_generator
 from sweeper.spec import Sweep
@@ -31,6 +31,7 @@ class SweepSummary:
     sweep_name: str
     best_trial: str
     best_fid: float
+    baseline_fid: float | None
     best_config: dict
     model_version: str
     tracking: Tracking
@@ -82,21 +83,30 @@ def _summarise(sweep: Sweep, results, tracking: Tracking) -> SweepSummary:
 
     client = tracking.client()
     client.log_metric(tracking.parent_run_id, f"best_{sweep.metric}", best_fid)
+    baseline_fid = baseline(table, sweep)
+    if baseline_fid is not None:
+        # How far the sweep's best beats the hand-tuned warm-start configs (positive = better).
+        sign = 1 if sweep.mode == "min" else -1
+        client.log_metric(tracking.parent_run_id, f"baseline_{sweep.metric}", baseline_fid)
+        client.log_metric(tracking.parent_run_id, f"{sweep.metric}_gain_over_baseline", sign * (baseline_fid - best_fid))
     client.set_tag(tracking.parent_run_id, "sweeper.best_trial", best.metrics["trial_id"])
     client.set_tag(tracking.parent_run_id, "sweeper.registered_model", f"{model_name(sweep.name)}/{version}")
     with tempfile.TemporaryDirectory() as tmp:
         table.to_parquet(Path(tmp) / "trials.parquet")
         (Path(tmp) / "summary.json").write_text(json.dumps(
             {"best_trial": best.metrics["trial_id"], f"best_{sweep.metric}": best_fid,
+             f"baseline_{sweep.metric}": baseline_fid,
              "best_config": dataclasses.asdict(best_cfg), "model": model_name(sweep.name),
              "model_version": version}, indent=2))
         client.log_artifacts(tracking.parent_run_id, tmp)
     client.set_terminated(tracking.parent_run_id, status="FINISHED")
-    return SweepSummary(sweep.name, best.metrics["trial_id"], best_fid, dict(best.config), version, tracking, table)
+    return SweepSummary(sweep.name, best.metrics["trial_id"], best_fid, baseline_fid, dict(best.config), version,
+                        tracking, table)
 
 
 def _sweep_params(sweep: Sweep) -> dict:
-    fixed = {k: v for k, v in dataclasses.asdict(sweep.config).items() if k not in sweep.space}
-    return {**fixed, "num_samples": sweep.num_samples, "searched": ",".join(sorted(sweep.space)),
+    searched = sweep.searched_keys()
+    fixed = {k: v for k, v in dataclasses.asdict(sweep.config).items() if k not in searched}
+    return {**fixed, "num_samples": sweep.num_samples, "searched": ",".join(sorted(searched)),
             "searcher": f"optuna-tpe(seed={sweep.searcher.seed})",
             "scheduler": f"asha(grace={sweep.scheduler.grace_period},rf={sweep.scheduler.reduction_factor})"}

@@ -8,6 +8,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Callable
 
+from sweeper.space import SpaceError, searched_keys, space_samples, warm_start_params
 from trainables.config import ConfigError, GANConfig, field_types
 from trainables.training.gan import train_gan
 
@@ -50,8 +51,8 @@ class Quick:
 class Sweep:
     name: str
     config: GANConfig                       # the fixed part of every trial's config
-    space: dict = field(default_factory=dict)        # config key -> ray.tune domain
-    warm_start: tuple = ()                  # hand-tuned configs tried first (Optuna points_to_evaluate)
+    space: object = field(default_factory=dict)  # {key: ray.tune domain} or define-by-run fn (sweeper.space)
+    warm_start: tuple = ()                  # hand-tuned points (dicts or GANConfigs) tried first
     trainable: Callable = train_gan
     metric: str = "fid"
     mode: str = "min"
@@ -70,15 +71,23 @@ class Sweep:
         if self.mode not in ("min", "max"):
             raise SweepError(f"mode: {self.mode!r} is not 'min' or 'max'")
         _config_or_error(self.config, {}, "config")
-        for key, domain in self.space.items():
-            for value in _corner_values(key, domain):
-                _config_or_error(self.config, {key: value}, f"space.{key}")
-        for i, point in enumerate(self.warm_start):
-            unknown = sorted(set(point) - set(self.space))
-            if unknown:
-                raise SweepError(f"warm_start[{i}]: key {unknown[0]!r} is not in the search space")
-            _config_or_error(self.config, point, f"warm_start[{i}]")
+        try:
+            for where, params in space_samples(self.space):
+                _config_or_error(self.config, params, where)
+            for i, point in enumerate(self.warm_start):
+                _config_or_error(self.config, self.warm_start_params(i), f"warm_start[{i}]")
+        except SpaceError as e:
+            raise SweepError(str(e)) from None
         return self
+
+    def warm_start_params(self, i: int) -> dict:
+        try:
+            return warm_start_params(self.space, self.warm_start[i])
+        except SpaceError as e:
+            raise SweepError(f"warm_start[{i}]: {e}") from None
+
+    def searched_keys(self) -> set[str]:
+        return searched_keys(self.space)
 
     def trial_config(self, sampled: dict) -> GANConfig:
         return self.config.replace(**sampled).validate()
@@ -98,7 +107,7 @@ class Sweep:
         return sweep.validate()
 
     def with_config(self, changes: dict, where: str) -> "Sweep":
-        searched = sorted(set(changes) & set(self.space))
+        searched = sorted(set(changes) & self.searched_keys())
         # A fixed value for a searched key would be silently ignored: say so instead.
         if searched and where == "--set":
             raise SweepError(f"--set {searched[0]}: the key is searched in this sweep; remove it from the space to fix it")
@@ -118,19 +127,6 @@ def _config_or_error(config: GANConfig, changes: dict, where: str) -> GANConfig:
         raise SweepError(f"{where}: {e}") from None
     except TypeError as e:
         raise SweepError(f"{where}: {e}") from None
-
-
-def _corner_values(key: str, domain) -> list:
-    """Values a ray.tune domain can produce that validation should see: every category, both bounds."""
-    if hasattr(domain, "categories"):
-        return list(domain.categories)
-    if hasattr(domain, "lower") and hasattr(domain, "upper"):
-        # ray.tune's randint upper bound is exclusive; floats never reach it either.
-        upper = domain.upper - 1 if isinstance(domain.upper, int) and isinstance(domain.lower, int) else domain.upper
-        return [domain.lower, upper]
-    if isinstance(domain, (list, tuple)) or not hasattr(domain, "sample"):
-        raise SweepError(f"space.{key}: expected a ray.tune domain (tune.choice, tune.loguniform, ...), got {domain!r}")
-    return []
 
 
 def parse_overrides(items) -> dict:

@@ -18,8 +18,13 @@ def trial_resources(sweep: Sweep, gpus_available: float) -> dict:
 
 
 def build_tuner(sweep: Sweep, trainable, *, storage_path: Path, run_name: str, gpus_available: float) -> tune.Tuner:
+    define_by_run = callable(sweep.space)
     searcher = OptunaSearch(
-        points_to_evaluate=[dict(p) for p in sweep.warm_start] or None,
+        # A define-by-run space is the searcher's own; Tune then cannot hand it metric and mode.
+        space=sweep.space if define_by_run else None,
+        metric=sweep.metric if define_by_run else None,
+        mode=sweep.mode if define_by_run else None,
+        points_to_evaluate=[sweep.warm_start_params(i) for i in range(len(sweep.warm_start))] or None,
         sampler=optuna.samplers.TPESampler(seed=sweep.searcher.seed,
                                            n_startup_trials=sweep.searcher.n_startup_trials))
     scheduler = ASHAScheduler(
@@ -27,7 +32,7 @@ def build_tuner(sweep: Sweep, trainable, *, storage_path: Path, run_name: str, g
         grace_period=sweep.scheduler.grace_period, reduction_factor=sweep.scheduler.reduction_factor)
     return tune.Tuner(
         tune.with_resources(trainable, trial_resources(sweep, gpus_available)),
-        param_space=dict(sweep.space),
+        param_space={} if define_by_run else dict(sweep.space),
         tune_config=tune.TuneConfig(metric=sweep.metric, mode=sweep.mode, search_alg=searcher,
                                     scheduler=scheduler, num_samples=sweep.num_samples),
         run_config=tune.RunConfig(

@@ -3,15 +3,16 @@ import itertools
 import pytest
 import torch
 
-from trainables.config import D_NORMS, G_NORMS, LOSSES, ConfigError, GANConfig
+from trainables.config import ARCHS, D_NORMS, G_NORMS, LOSSES, LR_SCHEDULES, OPTIMIZERS, ConfigError, GANConfig
 from trainables.models import build_models
-from trainables.training.optim import build_optimizers
+from trainables.training.gan import build_training
 from trainables.training.step import sample_batch, train_step
 
 
+@pytest.mark.parametrize("arch", ARCHS)
 @pytest.mark.parametrize("resolution", [32, 64])
-def test_shapes_follow_resolution(resolution):
-    cfg = GANConfig(resolution=resolution, z_dim=16, g_width=8, d_width=8)
+def test_shapes_follow_resolution(resolution, arch):
+    cfg = GANConfig(arch=arch, resolution=resolution, z_dim=16, g_width=8, d_width=8)
     G, D = build_models(cfg)
     images = G(torch.randn(3, 16))
     assert images.shape == (3, 3, resolution, resolution)
@@ -20,9 +21,13 @@ def test_shapes_follow_resolution(resolution):
 
 
 def _allowed_combinations():
-    for loss, g_norm, d_norm, optimizer in itertools.product(LOSSES, G_NORMS, D_NORMS, ("adam", "rmsprop")):
-        cfg = GANConfig(loss=loss, g_norm=g_norm, d_norm=d_norm, optimizer=optimizer, resolution=32,
-                        z_dim=8, g_width=4, d_width=4, batch_size=4, n_critic=2)
+    # Every arch x G norm x D norm x loss; optimisers and schedules rotate through the combinations.
+    optimizers = itertools.cycle(OPTIMIZERS)
+    schedules = itertools.cycle(LR_SCHEDULES)
+    for arch, loss, g_norm, d_norm in itertools.product(ARCHS, LOSSES, G_NORMS, D_NORMS):
+        cfg = GANConfig(arch=arch, loss=loss, g_norm=g_norm, d_norm=d_norm, optimizer=next(optimizers),
+                        lr_schedule=next(schedules), momentum=0.5, resolution=32, z_dim=8, g_width=4,
+                        d_width=4, batch_size=4, n_critic=2, steps_per_eval=1, num_evals=2)
         try:
             yield cfg.validate()
         except ConfigError:
@@ -31,16 +36,15 @@ def _allowed_combinations():
 
 def test_every_allowed_combination_takes_two_steps():
     configs = list(_allowed_combinations())
-    assert len(configs) == 2 * 4 * 4 * 2 - 4 * 2  # only batch-norm in a WGAN-GP critic is refused
+    # Only batch norm in a WGAN-GP critic is refused: once per arch and G norm.
+    assert len(configs) == len(ARCHS) * len(LOSSES) * len(G_NORMS) * len(D_NORMS) - len(ARCHS) * len(G_NORMS)
     images = torch.randint(0, 256, (16, 3, 32, 32), dtype=torch.uint8)
     for cfg in configs:
-        torch.manual_seed(0)
-        G, D = build_models(cfg)
-        opt_g, opt_d = build_optimizers(cfg, G, D)
-        before = [p.detach().clone() for p in G.parameters()]
-        losses = torch.stack([train_step(cfg, G, D, opt_g, opt_d, images) for _ in range(2)])
+        run = build_training(cfg, torch.device("cpu"))
+        before = [p.detach().clone() for p in run.G.parameters()]
+        losses = torch.stack([train_step(cfg, run.G, run.D, run.opt_g, run.opt_d, images) for _ in range(2)])
         assert torch.isfinite(losses).all(), cfg
-        assert any(not torch.equal(a, b) for a, b in zip(before, G.parameters())), cfg
+        assert any(not torch.equal(a, b) for a, b in zip(before, run.G.parameters())), cfg
 
 
 def test_batches_are_scaled_and_sampled_from_the_data():
@@ -63,3 +67,9 @@ def test_illegal_configs_are_refused_with_the_key_named():
         GANConfig(loss="wasserstein").validate()
     with pytest.raises(ConfigError, match="unknown config key: 'lr'"):
         GANConfig().replace(lr=1e-3)
+    with pytest.raises(ConfigError, match="resolution: 512 is not supported by arch 'resnet'"):
+        GANConfig(arch="resnet", resolution=512).validate()
+    with pytest.raises(ConfigError, match="label_smoothing"):
+        GANConfig(loss="hinge", label_smoothing=0.1).validate()
+    with pytest.raises(ConfigError, match="diffaugment"):
+        GANConfig(diffaugment="color,blur").validate()

@@ -50,6 +50,45 @@ def test_space_values_are_validated_before_anything_runs():
         Sweep("s", base, space={"g_lr": tune.loguniform(1e-4, 1e-3)}, warm_start=[{"beta1": 0.0}]).validate()
 
 
+def _conditional(trial):
+    optimizer = trial.suggest_categorical("optimizer", ["adam", "sgd"])
+    if optimizer == "adam":
+        trial.suggest_float("beta1", 0.0, 0.9)
+    else:
+        trial.suggest_float("momentum", 0.0, 0.9)
+
+
+def test_define_by_run_spaces_are_validated_on_every_branch():
+    base = GANConfig(loss="wgan-gp")
+    sweep = Sweep("s", base, space=_conditional).validate()
+    assert sweep.searched_keys() == {"optimizer", "beta1", "momentum"}
+
+    def bad_branch(trial):
+        if trial.suggest_categorical("loss", ["wgan-gp", "bce"]) == "wgan-gp":
+            trial.suggest_categorical("d_norm", ["layer", "batch"])
+    with pytest.raises(SweepError, match="space draw .*d_norm: 'batch' is not allowed with loss 'wgan-gp'"):
+        Sweep("s", base, space=bad_branch).validate()
+
+    def returns_constants(trial):
+        trial.suggest_float("g_lr", 1e-4, 1e-3)
+        return {"z_dim": 64}
+    with pytest.raises(SweepError, match="must return None"):
+        Sweep("s", base, space=returns_constants).validate()
+
+
+def test_warm_starts_are_points_of_the_space():
+    base = GANConfig(loss="wgan-gp")
+    # A whole config (a seed project's) stands for the values of the keys its branch searches.
+    sweep = Sweep("s", base, space=_conditional, warm_start=[base.replace(optimizer="sgd", momentum=0.5)])
+    assert sweep.validate().warm_start_params(0) == {"optimizer": "sgd", "momentum": 0.5}
+    with pytest.raises(SweepError, match="warm_start\\[0\\]: momentum=0.95 is outside the search space"):
+        sweep.with_(warm_start=[{"optimizer": "sgd", "momentum": 0.95}]).validate()
+    with pytest.raises(SweepError, match="warm_start\\[0\\]: key 'beta1' is never suggested"):
+        sweep.with_(warm_start=[{"optimizer": "sgd", "momentum": 0.5, "beta1": 0.0}]).validate()
+    with pytest.raises(SweepError, match="warm_start\\[0\\]: .*momentum"):
+        sweep.with_(warm_start=[{"optimizer": "sgd"}]).validate()
+
+
 def test_setting_a_searched_key_is_refused():
     with pytest.raises(SweepError, match="--set g_lr: the key is searched"):
         load_sweep(WGANGP).resolve(overrides=["g_lr=1e-3"])
@@ -86,7 +125,8 @@ def test_dry_run_prints_the_resolved_sweep_without_starting_ray(tmp_path):
     assert result.returncode == 0, result.stderr
     assert "sweep wgangp: 6 trials" in result.stdout
     assert "seed = 3" in result.stdout and "resolution = 32" in result.stdout
-    assert "g_lr: float" in result.stdout and "d_norm: choice ['instance', 'layer', 'none']" in result.stdout
+    assert "define-by-run space(): beta1, beta2, d_lr, d_norm, g_lr" in result.stdout
+    assert "{'optimizer': 'adam', 'g_lr': 8e-05, 'd_lr': 0.0001" in result.stdout  # seed 000 warm start
     assert list(tmp_path.iterdir()) == []
 
 

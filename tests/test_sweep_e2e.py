@@ -84,3 +84,20 @@ def test_registered_generator_loads_and_generates_any_batch(quick_sweep):
     with torch.no_grad():
         images = G(torch.randn(5, z_dim))
     assert images.shape == (5, 3, 32, 32) and images.abs().max() <= 1
+
+
+def test_parent_run_reports_the_gain_over_the_hand_tuned_warm_starts(quick_sweep):
+    result, client = quick_sweep
+    parents, children = _runs(client)
+    # The warm starts (seed 000 and seed 004's WGAN-GP) ran as trials with exactly their values.
+    warm = [c for c in children if c.data.params["g_lr"] == "8e-05" and c.data.params["z_dim"] == "200"
+            and c.data.params["d_norm"] == "instance"]
+    warm += [c for c in children if c.data.params["beta1"] == "0.0" and c.data.params["d_norm"] == "none"
+             and c.data.params["z_dim"] == "128"]
+    assert len(warm) == 2
+    best = {c.info.run_id: min(m.value for m in client.get_metric_history(c.info.run_id, "fid")) for c in children}
+    metrics = parents[0].data.metrics
+    assert metrics["baseline_fid"] == pytest.approx(min(best[c.info.run_id] for c in warm))
+    assert metrics["fid_gain_over_baseline"] == pytest.approx(metrics["baseline_fid"] - min(best.values()))
+    assert metrics["fid_gain_over_baseline"] >= 0
+    assert "hand-tuned baseline (warm start)" in result.stdout

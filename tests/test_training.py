@@ -10,9 +10,8 @@ from trainables.config import GANConfig
 from trainables.data import toy_faces
 from trainables.metrics import RandomConvFeatures
 from trainables.models import build_models
-from trainables.training.checkpoint import GRID_FILE, load_checkpoint, save_checkpoint
-from trainables.training.gan import train_gan
-from trainables.training.optim import build_optimizers
+from trainables.training.checkpoint import GRID_FILE, load_checkpoint, load_generator_state, save_checkpoint
+from trainables.training.gan import build_training, train_gan
 
 TINY = GANConfig(resolution=32, z_dim=16, g_width=8, d_width=8, batch_size=16, steps_per_eval=3,
                  num_evals=3, fid_samples=64, ref_samples=128, loss="wgan-gp", n_critic=2,
@@ -27,10 +26,15 @@ def setup():
     return data.images, extractor, ref
 
 
+class Stopped(Exception):
+    """The trial was killed (ASHA pause, node loss): the process ends mid-run."""
+
+
 class Recorder:
-    """The test's `report`: keeps the metrics and a copy of every checkpoint directory."""
-    def __init__(self, root):
-        self.root, self.metrics, self.checkpoints = root, [], []
+    """The test's `report`: keeps the metrics and a copy of every checkpoint directory; with
+    `stop_after` it kills the run after that many reports, as Ray would."""
+    def __init__(self, root, stop_after=None):
+        self.root, self.metrics, self.checkpoints, self.stop_after = root, [], [], stop_after
 
     def __call__(self, metrics, directory):
         self.metrics.append(dict(metrics))
@@ -38,6 +42,8 @@ class Recorder:
             kept = self.root / f"ckpt_{len(self.metrics)}"
             shutil.copytree(directory, kept)
             self.checkpoints.append(kept)
+        if len(self.metrics) == self.stop_after:
+            raise Stopped
 
 
 def test_reports_every_eval_period_with_fixed_metric_names(setup, tmp_path):
@@ -51,15 +57,23 @@ def test_reports_every_eval_period_with_fixed_metric_names(setup, tmp_path):
     assert all((c / GRID_FILE).stat().st_size > 0 for c in report.checkpoints)
 
 
-def test_exact_resume_is_bit_identical_on_cpu(setup, tmp_path):
+EVERY_TRICK = TINY.replace(
+    loss="bce", label_smoothing=0.1, d_dropout=0.2, instance_noise=0.1, ema_decay=0.9, ema_start_kimg=0.05,
+    diffaugment="color,translation,cutout", lr_schedule="cosine", optimizer="adamw", d_norm="spectral")
+
+
+@pytest.mark.parametrize("cfg", [TINY, EVERY_TRICK], ids=["wgan-gp", "every-trick"])
+def test_exact_resume_is_bit_identical_on_cpu(setup, tmp_path, cfg):
     images, extractor, ref = setup
     straight = Recorder(tmp_path / "a")
-    train_gan(TINY, images, straight, extractor=extractor, ref_stats=ref)
+    train_gan(cfg, images, straight, extractor=extractor, ref_stats=ref)
 
-    first = Recorder(tmp_path / "b")
-    train_gan(TINY.replace(num_evals=1), images, first, extractor=extractor, ref_stats=ref)
+    first = Recorder(tmp_path / "b", stop_after=1)
+    with pytest.raises(Stopped):
+        train_gan(cfg, images, first, extractor=extractor, ref_stats=ref)
+    torch.manual_seed(12345)  # a fresh process: nothing may depend on the RNG state before the restore
     resumed = Recorder(tmp_path / "c")
-    train_gan(TINY, images, resumed, extractor=extractor, ref_stats=ref, restore_from=first.checkpoints[-1])
+    train_gan(cfg, images, resumed, extractor=extractor, ref_stats=ref, restore_from=first.checkpoints[-1])
 
     keys = ("eval_period", "kimg", "loss_d", "loss_g", "fid")
     assert [{k: m[k] for k in keys} for m in first.metrics + resumed.metrics] == \
@@ -67,25 +81,27 @@ def test_exact_resume_is_bit_identical_on_cpu(setup, tmp_path):
 
 
 def test_checkpoint_round_trip_restores_models_optimisers_and_rng(tmp_path):
-    cfg = TINY
-    torch.manual_seed(1)
-    G, D = build_models(cfg)
-    opt_g, opt_d = build_optimizers(cfg, G, D)
-    D(G(torch.randn(2, cfg.z_dim))).mean().backward()
-    opt_g.step(), opt_d.step()
-    save_checkpoint(tmp_path, G=G, D=D, opt_g=opt_g, opt_d=opt_d, progress={"eval_period": 4})
+    cfg = EVERY_TRICK
+    run = build_training(cfg, torch.device("cpu"))
+    run.D(run.G(torch.randn(2, cfg.z_dim))).mean().backward()
+    run.opt_g.step(), run.opt_d.step(), run.sched_g.step(), run.sched_d.step()
+    run.ema.update_parameters(run.G)
+    save_checkpoint(tmp_path, run.stateful(), progress={"eval_period": 4})
     expected_draw = torch.rand(3)
 
-    torch.manual_seed(99)
-    G2, D2 = build_models(cfg)
-    opt_g2, opt_d2 = build_optimizers(cfg, G2, D2)
-    progress = load_checkpoint(tmp_path, G=G2, D=D2, opt_g=opt_g2, opt_d=opt_d2)
+    other = build_training(cfg.replace(seed=99), torch.device("cpu"))
+    progress = load_checkpoint(tmp_path, other.stateful())
     assert progress == {"eval_period": 4}
     assert torch.equal(torch.rand(3), expected_draw)
-    for a, b in zip(list(G.state_dict().values()) + list(D.state_dict().values()),
-                    list(G2.state_dict().values()) + list(D2.state_dict().values())):
-        assert torch.equal(a, b)
-    assert str(opt_g.state_dict()) == str(opt_g2.state_dict())
+    for name in ("G", "D", "ema"):
+        a, b = run.stateful()[name].state_dict(), other.stateful()[name].state_dict()
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), name
+    for name in ("opt_g", "opt_d", "sched_g", "sched_d"):
+        assert str(run.stateful()[name].state_dict()) == str(other.stateful()[name].state_dict()), name
+    # The published generator is the EMA one, and it loads into a plain generator.
+    plain = build_models(cfg)[0]
+    plain.load_state_dict(load_generator_state(tmp_path))
+    assert all(torch.equal(v, run.ema.module.state_dict()[k]) for k, v in plain.state_dict().items())
 
 
 def test_divergence_ends_the_trial_cleanly(setup, tmp_path):

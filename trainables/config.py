@@ -8,12 +8,16 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
-LOSSES = ("bce", "wgan-gp")
-ARCHS = ("dcgan",)
+LOSSES = ("bce", "wgan-gp", "hinge", "lsgan")
+ARCHS = ("dcgan", "resnet")
 G_NORMS = ("batch", "instance", "layer", "none")
-D_NORMS = ("batch", "instance", "layer", "none")
-OPTIMIZERS = ("adam", "rmsprop")
+D_NORMS = ("batch", "instance", "layer", "spectral", "none")
+OPTIMIZERS = ("adam", "adamw", "rmsprop", "sgd")
+LR_SCHEDULES = ("none", "linear-decay", "cosine", "step")
+AUGMENTS = ("color", "translation", "cutout")
 DEVICES = ("auto", "cpu", "cuda")
+RESOLUTIONS = {"dcgan": (32, 64, 128, 256, 512), "resnet": (32, 64, 128)}
+SMOOTHABLE_LOSSES = ("bce", "lsgan")  # losses with a real-label target that smoothing can lower
 
 
 class ConfigError(ValueError):
@@ -40,9 +44,21 @@ class GANConfig:
     optimizer: str = "adam"
     g_lr: float = 2e-4
     d_lr: float = 2e-4
-    beta1: float = 0.5
-    beta2: float = 0.999
+    beta1: float = 0.5  # adam, adamw
+    beta2: float = 0.999  # adam, adamw
+    momentum: float = 0.0  # sgd, rmsprop
+    weight_decay: float = 0.0
+    lr_schedule: str = "none"  # over the whole run of num_evals * steps_per_eval G steps
+    lr_gamma: float = 0.1  # "step": the lr is multiplied by this at 50% and again at 75% of the run
     batch_size: int = 64
+    # tricks
+    label_smoothing: float = 0.0  # one-sided: D's real target becomes 1 - label_smoothing
+    d_dropout: float = 0.0  # dropout after every down-sampling D block
+    instance_noise: float = 0.0  # std of Gaussian noise on D's inputs at step 0, annealed to 0 at the end
+    ema_decay: float = 0.0  # EMA of G's weights (0 = off); FID and the registered model use the EMA
+    ema_start_kimg: float = 0.0  # the EMA tracks G exactly until this many kimg
+    diffaugment: str = ""  # comma-separated DiffAugment policy, e.g. "color,translation,cutout"
+    mixed_precision: bool = True  # bf16 autocast on CUDA; always off on CPU
     # budget: one eval period = steps_per_eval G steps, then FID + checkpoint + report
     steps_per_eval: int = 500
     num_evals: int = 20
@@ -53,30 +69,33 @@ class GANConfig:
     device: str = "auto"
 
     def validate(self) -> "GANConfig":
-        _choice("loss", self.loss, LOSSES)
-        _choice("arch", self.arch, ARCHS)
-        _choice("g_norm", self.g_norm, G_NORMS)
-        _choice("d_norm", self.d_norm, D_NORMS)
-        _choice("optimizer", self.optimizer, OPTIMIZERS)
-        _choice("device", self.device, DEVICES)
-        if self.resolution not in (32, 64):
-            raise ConfigError(f"resolution: {self.resolution} is not supported (32 or 64)")
+        for key, allowed in (("loss", LOSSES), ("arch", ARCHS), ("g_norm", G_NORMS), ("d_norm", D_NORMS),
+                             ("optimizer", OPTIMIZERS), ("lr_schedule", LR_SCHEDULES), ("device", DEVICES)):
+            _choice(key, getattr(self, key), allowed)
+        for part in filter(None, self.diffaugment.split(",")):
+            _choice("diffaugment", part, AUGMENTS)
+        if self.resolution not in RESOLUTIONS[self.arch]:
+            raise ConfigError(f"resolution: {self.resolution} is not supported by arch {self.arch!r} "
+                              f"(choose from {', '.join(map(str, RESOLUTIONS[self.arch]))})")
         for key in ("z_dim", "g_width", "d_width", "n_critic", "batch_size", "steps_per_eval",
                     "num_evals", "fid_samples", "ref_samples"):
-            if getattr(self, key) < 1:
-                raise ConfigError(f"{key}: must be >= 1, got {getattr(self, key)}")
+            _at_least(key, getattr(self, key), 1)
+        for key in ("gp_weight", "weight_decay", "instance_noise", "ema_start_kimg"):
+            _at_least(key, getattr(self, key), 0)
         for key in ("g_lr", "d_lr"):
-            if not 0 < getattr(self, key) < 1:
-                raise ConfigError(f"{key}: must be in (0, 1), got {getattr(self, key)}")
-        for key in ("beta1", "beta2"):
-            if not 0 <= getattr(self, key) < 1:
-                raise ConfigError(f"{key}: must be in [0, 1), got {getattr(self, key)}")
-        if self.gp_weight < 0:
-            raise ConfigError(f"gp_weight: must be >= 0, got {self.gp_weight}")
+            _in_open_unit(key, getattr(self, key), low_inclusive=False)
+        for key in ("beta1", "beta2", "momentum", "label_smoothing", "d_dropout", "ema_decay", "lr_gamma"):
+            _in_open_unit(key, getattr(self, key), low_inclusive=key != "lr_gamma")
+        self._validate_combinations()
+        return self
+
+    def _validate_combinations(self) -> None:
         if self.loss == "wgan-gp" and self.d_norm == "batch":
             # The gradient penalty is per-sample; batch norm mixes samples and breaks it.
-            raise ConfigError("d_norm: 'batch' is not allowed with loss 'wgan-gp' (use instance, layer or none)")
-        return self
+            raise ConfigError("d_norm: 'batch' is not allowed with loss 'wgan-gp' (use instance, layer, spectral or none)")
+        if self.label_smoothing > 0 and self.loss not in SMOOTHABLE_LOSSES:
+            raise ConfigError(f"label_smoothing: needs a loss with a real-label target "
+                              f"({', '.join(SMOOTHABLE_LOSSES)}), not {self.loss!r}")
 
     def replace(self, **changes) -> "GANConfig":
         unknown = sorted(set(changes) - field_names(type(self)))
@@ -88,6 +107,16 @@ class GANConfig:
 def _choice(key: str, value, allowed: tuple[str, ...]) -> None:
     if value not in allowed:
         raise ConfigError(f"{key}: unknown value {value!r} (choose from {', '.join(allowed)})")
+
+
+def _at_least(key: str, value, low) -> None:
+    if value < low:
+        raise ConfigError(f"{key}: must be >= {low}, got {value}")
+
+
+def _in_open_unit(key: str, value, low_inclusive: bool) -> None:
+    if not ((0 <= value if low_inclusive else 0 < value) and value < 1):
+        raise ConfigError(f"{key}: must be in {'[' if low_inclusive else '('}0, 1), got {value}")
 
 
 def field_names(cls) -> set[str]:

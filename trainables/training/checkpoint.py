@@ -1,4 +1,5 @@
-"""Trial checkpoints: everything needed to continue bit-identically (weights, optimisers, RNG, step)."""
+"""Trial checkpoints: everything needed to continue bit-identically (weights, optimisers, LR
+schedules, EMA, RNG, counters), as the state dicts of a name -> object mapping."""
 from pathlib import Path
 
 import torch
@@ -7,11 +8,11 @@ CHECKPOINT_FILE = "checkpoint.pt"
 GRID_FILE = "grid.png"
 
 
-def save_checkpoint(directory, *, G, D, opt_g, opt_d, progress: dict) -> Path:
+def save_checkpoint(directory, stateful: dict, progress: dict) -> Path:
+    """`stateful` maps names to objects with state_dict() (models, optimisers, schedulers, EMA)."""
     path = Path(directory) / CHECKPOINT_FILE
     state = {
-        "G": G.state_dict(), "D": D.state_dict(),
-        "opt_g": opt_g.state_dict(), "opt_d": opt_d.state_dict(),
+        "state": {name: obj.state_dict() for name, obj in stateful.items() if obj is not None},
         "progress": dict(progress),
         "rng_cpu": torch.get_rng_state(),
         "rng_cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else [],
@@ -22,13 +23,12 @@ def save_checkpoint(directory, *, G, D, opt_g, opt_d, progress: dict) -> Path:
     return path
 
 
-def load_checkpoint(directory, *, G, D, opt_g, opt_d) -> dict:
-    """Restores the models, optimisers and RNG in place; returns the saved progress dict."""
+def load_checkpoint(directory, stateful: dict) -> dict:
+    """Restores every object and the RNG in place; returns the saved progress dict."""
     state = torch.load(Path(directory) / CHECKPOINT_FILE, map_location="cpu", weights_only=True)
-    G.load_state_dict(state["G"])
-    D.load_state_dict(state["D"])
-    opt_g.load_state_dict(state["opt_g"])
-    opt_d.load_state_dict(state["opt_d"])
+    for name, obj in stateful.items():
+        if obj is not None:
+            obj.load_state_dict(state["state"][name])
     torch.set_rng_state(state["rng_cpu"])
     if state["rng_cuda"] and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["rng_cuda"])
@@ -36,4 +36,9 @@ def load_checkpoint(directory, *, G, D, opt_g, opt_d) -> dict:
 
 
 def load_generator_state(directory) -> dict:
-    return torch.load(Path(directory) / CHECKPOINT_FILE, map_location="cpu", weights_only=True)["G"]
+    """The generator to publish: the EMA generator when the run kept one, else G."""
+    state = torch.load(Path(directory) / CHECKPOINT_FILE, map_location="cpu", weights_only=True)["state"]
+    if "ema" in state:
+        prefix = "module."  # AveragedModel keeps the averaged copy under .module
+        return {k[len(prefix):]: v for k, v in state["ema"].items() if k.startswith(prefix)}
+    return state["G"]

@@ -8,6 +8,7 @@ import math
 import tempfile
 import time
 import warnings
+from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
@@ -16,8 +17,9 @@ import torch
 from trainables.config import GANConfig
 from trainables.models import build_models
 from trainables.training.checkpoint import GRID_FILE, load_checkpoint, save_checkpoint
+from trainables.training.ema import build_ema, update_ema
 from trainables.training.evaluate import fid, save_grid
-from trainables.training.optim import build_optimizers
+from trainables.training.optim import build_optimizers, build_schedule
 from trainables.training.step import train_step
 
 Report = Callable[[dict, "str | None"], None]
@@ -29,16 +31,41 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+@dataclass
+class Training:
+    """The mutable state of one run; `stateful()` is exactly what a checkpoint holds."""
+    G: torch.nn.Module
+    D: torch.nn.Module
+    opt_g: torch.optim.Optimizer
+    opt_d: torch.optim.Optimizer
+    sched_g: object
+    sched_d: object
+    ema: object
+
+    def stateful(self) -> dict:
+        return {"G": self.G, "D": self.D, "opt_g": self.opt_g, "opt_d": self.opt_d,
+                "sched_g": self.sched_g, "sched_d": self.sched_d, "ema": self.ema}
+
+    def generator(self) -> torch.nn.Module:
+        """The generator to evaluate and publish: the EMA one when the run keeps an EMA."""
+        return self.ema.module if self.ema is not None else self.G
+
+
+def build_training(cfg: GANConfig, device: torch.device) -> Training:
+    torch.manual_seed(cfg.seed)  # a trial is reproducible from its config alone
+    G, D = (m.to(device) for m in build_models(cfg))
+    opt_g, opt_d = build_optimizers(cfg, G, D)
+    return Training(G, D, opt_g, opt_d, build_schedule(cfg, opt_g), build_schedule(cfg, opt_d), build_ema(cfg, G))
+
+
 def train_gan(cfg: GANConfig, images: np.ndarray, report: Report, *, extractor, ref_stats,
               restore_from: str | None = None) -> dict:
     """Trains until `cfg.num_evals` eval periods are done (or D/G diverge); returns the last metrics."""
     cfg = cfg.validate()
     device = resolve_device(cfg.device)
 
-    # Models and optimisers, seeded so a trial is reproducible from its config alone.
-    torch.manual_seed(cfg.seed)
-    G, D = (m.to(device) for m in build_models(cfg))
-    opt_g, opt_d = build_optimizers(cfg, G, D)
+    # Models, optimisers, LR schedules and EMA; the grid's z is fixed so grids compare across evals.
+    run = build_training(cfg, device)
     fixed_z = torch.randn(64, cfg.z_dim, generator=torch.Generator().manual_seed(cfg.seed)).to(device)
 
     # The whole uint8 dataset moves to the device once; batches are sampled there.
@@ -47,37 +74,50 @@ def train_gan(cfg: GANConfig, images: np.ndarray, report: Report, *, extractor, 
         warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
         data = torch.as_tensor(images).to(device)
 
-    # Resume: weights, optimiser moments, RNG and counters, so the run continues bit-identically.
+    # Resume: weights, optimiser moments, schedules, EMA, RNG and counters, so the run continues
+    # bit-identically.
     progress = {"eval_period": 0, "step": 0, "kimg": 0.0}
     if restore_from is not None:
-        progress = load_checkpoint(restore_from, G=G, D=D, opt_g=opt_g, opt_d=opt_d)
+        progress = load_checkpoint(restore_from, run.stateful())
 
     metrics = {}
     while progress["eval_period"] < cfg.num_evals:
-        # Train one eval period; losses are summed on the device and read once at the end.
-        start = time.perf_counter()
-        loss_sum = torch.zeros(2, device=device)
-        for _ in range(cfg.steps_per_eval):
-            loss_sum += train_step(cfg, G, D, opt_g, opt_d, data)
-        loss_d, loss_g = (loss_sum / cfg.steps_per_eval).tolist()
-        seconds = time.perf_counter() - start
-        shown = cfg.steps_per_eval * cfg.n_critic * cfg.batch_size
-        progress = {"eval_period": progress["eval_period"] + 1,
-                    "step": progress["step"] + cfg.steps_per_eval,
-                    "kimg": progress["kimg"] + shown / 1000}
-        metrics = {"eval_period": progress["eval_period"], "kimg": progress["kimg"],
-                   "loss_d": loss_d, "loss_g": loss_g, "img_per_s": shown / seconds}
+        # Train one eval period.
+        metrics, progress = _train_period(cfg, run, data, progress)
 
         # Divergence ends the trial cleanly: report it (no checkpoint of a broken state) and stop.
-        if not (math.isfinite(loss_d) and math.isfinite(loss_g)):
+        if not (math.isfinite(metrics["loss_d"]) and math.isfinite(metrics["loss_g"])):
             metrics.update(fid=float("inf"), diverged=1.0)
             report(metrics, None)
             return metrics
 
         # Evaluate, checkpoint and report in one directory that the reporter takes over.
-        metrics.update(fid=fid(G, cfg, extractor, ref_stats), diverged=0.0)
+        metrics.update(fid=fid(run.generator(), cfg, extractor, ref_stats), diverged=0.0)
         with tempfile.TemporaryDirectory(prefix="sweeper-ckpt-") as directory:
-            save_checkpoint(directory, G=G, D=D, opt_g=opt_g, opt_d=opt_d, progress=progress)
-            save_grid(G, fixed_z, f"{directory}/{GRID_FILE}")
+            save_checkpoint(directory, run.stateful(), progress)
+            save_grid(run.generator(), fixed_z, f"{directory}/{GRID_FILE}")
             report(metrics, directory)
     return metrics
+
+
+def _train_period(cfg: GANConfig, run: Training, data: torch.Tensor, progress: dict) -> tuple[dict, dict]:
+    """steps_per_eval G steps; losses are summed on the device and read once at the end."""
+    total_steps = cfg.num_evals * cfg.steps_per_eval
+    kimg_per_step = cfg.n_critic * cfg.batch_size / 1000  # real images shown to D
+    loss_sum = torch.zeros(2, device=data.device)
+    start = time.perf_counter()
+    for i in range(cfg.steps_per_eval):
+        step = progress["step"] + i
+        noise_std = cfg.instance_noise * max(0.0, 1.0 - step / total_steps)  # annealed to 0 at the end
+        loss_sum += train_step(cfg, run.G, run.D, run.opt_g, run.opt_d, data, noise_std)
+        run.sched_g.step()
+        run.sched_d.step()
+        update_ema(run.ema, run.G, progress["kimg"] + (i + 1) * kimg_per_step, cfg.ema_start_kimg)
+    loss_d, loss_g = (loss_sum / cfg.steps_per_eval).tolist()
+    seconds = time.perf_counter() - start
+    progress = {"eval_period": progress["eval_period"] + 1, "step": progress["step"] + cfg.steps_per_eval,
+                "kimg": progress["kimg"] + cfg.steps_per_eval * kimg_per_step}
+    metrics = {"eval_period": progress["eval_period"], "kimg": progress["kimg"], "loss_d": loss_d,
+               "loss_g": loss_g, "img_per_s": cfg.steps_per_eval * kimg_per_step * 1000 / seconds,
+               "lr_g": run.opt_g.param_groups[0]["lr"]}
+    return metrics, progress

@@ -1,0 +1,30 @@
+"""Seed 000: WGAN-GP on cat faces at 128x128.
+
+Generator: 5 ConvTranspose+BatchNorm+ReLU blocks (7 at 512x512); critic: 5 Conv+InstanceNorm+
+LeakyReLU blocks (the first without a norm, as in DCGAN). Adam, g_lr 8e-5, critic lr 1e-4,
+z_dim 200, batch 64, 5 critic steps per G step, gradient penalty λ = 10. The project did not
+publish its betas; we use DCGAN's (0.5, 0.999). Real cats: `--data ../shared/data/afhq-cat-128`.
+"""
+from ray import tune
+
+from sweeper import Sweep
+from trainables.config import GANConfig
+
+published = GANConfig(
+    data="toy-faces:cat", resolution=128, arch="dcgan", z_dim=200, g_width=64, d_width=64,
+    g_norm="batch", d_norm="instance", loss="wgan-gp", gp_weight=10.0, n_critic=5,
+    optimizer="adam", g_lr=8e-5, d_lr=1e-4, beta1=0.5, beta2=0.999, batch_size=64)
+
+sweep = Sweep(
+    name="seed000-wgangp-cat128",
+    config=published,
+    space=dict(
+        g_lr=tune.loguniform(2e-5, 4e-4),
+        d_lr=tune.loguniform(2e-5, 4e-4),
+        z_dim=tune.choice([100, 128, 200, 256]),
+        n_critic=tune.choice([1, 2, 5]),
+        gp_weight=tune.choice([1.0, 10.0]),
+    ),
+    warm_start=[published],
+    num_samples=16,
+)

@@ -1,0 +1,28 @@
+"""Seed 003: a dog-face GAN whose discriminator is trained with MSE (least squares, Mao et al. 2017).
+
+DCGAN networks at 64x64, D regressing real to 1 and fake to 0 and G pulling fakes to 1; Adam 2e-4,
+β1 0.5, z_dim 100, batch 64. Real dogs: `--data ../shared/data/cifar10-catdog:dog` (32 px) or any
+folder of dog photos.
+"""
+from ray import tune
+
+from sweeper import Sweep
+from trainables.config import GANConfig
+
+published = GANConfig(
+    data="toy-faces:dog", resolution=64, arch="dcgan", z_dim=100, g_width=64, d_width=64,
+    g_norm="batch", d_norm="batch", loss="lsgan", optimizer="adam", g_lr=2e-4, d_lr=2e-4,
+    beta1=0.5, beta2=0.999, batch_size=64)
+
+sweep = Sweep(
+    name="seed003-lsgan-dog",
+    config=published,
+    space=dict(
+        g_lr=tune.loguniform(5e-5, 1e-3),
+        d_lr=tune.loguniform(5e-5, 1e-3),
+        d_norm=tune.choice(["batch", "spectral", "none"]),
+        label_smoothing=tune.choice([0.0, 0.1]),
+    ),
+    warm_start=[published],
+    num_samples=16,
+)

@@ -1,0 +1,119 @@
+"""Search spaces: a dict of ray.tune domains, or an Optuna define-by-run function `space(trial)`
+(returning None) for conditional hyperparameters (betas only for adam, ...).
+
+Validation sees the values a space can produce before Ray starts: every category and both bounds
+of a dict space; for a define-by-run space, a seeded set of random draws (which covers its branches).
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import warnings
+from typing import Callable, Iterator
+
+import optuna
+
+DRAWS = 64  # random draws that validate a define-by-run space
+
+
+class SpaceError(ValueError):
+    pass
+
+
+def space_samples(space) -> Iterator[tuple[str, dict]]:
+    """(where, params) pairs to validate, `where` naming the key or draw for the error message."""
+    if callable(space):
+        for i, params in enumerate(_draws(space, DRAWS)):
+            yield f"space draw {i} {params}", params
+        return
+    for key, domain in space.items():
+        for value in _corner_values(key, domain):
+            yield f"space.{key}", {key: value}
+
+
+def searched_keys(space) -> set[str]:
+    if callable(space):
+        return set().union(*_draws(space, DRAWS))
+    return set(space)
+
+
+def warm_start_params(space, point) -> dict:
+    """The searched params a warm-start point stands for, as Optuna is to enqueue them.
+
+    `point` is a dict of searched keys, or a whole GANConfig (a seed project's published
+    configuration) from which the keys the space searches are taken.
+    """
+    values = dataclasses.asdict(point) if dataclasses.is_dataclass(point) else dict(point)
+    if not callable(space):
+        if dataclasses.is_dataclass(point):
+            return {key: values[key] for key in space}
+        unknown = sorted(set(values) - set(space))
+        if unknown:
+            raise SpaceError(f"key {unknown[0]!r} is not in the search space")
+        return values
+    trial = optuna.trial.FixedTrial(values)
+    try:
+        with warnings.catch_warnings():
+            # FixedTrial only warns about a value outside its range; we refuse it below.
+            warnings.filterwarnings("ignore", message=".*out of the range", category=UserWarning)
+            _no_constants(space(trial))
+    except ValueError as e:  # FixedTrial: the space suggested a name the point lacks
+        raise SpaceError(str(e).splitlines()[0]) from None
+    for name, value in trial.params.items():
+        distribution = trial.distributions[name]
+        if not _contains(distribution, value):
+            raise SpaceError(f"{name}={value!r} is outside the search space ({distribution})")
+    if not dataclasses.is_dataclass(point):
+        unused = sorted(set(values) - set(trial.params))
+        if unused:
+            raise SpaceError(f"key {unused[0]!r} is never suggested by the search space for this point")
+    return dict(trial.params)
+
+
+def suggest_optimizer(trial, optimizers=("adam", "adamw", "rmsprop", "sgd"), lr=(1e-5, 1e-3)) -> None:
+    """The optimiser, per-network learning rates (TTUR) and only the hyperparameters that apply to it:
+    betas for adam/adamw, momentum for sgd. For define-by-run spaces."""
+    optimizer = trial.suggest_categorical("optimizer", list(optimizers))
+    trial.suggest_float("g_lr", *lr, log=True)
+    trial.suggest_float("d_lr", *lr, log=True)
+    if optimizer in ("adam", "adamw"):
+        trial.suggest_float("beta1", 0.0, 0.9)
+        trial.suggest_categorical("beta2", [0.9, 0.99, 0.999])
+    if optimizer == "sgd":
+        trial.suggest_float("momentum", 0.0, 0.95)
+
+
+def _contains(distribution, value) -> bool:
+    try:
+        return distribution._contains(distribution.to_internal_repr(value))
+    except ValueError:  # a category that is not among the choices
+        return False
+
+
+def _no_constants(returned) -> None:
+    # Ray would merge a returned dict into the config; fixed values belong in the Sweep's config.
+    if returned is not None:
+        raise SpaceError("a define-by-run space must return None (put fixed values in the sweep's config)")
+
+
+def _draws(space: Callable, n: int) -> list[dict]:
+    optuna.logging.set_verbosity(logging.WARNING)
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    draws = []
+    for _ in range(n):
+        trial = study.ask()
+        _no_constants(space(trial))
+        draws.append(dict(trial.params))
+        study.tell(trial, 0.0)
+    return draws
+
+
+def _corner_values(key: str, domain) -> list:
+    """Values a ray.tune domain can produce that validation should see: every category, both bounds."""
+    if hasattr(domain, "categories"):
+        return list(domain.categories)
+    if hasattr(domain, "lower") and hasattr(domain, "upper"):
+        # ray.tune's randint upper bound is exclusive; floats never reach it either.
+        integer = isinstance(domain.upper, int) and isinstance(domain.lower, int)
+        return [domain.lower, domain.upper - 1 if integer else domain.upper]
+    raise SpaceError(f"space.{key}: expected a ray.tune domain (tune.choice, tune.loguniform, ...), got {domain!r}")

@@ -1,0 +1,57 @@
+"""Every shipped search-space file: it passes --dry-run, and each seed project's published
+configuration trains on CPU under the --quick budget (one short eval period, 32 px)."""
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from sweeper.loader import load_sweep
+from sweeper.refstats import reference_stats
+from trainables.data import load_dataset
+from trainables.metrics import RandomConvFeatures
+from trainables.training.gan import train_gan
+
+REPO = Path(__file__).resolve().parents[1]
+SPACES = sorted((REPO / "search_spaces").glob("*.py"))
+SEEDS = sorted((REPO / "search_spaces" / "seeds").glob("seed*.py"))
+
+
+def test_every_seed_project_has_a_file():
+    assert [p.name[:7] for p in SEEDS] == [f"seed00{i}" for i in range(5)]
+    assert {p.stem for p in SPACES} >= {"wgangp", "dcgan", "sngan"}
+
+
+@pytest.mark.parametrize("path", SPACES + SEEDS, ids=lambda p: p.stem)
+def test_dry_run(path, tmp_path):
+    result = subprocess.run([sys.executable, "-m", "sweeper", "run", str(path), "--quick", "--dry-run"],
+                            cwd=tmp_path, env={**os.environ, "SWEEPER_OFFLINE": "1"},
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert "resolution = 32" in result.stdout and "warm start:\n  {" in result.stdout
+    assert list(tmp_path.iterdir()) == []
+
+
+def _seed_configs():
+    for path in SEEDS:
+        sweep = load_sweep(path).resolve(quick=True)
+        for i in range(len(sweep.warm_start)):
+            yield pytest.param(sweep, i, id=f"{path.stem[:7]}-{i}")
+
+
+@pytest.mark.parametrize("sweep, i", list(_seed_configs()))
+def test_published_seed_configuration_trains_under_quick(sweep, i):
+    # The first trials of a seed sweep are its published configuration(s), at the --quick budget
+    # shrunk further to one short eval period so that all of them fit in the test run.
+    cfg = sweep.trial_config(sweep.warm_start_params(i)).replace(
+        steps_per_eval=4, num_evals=1, batch_size=16, fid_samples=64, ref_samples=128, device="cpu")
+    assert cfg.resolution == 32
+    data = load_dataset(cfg.data, cfg.resolution, toy_size=128, seed=0)
+    extractor = RandomConvFeatures(seed=0)
+    ref = reference_stats(data.images, data.fingerprint, extractor, cfg.ref_samples)
+    reports = []
+    metrics = train_gan(cfg, data.images, lambda m, d: reports.append(m), extractor=extractor, ref_stats=ref)
+    assert len(reports) == 1 and metrics["diverged"] == 0.0
+    assert np.isfinite(metrics["fid"]) and metrics["fid"] > 0
