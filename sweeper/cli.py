@@ -1,4 +1,4 @@
-"""`python -m sweeper run FILE ...` and `python -m sweeper ui`.
+"""`python -m sweeper run FILE ...`, `python -m sweeper data prepare SRC` and `python -m sweeper ui`.
 
 Bad input (a file, key or value) is one line on stderr and exit code 2, before anything starts.
 """
@@ -34,14 +34,28 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                      help="override a fixed config value (type-checked; repeatable)")
     run.add_argument("--num-samples", type=int, help="number of trials")
-    run.add_argument("--data", help="dataset: toy-faces (default) or a folder of images (class = subfolder)")
+    run.add_argument("--data", help="dataset: toy-faces (default), a folder/.zip/.tar.gz of images "
+                                    "(class = subfolder; SRC:cat selects one), or a known name (afhq-cat, cifar10:dog)")
     run.add_argument("--name", help="sweep name (MLflow experiment and registered model prefix)")
     run.add_argument("--dry-run", action="store_true", help="validate and print the resolved sweep; start nothing")
     run.set_defaults(command=_run)
+    data = commands.add_parser("data", help="datasets").add_subparsers(required=True, metavar="ACTION")
+    prepare = data.add_parser("prepare", help="decode a dataset once into the cache (run does this too)")
+    prepare.add_argument("source", metavar="SRC", help="folder, .zip, .tar(.gz), toy-faces or a known name; SRC:cat for one class")
+    prepare.add_argument("--resolution", type=int, required=True, help="square size in pixels")
+    prepare.add_argument("--workers", type=int, help="decoding processes (default: all cores)")
+    prepare.set_defaults(command=_prepare)
     ui = commands.add_parser("ui", help="open the MLflow UI on the sweep store (127.0.0.1)")
     ui.add_argument("--port", type=int, default=5000)
     ui.set_defaults(command=_ui)
     return parser
+
+
+def _prepare(args) -> int:
+    from trainables.data import prepare
+
+    print(prepare(args.source, args.resolution, workers=args.workers).summary())
+    return 0
 
 
 def _run(args) -> int:

@@ -19,7 +19,7 @@ from sweeper.spec import Sweep
 from sweeper.tracking import SWEEPS_DIR, Tracking, child_runs, default_tracking_uri, open_sweep
 from sweeper.trial import run_trial
 from sweeper.tuner import build_tuner
-from trainables.data import load_dataset
+from trainables.data import prepare
 from trainables.metrics import load_extractor
 from trainables.training.gan import resolve_device
 
@@ -41,7 +41,10 @@ class SweepSummary:
 def run_sweep(sweep: Sweep, *, sweep_file: str, quick: bool) -> SweepSummary:
     cfg = sweep.config
     # Data and FID reference statistics: once per sweep, on the driver, before anything is logged.
-    dataset = load_dataset(cfg.data, cfg.resolution, seed=cfg.seed)
+    # Trials get the prepared uint8 array through Ray's object store (zero-copy); none decodes.
+    prepared = prepare(cfg.data, cfg.resolution, seed=cfg.seed)
+    print(prepared.summary(), flush=True)
+    dataset = prepared.data
     extractor = load_extractor(resolve_device(cfg.device))
     ref_stats = reference_stats(dataset.images, dataset.fingerprint, extractor, cfg.ref_samples)
 
@@ -49,7 +52,8 @@ def run_sweep(sweep: Sweep, *, sweep_file: str, quick: bool) -> SweepSummary:
     tracking = open_sweep(sweep.name, default_tracking_uri(), extractor=extractor.name,
                           params=_sweep_params(sweep), tags={
                               "sweeper.sweep_file": sweep_file, "sweeper.quick": str(quick),
-                              "sweeper.dataset_fingerprint": dataset.fingerprint})
+                              "sweeper.dataset_fingerprint": dataset.fingerprint,
+                              "sweeper.dataset_cache_key": prepared.key})
     try:
         results = _fit(sweep, dataset, extractor, ref_stats, tracking)
         return _summarise(sweep, results, tracking)

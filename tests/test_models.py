@@ -6,7 +6,8 @@ import torch
 from trainables.config import ARCHS, D_NORMS, G_NORMS, LOSSES, LR_SCHEDULES, OPTIMIZERS, ConfigError, GANConfig
 from trainables.models import build_models
 from trainables.training.gan import build_training
-from trainables.training.step import sample_batch, train_step
+from trainables.training.batches import DeviceBatches, sample_batch
+from trainables.training.step import train_step
 
 
 @pytest.mark.parametrize("arch", ARCHS)
@@ -38,11 +39,12 @@ def test_every_allowed_combination_takes_two_steps():
     configs = list(_allowed_combinations())
     # Only batch norm in a WGAN-GP critic is refused: once per arch and G norm.
     assert len(configs) == len(ARCHS) * len(LOSSES) * len(G_NORMS) * len(D_NORMS) - len(ARCHS) * len(G_NORMS)
-    images = torch.randint(0, 256, (16, 3, 32, 32), dtype=torch.uint8)
+    images = torch.randint(0, 256, (16, 3, 32, 32), dtype=torch.uint8).numpy()
+    batches = DeviceBatches(images, torch.device("cpu"))
     for cfg in configs:
         run = build_training(cfg, torch.device("cpu"))
         before = [p.detach().clone() for p in run.G.parameters()]
-        losses = torch.stack([train_step(cfg, run.G, run.D, run.opt_g, run.opt_d, images) for _ in range(2)])
+        losses = torch.stack([train_step(cfg, run.G, run.D, run.opt_g, run.opt_d, batches) for _ in range(2)])
         assert torch.isfinite(losses).all(), cfg
         assert any(not torch.equal(a, b) for a, b in zip(before, run.G.parameters())), cfg
 

@@ -1,10 +1,13 @@
-"""Datasets as in-memory uint8 ImageSets: the procedural toy-faces set and folders of photos."""
+"""Datasets as uint8 ImageSets: prepared once from folders, archives, named downloads or the
+procedural toy-faces set, cached as Arrow files and memory-mapped back."""
 
 from trainables.data.folder import load_folder
-from trainables.data.imageset import DatasetError, ImageSet, make_imageset
-from trainables.data.sources import check_source, load_dataset
+from trainables.data.imageset import DatasetError, ImageSet, make_imageset, train_test_split
+from trainables.data.prepare import Prepared
+from trainables.data.sources import check_source, load_dataset, prepare
 from trainables.data.toy_faces import toy_faces
 
 __all__ = [
-    "ImageSet", "DatasetError", "make_imageset", "toy_faces", "load_folder", "load_dataset", "check_source",
+    "ImageSet", "DatasetError", "Prepared", "make_imageset", "train_test_split", "toy_faces", "load_folder",
+    "load_dataset", "prepare", "check_source",
 ]

@@ -18,8 +18,8 @@ class ImageSet:
     """Build with `make_imageset`, which validates the arrays and computes the fingerprint.
 
     `eq=False` because comparing two sets element-wise is never wanted; compare `fingerprint`s.
-    The arrays stay writable (torch.from_numpy warns on read-only ones), but writing into them
-    makes `fingerprint` stale: treat them as read-only.
+    Prepared sets are read-only views of a memory-mapped cache file; never write into any set's
+    arrays (that would make `fingerprint` stale).
     """
 
     images: np.ndarray  # uint8 [N, 3, R, R], C-contiguous
@@ -41,8 +41,10 @@ def make_imageset(
     labels: np.ndarray,
     classes: tuple[str, ...] | list[str],
     skipped: dict[str, int] | None = None,
+    fingerprint: str | None = None,
 ) -> ImageSet:
-    """Validate shapes and dtypes, make the arrays C-contiguous and fingerprint the content."""
+    """Validate shapes and dtypes, make the arrays C-contiguous and fingerprint the content
+    (unless `fingerprint` is given: a prepared file records it, so loading never re-hashes)."""
     classes = tuple(classes)
     images = _check_images(images)
     labels = _check_labels(labels, len(images), len(classes))
@@ -54,12 +56,12 @@ def make_imageset(
         images=images,
         labels=labels,
         classes=classes,
-        fingerprint=fingerprint(images, labels, classes),
+        fingerprint=fingerprint or content_fingerprint(images, labels, classes),
         skipped=dict(skipped or {}),
     )
 
 
-def fingerprint(images: np.ndarray, labels: np.ndarray, classes: tuple[str, ...]) -> str:
+def content_fingerprint(images: np.ndarray, labels: np.ndarray, classes: tuple[str, ...]) -> str:
     """sha256 hex of shape, pixels, labels and class names; never of a path or a timestamp."""
     h = hashlib.sha256()
     h.update(b"sweeper-imageset-v1\0")  # bump if the layout hashed here ever changes
@@ -67,6 +69,21 @@ def fingerprint(images: np.ndarray, labels: np.ndarray, classes: tuple[str, ...]
     h.update(memoryview(images).cast("B"))
     h.update(memoryview(labels.astype("<i8", copy=False)).cast("B"))
     return h.hexdigest()
+
+
+def train_test_split(data: ImageSet, test_fraction: float = 0.2) -> tuple[np.ndarray, np.ndarray]:
+    """Indices of a deterministic, per-class stratified split, seeded by the data's fingerprint:
+    the same photos always split the same way, wherever they live."""
+    if not 0 < test_fraction < 1:
+        raise DatasetError(f"test_fraction must be in (0, 1), got {test_fraction}")
+    rng = np.random.default_rng(int(data.fingerprint[:16], 16))
+    train, test = [], []
+    for c in range(len(data.classes)):
+        members = rng.permutation(np.flatnonzero(data.labels == c))
+        n_test = int(round(len(members) * test_fraction))
+        test.append(members[:n_test])
+        train.append(members[n_test:])
+    return np.sort(np.concatenate(train)), np.sort(np.concatenate(test))
 
 
 def _check_images(images: np.ndarray) -> np.ndarray:

@@ -1,58 +1,70 @@
-"""Resolve a dataset source string (the `data` key of a sweep) into an ImageSet."""
+"""Resolve a dataset source string (the `data` key of a sweep, the SRC of `sweeper data prepare`)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from trainables.data.folder import load_folder
-from trainables.data.imageset import DatasetError, ImageSet
+from trainables.data.imageset import DatasetError
+from trainables.data.listing import Listing, kind_of
+from trainables.data.prepare import Prepared, prepare_files, prepare_toy
 from trainables.data.toy_faces import CLASSES as TOY_CLASSES
-from trainables.data.toy_faces import toy_faces
 
 TOY = "toy-faces"
 
 
-def load_dataset(source: str, resolution: int, toy_size: int = 4096, seed: int = 0) -> ImageSet:
-    """"toy-faces", "toy-faces:cat", "toy-faces:dog", a folder path, or "<folder>:<class>".
+def prepare(source: str, resolution: int, *, toy_size: int = 4096, seed: int = 0, workers: int | None = None,
+            progress: bool | None = None) -> Prepared:
+    """"toy-faces[:class]", a known dataset name ("afhq-cat", "cifar10:dog", ...), or a folder,
+    .zip or .tar(.gz) path, optionally followed by ":<class>".
 
     The ":<class>" suffix is only read as a class when the whole string is not itself an existing
     path, so a folder whose name contains a colon still loads whole. `toy_size` and `seed` apply
-    to toy-faces only; "toy-faces:cat" gives `toy_size` cats.
+    to toy-faces only.
     """
-    folder, class_name = _parse(source)
-    if folder is None:
-        return toy_faces(toy_size, resolution, seed, class_name=class_name)
-    return load_folder(folder, resolution, class_name)
+    kind, where, class_name = _parse(source)
+    if kind == "toy":
+        return prepare_toy(toy_size, resolution, seed, class_name)
+    if kind == "named":
+        from trainables.data.remote import fetch
+
+        where = fetch(where)
+    return prepare_files(where, resolution, class_name, workers=workers, progress=progress)
+
+
+def load_dataset(source: str, resolution: int, toy_size: int = 4096, seed: int = 0):
+    return prepare(source, resolution, toy_size=toy_size, seed=seed).data
 
 
 def check_source(source: str) -> None:
-    """Raise DatasetError unless `source` names a dataset, without decoding anything.
+    """Raise DatasetError unless `source` names a dataset, without decoding or downloading anything.
 
     For validating a sweep before anything starts; a folder may still turn out to hold no usable
-    images, which only load_dataset can tell.
+    images, which only preparing it can tell.
     """
-    folder, class_name = _parse(source)
-    if folder is None:
-        if class_name is not None and class_name not in TOY_CLASSES:
-            raise DatasetError(f"toy-faces has no class {class_name!r}; classes: {', '.join(TOY_CLASSES)}")
-    elif not folder.is_dir():
-        raise DatasetError(f"dataset is not a folder: {folder}")
-    elif class_name not in (None, folder.resolve().name) and not (folder / class_name).is_dir():
-        raise DatasetError(f"no class {class_name!r} in {folder}")
+    kind, where, class_name = _parse(source)
+    if kind == "toy" and class_name is not None and class_name not in TOY_CLASSES:
+        raise DatasetError(f"toy-faces has no class {class_name!r}; classes: {', '.join(TOY_CLASSES)}")
+    if kind == "files" and class_name is not None:
+        classes = Listing(where).classes  # names only: nothing is read or decoded
+        if class_name not in classes:
+            raise DatasetError(f"no class {class_name!r} in {where}; classes: {', '.join(classes) or '(none)'}")
 
 
-def _parse(source: str) -> tuple[Path | None, str | None]:
-    """(folder or None for toy-faces, class name or None for all classes)."""
+def _parse(source: str):
+    """(kind, where, class): ("toy", None, c), ("named", RemoteDataset, c) or ("files", Path, c)."""
     if not isinstance(source, str) or not source:
         raise DatasetError(f"dataset not found: {source!r}")
-    if source == TOY:
-        return None, None
-    if source.startswith(TOY + ":"):
-        return None, source[len(TOY) + 1 :]
+    if source == TOY or source.startswith(TOY + ":"):
+        return "toy", None, source[len(TOY) + 1:] or None
     path = Path(source).expanduser()
-    if path.exists():
-        return path, None
+    if kind_of(path):
+        return "files", path, None
     folder, sep, class_name = source.rpartition(":")
-    if sep and folder and class_name and Path(folder).expanduser().exists():
-        return Path(folder).expanduser(), class_name
-    raise DatasetError(f"dataset not found: {source}")
+    if sep and folder and class_name and kind_of(Path(folder).expanduser()):
+        return "files", Path(folder).expanduser(), class_name
+    from trainables.data.remote import resolve_name
+
+    named = resolve_name(source)
+    if named is not None:
+        return "named", named[0], named[1]
+    raise DatasetError(f"dataset not found: {source} (not a folder, .zip, .tar(.gz), toy-faces or a known dataset name)")

@@ -18,6 +18,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from trainables.cache import cache_dir
+
 log = logging.getLogger(__name__)
 
 INCEPTION_NAME = "inception-v3-compat"
@@ -45,11 +47,6 @@ class Extractor(Protocol):
     def features(self, images: torch.Tensor) -> torch.Tensor:
         """uint8 [N, 3, H, W] on `device` (any H, W) -> float [N, dims]."""
         ...
-
-
-def cache_dir() -> Path:
-    """Root of sweeper's caches: $SWEEPER_CACHE, default ~/.cache/sweeper."""
-    return Path(os.environ.get("SWEEPER_CACHE") or "~/.cache/sweeper").expanduser()
 
 
 def extract(extractor: Extractor, images, batch_size: int = 256) -> np.ndarray:

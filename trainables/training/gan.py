@@ -7,7 +7,6 @@ Ray wraps `report` around `tune.report`; tests pass a list-appending function.
 import math
 import tempfile
 import time
-import warnings
 from dataclasses import dataclass
 from typing import Callable
 
@@ -16,6 +15,7 @@ import torch
 
 from trainables.config import GANConfig
 from trainables.models import build_models
+from trainables.training.batches import DeviceBatches
 from trainables.training.checkpoint import GRID_FILE, load_checkpoint, save_checkpoint
 from trainables.training.ema import build_ema, update_ema
 from trainables.training.evaluate import fid, save_grid
@@ -68,11 +68,9 @@ def train_gan(cfg: GANConfig, images: np.ndarray, report: Report, *, extractor, 
     run = build_training(cfg, device)
     fixed_z = torch.randn(64, cfg.z_dim, generator=torch.Generator().manual_seed(cfg.seed)).to(device)
 
-    # The whole uint8 dataset moves to the device once; batches are sampled there.
-    with warnings.catch_warnings():
-        # Under Ray the array is a read-only zero-copy view of the object store; we never write to it.
-        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
-        data = torch.as_tensor(images).to(device)
+    # The uint8 dataset moves to the device once and batches are sampled there; a set too large for
+    # the device stays in host memory and batches are copied over asynchronously (batches.py).
+    batches = DeviceBatches(images, device)
 
     # Resume: weights, optimiser moments, schedules, EMA, RNG and counters, so the run continues
     # bit-identically.
@@ -83,7 +81,7 @@ def train_gan(cfg: GANConfig, images: np.ndarray, report: Report, *, extractor, 
     metrics = {}
     while progress["eval_period"] < cfg.num_evals:
         # Train one eval period.
-        metrics, progress = _train_period(cfg, run, data, progress)
+        metrics, progress = _train_period(cfg, run, batches, progress)
 
         # Divergence ends the trial cleanly: report it (no checkpoint of a broken state) and stop.
         if not (math.isfinite(metrics["loss_d"]) and math.isfinite(metrics["loss_g"])):
@@ -100,16 +98,17 @@ def train_gan(cfg: GANConfig, images: np.ndarray, report: Report, *, extractor, 
     return metrics
 
 
-def _train_period(cfg: GANConfig, run: Training, data: torch.Tensor, progress: dict) -> tuple[dict, dict]:
+def _train_period(cfg: GANConfig, run: Training, batches: DeviceBatches,
+                  progress: dict) -> tuple[dict, dict]:
     """steps_per_eval G steps; losses are summed on the device and read once at the end."""
     total_steps = cfg.num_evals * cfg.steps_per_eval
     kimg_per_step = cfg.n_critic * cfg.batch_size / 1000  # real images shown to D
-    loss_sum = torch.zeros(2, device=data.device)
+    loss_sum = torch.zeros(2, device=batches.device)
     start = time.perf_counter()
     for i in range(cfg.steps_per_eval):
         step = progress["step"] + i
         noise_std = cfg.instance_noise * max(0.0, 1.0 - step / total_steps)  # annealed to 0 at the end
-        loss_sum += train_step(cfg, run.G, run.D, run.opt_g, run.opt_d, data, noise_std)
+        loss_sum += train_step(cfg, run.G, run.D, run.opt_g, run.opt_d, batches, noise_std)
         run.sched_g.step()
         run.sched_d.step()
         update_ema(run.ema, run.G, progress["kimg"] + (i + 1) * kimg_per_step, cfg.ema_start_kimg)

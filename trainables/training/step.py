@@ -1,7 +1,9 @@
 """One training step: n_critic D updates then one G update.
 
 Static shapes and no host synchronisation (no `.item()`, no branching on tensor values), so the
-step can later be captured as a CUDA graph; Python branches only on the (static) config.
+step can later be captured as a CUDA graph; Python branches only on the (static) config. That holds
+when the dataset is resident on the device; the host-memory fallback of `DeviceBatches` gathers
+each batch on the host.
 """
 import contextlib
 
@@ -9,14 +11,7 @@ import torch
 
 from trainables.augment import diff_augment
 from trainables.losses import LOSSES, gradient_penalty
-
-
-def sample_batch(images: torch.Tensor, batch_size: int) -> torch.Tensor:
-    """A random batch of the device-resident uint8 dataset as floats in [-1, 1], randomly mirrored."""
-    idx = torch.randint(images.shape[0], (batch_size,), device=images.device)
-    x = images[idx].float().div_(127.5).sub_(1.0)
-    flip = torch.rand(batch_size, 1, 1, 1, device=images.device) < 0.5
-    return torch.where(flip, x.flip(3), x)
+from trainables.training.batches import DeviceBatches
 
 
 def autocast(cfg, device: torch.device):
@@ -33,13 +28,13 @@ def d_input(cfg, x: torch.Tensor, noise_std: float) -> torch.Tensor:
     return x + noise_std * torch.randn_like(x) if cfg.instance_noise > 0 else x
 
 
-def train_step(cfg, G, D, opt_g, opt_d, images: torch.Tensor, noise_std: float = 0.0) -> torch.Tensor:
+def train_step(cfg, G, D, opt_g, opt_d, batches: DeviceBatches, noise_std: float = 0.0) -> torch.Tensor:
     """Returns the detached [loss_d, loss_g] of this step (still on the device)."""
     d_loss_fn, g_loss_fn = LOSSES[cfg.loss]
-    device, batch = images.device, cfg.batch_size
+    device, batch = batches.device, cfg.batch_size
     real_target = 1.0 - cfg.label_smoothing
     for _ in range(cfg.n_critic):
-        real = sample_batch(images, batch)
+        real = batches.sample(batch)
         with torch.no_grad(), autocast(cfg, device):
             fake = G(torch.randn(batch, cfg.z_dim, device=device)).float()
         with autocast(cfg, device):

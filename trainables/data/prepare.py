@@ -1,0 +1,218 @@
+"""Prepare a dataset once: list its files, fingerprint their content, decode them on all cores and
+store the result as one Arrow IPC file in the cache; later loads memory-map that file.
+
+The cache key hashes the files' bytes, class names and names inside the source (never the path to
+the source, nor timestamps) with the resolution, so the same photos copied elsewhere or zipped hit
+the same entry, and a one-pixel edit misses it. Writes go to a temporary file renamed into place,
+under a file lock: two processes preparing the same data decode it once and both read one
+complete file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from collections import deque
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
+from functools import partial
+from itertools import islice
+from multiprocessing import get_context
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+from filelock import FileLock
+from tqdm import tqdm
+
+from trainables.cache import cache_dir
+from trainables.data.decode import decode_many
+from trainables.data.imageset import DatasetError, ImageSet, make_imageset
+from trainables.data.listing import Listing
+from trainables.data.toy_faces import CLASSES as TOY_CLASSES
+from trainables.data.toy_faces import toy_faces
+
+FORMAT = "sweeper-prepared-v1"  # bump when decoding or the file layout changes: old entries then miss
+KEEP_BYTES = 512 << 20  # files read for the fingerprint are kept for decoding up to this much, else re-read
+CHUNK = 32  # images per message to a decoding worker
+PARALLEL_FROM = 256  # below this many files, starting worker processes costs more than it saves
+EXAMPLES = 5  # skipped files named per reason in the summary
+
+
+@dataclass(frozen=True)
+class Prepared:
+    data: ImageSet
+    path: Path  # the Arrow file in the cache
+    key: str  # fingerprint of the source content: the cache key
+    source: str
+    skipped_examples: dict[str, list[str]] = field(default_factory=dict)
+    from_cache: bool = False
+    seconds: float = 0.0
+
+    def summary(self) -> str:
+        d = self.data
+        counts = ", ".join(f"{d.classes[c]} {n}" for c, n in zip(*np.unique(d.labels, return_counts=True)))
+        lines = [f"{self.source}: {len(d)} images at {d.resolution}x{d.resolution} ({counts})",
+                 f"  {'loaded from cache' if self.from_cache else 'prepared'} in {self.seconds:.1f} s: {self.path}",
+                 f"  fingerprint {d.fingerprint[:16]}, cache key {self.key[:16]}"]
+        for reason, n in sorted(d.skipped.items()):
+            lines.append(f"  skipped {n} {reason}: {', '.join(self.skipped_examples.get(reason, []))}"
+                         + (", ..." if n > EXAMPLES else ""))
+        return "\n".join(lines)
+
+
+def prepared_dir() -> Path:
+    return cache_dir() / "prepared"
+
+
+def prepare_files(path: str | os.PathLike, resolution: int, class_name: str | None = None, *,
+                  workers: int | None = None, progress: bool | None = None) -> Prepared:
+    """A folder, .zip or .tar(.gz) of images (layout rules in trainables.data.listing)."""
+    start = time.perf_counter()
+    _check_resolution(resolution)
+    path = Path(path)
+    if not path.exists():
+        raise DatasetError(f"dataset not found: {path}")
+    listing = Listing(path)
+    classes = listing.classes
+    entries = listing.entries
+    if class_name is not None:
+        if class_name not in classes:
+            raise DatasetError(f"no class {class_name!r} in {path}; classes: {', '.join(classes) or '(none)'}")
+        entries = [e for e in entries if e.cls == class_name]
+    source = f"{path}:{class_name}" if class_name else str(path)
+
+    # Fingerprint the content: one pass over the bytes (kept in memory for decoding while small).
+    header = {"format": FORMAT, "resolution": resolution, "classes": classes, "class_name": class_name}
+    key_hash = hashlib.sha256(json.dumps(header).encode())
+    raw, kept, digests = {}, 0, [""] * len(entries)
+    for i, data in listing.read(entries):
+        digests[i] = data if isinstance(data, str) else hashlib.sha256(data).hexdigest()
+        if isinstance(data, str) or kept + len(data) <= KEEP_BYTES:
+            raw[i] = data
+            kept += 0 if isinstance(data, str) else len(data)
+    for entry, digest in zip(entries, digests):
+        key_hash.update(f"{entry.cls}\0{entry.name}\0{digest}\n".encode())
+    key = key_hash.hexdigest()
+
+    def build():
+        items = sorted(raw.items()) if len(raw) == len(entries) else listing.read(entries)
+        labels = np.array([classes.index(e.cls) for e in entries], dtype=np.int64)
+        images, ok, skipped, examples = _decode_all(items, entries, resolution, workers, progress, source)
+        if not ok.any():
+            raise DatasetError(f"no usable images in {source} (skipped: {_describe(skipped)})")
+        names = [e.name for e, good in zip(entries, ok) if good]
+        return make_imageset(images[ok] if not ok.all() else images, labels[ok], classes, skipped), names, examples
+
+    return _cached(key, source, build, start)
+
+
+def prepare_toy(n: int, resolution: int, seed: int = 0, class_name: str | None = None) -> Prepared:
+    """toy-faces, generated once per (n, resolution, seed, class) and then loaded from the cache."""
+    start = time.perf_counter()
+    _check_resolution(resolution)
+    if class_name is not None and class_name not in TOY_CLASSES:
+        raise DatasetError(f"toy-faces has no class {class_name!r}; classes: {', '.join(TOY_CLASSES)}")
+    header = {"format": FORMAT, "toy-faces": 1, "n": n, "resolution": resolution, "seed": seed, "class": class_name}
+    key = hashlib.sha256(json.dumps(header).encode()).hexdigest()
+    source = "toy-faces" + (f":{class_name}" if class_name else "")
+
+    def build():
+        data = toy_faces(n, resolution, seed, class_name=class_name)
+        return data, [f"{data.classes[c]}/{i:06d}" for i, c in enumerate(data.labels)], {}
+
+    return _cached(key, source, build, start)
+
+
+def _cached(key: str, source: str, build, start: float) -> Prepared:
+    path = prepared_dir() / f"{key}.arrow"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(path) + ".lock"):
+        # Whoever held the lock before us may just have written it.
+        if path.exists():
+            data, examples = load_prepared(path)
+            return Prepared(data, path, key, source, examples, True, time.perf_counter() - start)
+        data, names, examples = build()
+        _write(path, data, names, examples)
+    return Prepared(data, path, key, source, examples, False, time.perf_counter() - start)
+
+
+def load_prepared(path: Path) -> tuple[ImageSet, dict[str, list[str]]]:
+    """The ImageSet of a prepared file; its images are a read-only view of the memory-mapped file."""
+    table = pa.ipc.open_file(pa.memory_map(str(path))).read_all()
+    meta = json.loads(table.schema.metadata[b"sweeper"])
+    column = table.column("image")
+    if column.num_chunks != 1:
+        raise DatasetError(f"{path}: not a file written by sweeper (expected one record batch)")
+    chunk, r = column.chunk(0), meta["resolution"]
+    width = 3 * r * r
+    images = np.frombuffer(chunk.buffers()[1], dtype=np.uint8, count=len(chunk) * width,
+                           offset=chunk.offset * width).reshape(len(chunk), 3, r, r)
+    labels = table.column("label").to_numpy()
+    data = make_imageset(images, labels, meta["classes"], meta["skipped"], fingerprint=meta["fingerprint"])
+    return data, meta["skipped_examples"]
+
+
+def _write(path: Path, data: ImageSet, names: list[str], examples: dict) -> None:
+    meta = {"format": FORMAT, "resolution": data.resolution, "classes": data.classes, "fingerprint": data.fingerprint,
+            "skipped": data.skipped, "skipped_examples": examples}
+    width = 3 * data.resolution ** 2
+    images = pa.FixedSizeBinaryArray.from_buffers(pa.binary(width), len(data), [None, pa.py_buffer(data.images)])
+    table = pa.table({"image": images, "label": pa.array(data.labels, pa.int64()), "source": pa.array(names)},
+                     metadata={"sweeper": json.dumps(meta)})
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    try:
+        with pa.OSFile(str(tmp), "wb") as sink, pa.ipc.new_file(sink, table.schema) as writer:
+            writer.write_table(table)  # one record batch: the images load back as one contiguous view
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _decode_all(items, entries, resolution, workers, progress, source):
+    images = np.empty((len(entries), 3, resolution, resolution), dtype=np.uint8)
+    ok = np.zeros(len(entries), dtype=bool)
+    skipped, examples = {}, {}
+    bar = tqdm(total=len(entries), desc=f"decoding {source}", unit="img", disable=None if progress is None else not progress)
+    with bar:
+        for slot, result in _decode_chunks(items, resolution, workers, len(entries)):
+            if isinstance(result, str):
+                skipped[result] = skipped.get(result, 0) + 1
+                if len(examples.setdefault(result, [])) < EXAMPLES:
+                    examples[result].append(entries[slot].name)
+            else:
+                images[slot], ok[slot] = result, True
+            bar.update()
+    return images, ok, skipped, examples
+
+
+def _decode_chunks(items, resolution: int, workers: int | None, n: int):
+    """(slot, image or reason) for every item, decoded in worker processes when worth it."""
+    items = iter(items)
+    chunks = iter(lambda: list(islice(items, CHUNK)), [])
+    decode = partial(decode_many, resolution=resolution)
+    workers = workers or os.cpu_count() or 1
+    if workers == 1 or n < PARALLEL_FROM:
+        for chunk in chunks:
+            yield from decode(chunk)
+        return
+    # "spawn": the caller may be a Ray driver with threads, which fork would copy in a broken state.
+    with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool:
+        pending = deque()  # bounded, so a large source is never read into memory all at once
+        for chunk in chunks:
+            pending.append(pool.submit(decode, chunk))
+            if len(pending) >= 4 * workers:
+                yield from pending.popleft().result()
+        while pending:
+            yield from pending.popleft().result()
+
+
+def _check_resolution(resolution) -> None:
+    if isinstance(resolution, bool) or not isinstance(resolution, int) or resolution < 1:
+        raise DatasetError(f"resolution must be a positive integer, got {resolution!r}")
+
+
+def _describe(skipped: dict[str, int]) -> str:
+    return ", ".join(f"{n} {reason}" for reason, n in sorted(skipped.items())) or "none"
