@@ -10,16 +10,20 @@ complete file.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
+import sys
+import tempfile
+import threading
 import time
 from collections import deque
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from functools import partial
 from itertools import islice
-from multiprocessing import get_context
+from multiprocessing import get_all_start_methods, get_context
 from pathlib import Path
 
 import numpy as np
@@ -97,10 +101,10 @@ def prepare_files(path: str | os.PathLike, resolution: int, class_name: str | No
         key_hash.update(f"{entry.cls}\0{entry.name}\0{digest}\n".encode())
     key = key_hash.hexdigest()
 
-    def build():
+    def build(scratch: Path):
         items = sorted(raw.items()) if len(raw) == len(entries) else listing.read(entries)
         labels = np.array([classes.index(e.cls) for e in entries], dtype=np.int64)
-        images, ok, skipped, examples = _decode_all(items, entries, resolution, workers, progress, source)
+        images, ok, skipped, examples = _decode_all(items, entries, resolution, workers, progress, source, scratch)
         if not ok.any():
             raise DatasetError(f"no usable images in {source} (skipped: {_describe(skipped)})")
         names = [e.name for e, good in zip(entries, ok) if good]
@@ -119,7 +123,7 @@ def prepare_toy(n: int, resolution: int, seed: int = 0, class_name: str | None =
     key = hashlib.sha256(json.dumps(header).encode()).hexdigest()
     source = "toy-faces" + (f":{class_name}" if class_name else "")
 
-    def build():
+    def build(scratch: Path):
         data = toy_faces(n, resolution, seed, class_name=class_name)
         return data, [f"{data.classes[c]}/{i:06d}" for i, c in enumerate(data.labels)], {}
 
@@ -134,8 +138,10 @@ def _cached(key: str, source: str, build, start: float) -> Prepared:
         if path.exists():
             data, examples = load_prepared(path)
             return Prepared(data, path, key, source, examples, True, time.perf_counter() - start)
-        data, names, examples = build()
-        _write(path, data, names, examples)
+        with tempfile.TemporaryDirectory(dir=path.parent, prefix=".scratch-") as scratch:
+            _write(path, *build(Path(scratch)))
+        # Read back like any cache hit: the same memory-mapped, read-only arrays either way.
+        data, examples = load_prepared(path)
     return Prepared(data, path, key, source, examples, False, time.perf_counter() - start)
 
 
@@ -171,35 +177,47 @@ def _write(path: Path, data: ImageSet, names: list[str], examples: dict) -> None
         tmp.unlink(missing_ok=True)
 
 
-def _decode_all(items, entries, resolution, workers, progress, source):
-    images = np.empty((len(entries), 3, resolution, resolution), dtype=np.uint8)
+def _decode_all(items, entries, resolution, workers, progress, source, scratch: Path):
+    shape = (len(entries), 3, resolution, resolution)
+    workers = workers or os.cpu_count() or 1
+    output = None
+    if workers > 1 and len(entries) >= PARALLEL_FROM:
+        # Workers write the pixels into this file themselves (see decode_many).
+        output = (str(scratch / "images.u8"), len(entries))
+        images = np.memmap(output[0], np.uint8, "w+", shape=shape)
+    else:
+        images = np.empty(shape, dtype=np.uint8)
     ok = np.zeros(len(entries), dtype=bool)
     skipped, examples = {}, {}
-    bar = tqdm(total=len(entries), desc=f"decoding {source}", unit="img", disable=None if progress is None else not progress)
-    with bar:
-        for slot, result in _decode_chunks(items, resolution, workers, len(entries)):
+    # No tqdm object at all when hidden: even a disabled one starts tqdm's monitor thread, and a
+    # process with threads must spawn its workers instead of forking them (_pool_context).
+    show = sys.stderr.isatty() if progress is None else progress
+    bar = tqdm(total=len(entries), desc=f"decoding {source}", unit="img") if show else None
+    with bar or contextlib.nullcontext():
+        for slot, result in _decode_chunks(items, resolution, workers, output):
             if isinstance(result, str):
                 skipped[result] = skipped.get(result, 0) + 1
                 if len(examples.setdefault(result, [])) < EXAMPLES:
                     examples[result].append(entries[slot].name)
-            else:
-                images[slot], ok[slot] = result, True
-            bar.update()
+                continue
+            if result is not None:
+                images[slot] = result
+            ok[slot] = True
+            if bar:
+                bar.update()
     return images, ok, skipped, examples
 
 
-def _decode_chunks(items, resolution: int, workers: int | None, n: int):
-    """(slot, image or reason) for every item, decoded in worker processes when worth it."""
+def _decode_chunks(items, resolution: int, workers: int, output):
+    """(slot, image, None or reason) for every item; in worker processes when `output` is a file."""
     items = iter(items)
     chunks = iter(lambda: list(islice(items, CHUNK)), [])
-    decode = partial(decode_many, resolution=resolution)
-    workers = workers or os.cpu_count() or 1
-    if workers == 1 or n < PARALLEL_FROM:
+    decode = partial(decode_many, resolution=resolution, output=output)
+    if output is None:
         for chunk in chunks:
             yield from decode(chunk)
         return
-    # "spawn": the caller may be a Ray driver with threads, which fork would copy in a broken state.
-    with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool:
+    with ProcessPoolExecutor(workers, mp_context=_pool_context()) as pool:
         pending = deque()  # bounded, so a large source is never read into memory all at once
         for chunk in chunks:
             pending.append(pool.submit(decode, chunk))
@@ -207,6 +225,15 @@ def _decode_chunks(items, resolution: int, workers: int | None, n: int):
                 yield from pending.popleft().result()
         while pending:
             yield from pending.popleft().result()
+
+
+def _pool_context():
+    # fork starts workers at once; spawn re-imports the caller's main module (torch, for the CLI) in
+    # every worker. But forking a process that runs other threads (a Ray driver, torch's pools) can
+    # deadlock the child, so fork only while this process is single-threaded.
+    if "fork" in get_all_start_methods() and threading.active_count() == 1:
+        return get_context("fork")
+    return get_context("spawn")
 
 
 def _check_resolution(resolution) -> None:

@@ -52,7 +52,10 @@ class Extractor(Protocol):
 def extract(extractor: Extractor, images, batch_size: int = 256) -> np.ndarray:
     """Features of uint8 NCHW images (numpy or tensor, any device) as float64 numpy [N, dims]."""
     if isinstance(images, np.ndarray):
-        images = torch.from_numpy(images)
+        with warnings.catch_warnings():
+            # A prepared set is a read-only memory map; this function only reads it.
+            warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+            images = torch.from_numpy(images)
     if images.dtype != torch.uint8 or images.dim() != 4 or images.shape[1] != 3:
         raise ValueError(f"expected uint8 images [N, 3, H, W], got {images.dtype} {tuple(images.shape)}")
     chunks = []
