@@ -46,10 +46,13 @@ def warm_start_params(space, point) -> dict:
     values = dataclasses.asdict(point) if dataclasses.is_dataclass(point) else dict(point)
     if not callable(space):
         if dataclasses.is_dataclass(point):
-            return {key: values[key] for key in space}
+            values = {key: values[key] for key in space}
         unknown = sorted(set(values) - set(space))
         if unknown:
             raise SpaceError(f"key {unknown[0]!r} is not in the search space")
+        for key, value in values.items():
+            if value not in _corner_values(key, space[key]) and not _inside(space[key], value):
+                raise SpaceError(f"{key}={value!r} is outside the search space")
         return values
     trial = optuna.trial.FixedTrial(values)
     try:
@@ -81,6 +84,13 @@ def suggest_optimizer(trial, optimizers=("adam", "adamw", "rmsprop", "sgd"), lr=
         trial.suggest_categorical("beta2", [0.9, 0.99, 0.999])
     if optimizer == "sgd":
         trial.suggest_float("momentum", 0.0, 0.95)
+
+
+def _inside(domain, value) -> bool:
+    """Whether a ray.tune domain can produce `value` (randint's upper bound is exclusive)."""
+    if hasattr(domain, "categories"):
+        return value in domain.categories
+    return domain.lower <= value < domain.upper
 
 
 def _contains(distribution, value) -> bool:

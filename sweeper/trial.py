@@ -2,6 +2,7 @@
 from contextlib import nullcontext
 from pathlib import Path
 
+import ray
 import torch
 from ray import tune
 
@@ -18,6 +19,8 @@ def run_trial(sampled: dict, *, train_fn, base, images, ref_stats, extractor, we
     torch.set_num_threads(max(1, int(cpus)))  # several trials share a machine; don't oversubscribe
     context = tune.get_context()
     run_id = trial_run_id(tracking, context.get_trial_id(), context.get_trial_name(), config_params(cfg))
+    # Which machine a trial ran on (the latest node, when a retry moved it), for debugging a cluster sweep.
+    tracking.client().set_tag(run_id, "sweeper.node_id", ray.get_runtime_context().get_node_id())
 
     def report(metrics: dict, directory) -> None:
         log_eval(tracking, run_id, metrics, Path(directory) / GRID_FILE if directory else None)

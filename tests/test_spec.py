@@ -46,6 +46,10 @@ def test_space_values_are_validated_before_anything_runs():
         Sweep("s", base, space={"lr": tune.loguniform(1e-4, 1e-3)}).validate()
     with pytest.raises(SweepError, match="space.g_lr: g_lr: must be in"):
         Sweep("s", base, space={"g_lr": tune.uniform(0.5, 2.0)}).validate()
+    with pytest.raises(SweepError, match="warm_start\\[0\\]: g_lr=0.01 is outside the search space"):
+        Sweep("s", base, space={"g_lr": tune.loguniform(1e-4, 1e-3)}, warm_start=[{"g_lr": 1e-2}]).validate()
+    with pytest.raises(SweepError, match="warm_start\\[0\\]: d_norm='none' is outside the search space"):
+        Sweep("s", base, space={"d_norm": tune.choice(["layer"])}, warm_start=[{"d_norm": "none"}]).validate()
     with pytest.raises(SweepError, match="warm_start\\[0\\]: key 'beta1' is not in the search space"):
         Sweep("s", base, space={"g_lr": tune.loguniform(1e-4, 1e-3)}, warm_start=[{"beta1": 0.0}]).validate()
 
