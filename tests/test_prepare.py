@@ -6,7 +6,6 @@ import shutil
 import subprocess
 import sys
 import tarfile
-import threading
 import zipfile
 import zlib
 from pathlib import Path
@@ -16,7 +15,7 @@ import pytest
 from PIL import Image
 
 from trainables.data import DatasetError, prepare, train_test_split
-from trainables.data.prepare import _pool_context, prepared_dir
+from trainables.data.prepare import prepared_dir
 from trainables.data.remote import RemoteDataset, RemoteFile, register
 
 
@@ -143,21 +142,32 @@ def test_loading_is_a_read_only_memory_map(tmp_path):
     assert loaded.data.images.shape == (5, 3, 16, 16) and loaded.data.images.flags.c_contiguous
 
 
-@pytest.mark.parametrize("other_thread", [False, True], ids=["fork", "spawn"])
-def test_parallel_decoding_equals_serial(tmp_path, other_thread):
+_PARALLEL_IN_A_FRESH_PROCESS = """
+import sys, threading
+from trainables.data import prepare
+from trainables.data.prepare import _pool_context
+stop = threading.Event()
+if sys.argv[2] == "spawn":  # a running thread makes the pool spawn its workers instead of forking
+    threading.Thread(target=stop.wait).start()
+try:
+    assert _pool_context().get_start_method() == sys.argv[2], _pool_context().get_start_method()
+    prepare(sys.argv[1], 8, workers=2)
+finally:
+    stop.set()
+"""
+
+
+@pytest.mark.parametrize("start_method", ["fork", "spawn"])
+def test_parallel_decoding_equals_serial(tmp_path, start_method):
     root = tmp_path / "many"
     for i in range(300):  # above PARALLEL_FROM, so two worker processes decode
         _png(root / ("cat" if i % 2 else "dog") / f"{i:03d}.png", size=(12, 10), seed=i)
-    # A running thread makes the pool spawn its workers instead of forking them.
-    stop = threading.Event()
-    waiter = threading.Thread(target=stop.wait) if other_thread else None
-    if waiter:
-        waiter.start()
-    try:
-        assert _pool_context().get_start_method() == ("spawn" if other_thread else "fork")
-        parallel = prepare(str(root), 8, workers=2)
-    finally:
-        stop.set()
+    # In a fresh process: the test process may run threads of its own (earlier tests' libraries).
+    child = subprocess.run([sys.executable, "-c", _PARALLEL_IN_A_FRESH_PROCESS, str(root), start_method],
+                           capture_output=True, text=True, env={**os.environ}, timeout=300)
+    assert child.returncode == 0, child.stderr[-2000:]
+    parallel = prepare(str(root), 8)
+    assert parallel.from_cache
     shutil.rmtree(prepared_dir())
     serial = prepare(str(root), 8, workers=1)
     assert parallel.key == serial.key
