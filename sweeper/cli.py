@@ -132,4 +132,6 @@ def _ui(args) -> int:
         SWEEPS_DIR.mkdir(parents=True, exist_ok=True)
         command += ["--default-artifact-root", local_artifact_root()]
     print(f"MLflow UI for {uri} on http://127.0.0.1:{args.port}", flush=True)
-    return subprocess.call(command, env=os.environ.copy())
+    # MLflow 3 also starts a job runner (worker processes for its GenAI jobs) that sweeps never use.
+    env = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", **os.environ}
+    return subprocess.call(command, env=env)

@@ -4,6 +4,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import os
 import tempfile
 import time
 from pathlib import Path
@@ -64,7 +65,10 @@ def run_sweep(sweep: Sweep, *, sweep_file: str, quick: bool) -> SweepSummary:
 
 def _fit(sweep, dataset, extractor, ref_stats, tracking):
     if not ray.is_initialized():
-        ray.init(include_dashboard=False, logging_level=logging.WARNING)  # RAY_ADDRESS picks a cluster
+        # RAY_ADDRESS joins a cluster (`ray job submit` sets it). Without it the sweep starts its own
+        # Ray: ray.init() alone would join any cluster that happens to run on this machine.
+        ray.init(address=os.environ.get("RAY_ADDRESS") or "local", include_dashboard=False,
+                 logging_level=logging.WARNING)
     trainable = tune.with_parameters(
         run_trial, train_fn=sweep.trainable, base=sweep.config, images=dataset.images,
         ref_stats=ref_stats, extractor=extractor.name, weights_path=getattr(extractor, "weights_path", None),

@@ -1,0 +1,141 @@
+"""Local and cluster are one code path: the same `python -m sweeper run` submitted to a Ray cluster
+(two nodes on this machine, `ray.cluster_utils.Cluster`) with `RAY_ADDRESS` and
+`MLFLOW_TRACKING_URI` pointing at a real `mlflow server` on 127.0.0.1; trials log over HTTP."""
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+REPO = Path(__file__).resolve().parents[1]
+NAME = "cluster"
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    from ray._common.utils import reset_ray_address
+    from ray._private.utils import read_ray_address, write_ray_address
+    from ray.cluster_utils import Cluster
+
+    with pytest.MonkeyPatch.context() as env:
+        # The raylets (and so every trial worker) inherit this process's environment.
+        env.setenv("SWEEPER_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
+        env.setenv("SWEEPER_OFFLINE", "1")
+        env.delenv("MLFLOW_TRACKING_URI", raising=False)
+        env.delenv("RAY_ADDRESS", raising=False)
+        # One CPU per node and one per trial (Resources.cpus): two trials can only run at once on
+        # two different nodes. The driver holds no CPU resource, so it takes none from the trials, and
+        # Tune (one pending trial at a time with a searcher) places the second trial while the first
+        # holds its CPU for the whole of its training.
+        previous = read_ray_address()
+        cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False})
+        # Cluster writes its address to /tmp/ray/ray_current_cluster, where a plain ray.init() anywhere
+        # on this machine (another test run's sweep) would find it and join this cluster. The sweep
+        # here is given RAY_ADDRESS, so put the file back as it was.
+        if previous:
+            write_ray_address(previous)
+        else:
+            reset_ray_address()
+        try:
+            cluster.add_node(num_cpus=1)
+            cluster.wait_for_nodes()
+            yield cluster
+        finally:
+            cluster.shutdown()
+
+
+@pytest.fixture(scope="module")
+def mlflow_server(tmp_path_factory):
+    """A real `mlflow server` with its own sqlite store; it stores the artifacts it is sent."""
+    root = tmp_path_factory.mktemp("mlflow_server")
+    port = _free_port()
+    log = root / "server.log"  # a file, not a pipe nobody reads: a full pipe would block the server
+    with log.open("wb") as out:
+        server = subprocess.Popen(
+            [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
+             "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}", "--artifacts-destination", str(root / "artifacts")],
+            cwd=root, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+            # No background job runner (five huey consumers): sweeps use none of its jobs, and it
+            # would take a third of the server's start and most of its shutdown on two cores.
+            env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"})
+    try:
+        # Not waited for here: it starts (10-20 s on 2 busy cores) while the cluster does.
+        yield f"http://127.0.0.1:{port}", root / "artifacts", server, log
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def cluster_sweep(mlflow_server, cluster, tmp_path_factory):
+    uri, artifacts, server, log = mlflow_server
+    _wait_until_up(f"{uri}/health", server, log)
+    workdir = tmp_path_factory.mktemp("cluster_sweep")
+    env = {**os.environ, "RAY_ADDRESS": cluster.address, "MLFLOW_TRACKING_URI": uri, "SWEEPER_OFFLINE": "1",
+           "SWEEPER_CACHE": str(tmp_path_factory.getbasetemp() / "cache")}
+    # The --quick sweep with two trials and an even smaller budget: what is tested is where things run and land.
+    budget = ["num_evals=2", "steps_per_eval=5", "fid_samples=128", "ref_samples=256"]
+    result = subprocess.run(
+        [sys.executable, "-m", "sweeper", "run", str(REPO / "search_spaces" / "wgangp.py"), "--quick",
+         "--num-samples", "2", *(arg for kv in budget for arg in ("--set", kv)), "--name", NAME],
+        cwd=workdir, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
+    node_ids = {node.node_id for node in cluster.list_all_nodes()}
+    return MlflowClient(tracking_uri=uri), workdir, artifacts, node_ids
+
+
+def test_the_sweep_logs_over_http_to_the_mlflow_server(cluster_sweep):
+    client, workdir, artifacts, _ = cluster_sweep
+    experiment = client.get_experiment_by_name(NAME)
+    assert experiment.artifact_location.startswith("mlflow-artifacts:")  # served by the server
+    runs = client.search_runs([experiment.experiment_id])
+    parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    assert len(children) == 2
+    for child in children:
+        assert child.data.tags["mlflow.parentRunId"] == parents[0].info.run_id
+        fids = client.get_metric_history(child.info.run_id, "fid")
+        assert [m.step for m in fids] == list(range(1, len(fids) + 1)) and fids
+        grids = [a.path for a in client.list_artifacts(child.info.run_id, "grids")]  # listed over HTTP
+        assert len(grids) == len(fids) and all(g.endswith(".png") for g in grids)
+    assert list(artifacts.rglob("eval_0001.png"))  # uploaded through the server into its store
+    version = client.get_model_version_by_alias(f"{NAME}-generator", "best")
+    assert version.run_id in {c.info.run_id for c in children}
+    assert {"trials.parquet", "summary.json"} <= {a.path for a in client.list_artifacts(parents[0].info.run_id)}
+    # Nothing went to the local store the driver uses when MLFLOW_TRACKING_URI is unset.
+    assert not (workdir / "sweeps" / "mlflow.db").exists()
+    assert not (workdir / "sweeps" / "mlartifacts").exists()
+
+
+def test_the_trials_ran_on_both_nodes(cluster_sweep):
+    client, _, _, node_ids = cluster_sweep
+    experiment = client.get_experiment_by_name(NAME)
+    runs = client.search_runs([experiment.experiment_id])
+    ran_on = [r.data.tags["sweeper.node_id"] for r in runs if "mlflow.parentRunId" in r.data.tags]
+    assert len(ran_on) == 2 and set(ran_on) == node_ids, (ran_on, node_ids)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _wait_until_up(url: str, process, log: Path, timeout_s: float = 120) -> None:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        assert process.poll() is None, log.read_text()[-2000:]
+        try:
+            with urllib.request.urlopen(url, timeout=5):
+                return
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.5)
