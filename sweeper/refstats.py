@@ -1,4 +1,4 @@
-"""FID reference statistics of the real data: computed once by the driver, cached by content."""
+"""FID (and KID) reference statistics of the real data: computed once by the driver, cached by content."""
 
 from __future__ import annotations
 
@@ -13,7 +13,8 @@ import numpy as np
 
 from trainables.metrics import cache_dir, extract, feature_stats
 
-_FORMAT = 1  # bump when what is stored (or how it is computed) changes, so old entries are ignored
+_FORMAT = 2  # bump when what is stored (or how it is computed) changes, so old entries are ignored
+KID_FEATURES = 2000  # real features kept for KID (an MMD needs samples, not moments)
 
 
 @dataclass(frozen=True, eq=False)
@@ -25,6 +26,7 @@ class RefStats:
 
     mu: np.ndarray  # float64 [D]
     sigma: np.ndarray  # float64 [D, D]
+    features: np.ndarray  # float32 [<= KID_FEATURES, D]: a seeded subset of the real features, for KID
     extractor_name: str
     n_samples: int  # images actually used (the request capped at the dataset size)
     key: str
@@ -52,9 +54,12 @@ def reference_stats(images: np.ndarray, fingerprint: str, extractor, n_samples: 
     cached = _load(path, key, extractor.dims)
     if cached is not None:
         return RefStats(*cached, extractor.name, n, key, cache_hit=True)
-    mu, sigma = feature_stats(extract(extractor, _subset(images, n, seed)))
-    _save_atomic(path, mu=mu, sigma=sigma, key=np.array(key))
-    return RefStats(mu, sigma, extractor.name, n, key, cache_hit=False)
+    feats = extract(extractor, _subset(images, n, seed))
+    mu, sigma = feature_stats(feats)
+    keep = np.sort(np.random.default_rng(seed).permutation(len(feats))[:KID_FEATURES])
+    features = feats[keep].astype(np.float32)
+    _save_atomic(path, mu=mu, sigma=sigma, features=features, key=np.array(key))
+    return RefStats(mu, sigma, features, extractor.name, n, key, cache_hit=False)
 
 
 def _subset(images: np.ndarray, n: int, seed: int) -> np.ndarray:
@@ -65,17 +70,17 @@ def _subset(images: np.ndarray, n: int, seed: int) -> np.ndarray:
     return images[indices]
 
 
-def _load(path: Path, key: str, dims: int) -> tuple[np.ndarray, np.ndarray] | None:
+def _load(path: Path, key: str, dims: int) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
     try:
         with np.load(path, allow_pickle=False) as entry:
-            mu, sigma, stored_key = entry["mu"], entry["sigma"], str(entry["key"])
+            mu, sigma, features, stored_key = entry["mu"], entry["sigma"], entry["features"], str(entry["key"])
     except Exception:  # missing, truncated or foreign files fail in many ways; all mean recompute
         return None
-    if stored_key != key or mu.shape != (dims,) or sigma.shape != (dims, dims):
+    if stored_key != key or mu.shape != (dims,) or sigma.shape != (dims, dims) or features.shape[1:] != (dims,):
         return None
-    if not (np.isfinite(mu).all() and np.isfinite(sigma).all()):
+    if not (np.isfinite(mu).all() and np.isfinite(sigma).all() and np.isfinite(features).all()):
         return None
-    return mu, sigma
+    return mu, sigma, features
 
 
 def _save_atomic(path: Path, **arrays: np.ndarray) -> None:

@@ -41,6 +41,7 @@ def test_miss_then_hit(faces, cache):
     second = reference_stats(faces.images, faces.fingerprint, extractor, n_samples=100)
     assert second.cache_hit and extractor.images_seen == 100
     assert np.array_equal(second.mu, first.mu) and np.array_equal(second.sigma, first.sigma)
+    assert first.features.shape == (100, 512) and np.array_equal(second.features, first.features)
     assert second.key == first.key and second.extractor_name == "random-conv-v1-seed0"
 
 
@@ -54,6 +55,10 @@ def test_stats_are_those_of_a_seeded_subset(faces, cache):
     everything = reference_stats(faces.images, faces.fingerprint, extractor, n_samples=10_000)
     assert everything.n_samples == 120
     np.testing.assert_allclose(everything.mu, mu_all, rtol=1e-12)
+    # KID's real features are rows of the same extraction (float32), each image once.
+    all_feats = extract(extractor, faces.images).astype(np.float32)
+    assert everything.features.shape == all_feats.shape
+    assert sorted(map(bytes, everything.features)) == sorted(map(bytes, all_feats))
 
 
 def test_key_depends_on_content_not_path(faces, cache):

@@ -51,6 +51,7 @@ def test_mlflow_holds_a_parent_run_and_nested_trial_runs(quick_sweep):
         assert {"g_lr", "d_lr", "optimizer", "z_dim", "d_norm", "g_norm", "loss"} <= set(child.data.params)
         fids = client.get_metric_history(child.info.run_id, "fid")
         assert [m.step for m in fids] == list(range(1, len(fids) + 1))  # step = eval period
+        assert [m.step for m in client.get_metric_history(child.info.run_id, "kid")] == [m.step for m in fids]
         grids = [a.path for a in client.list_artifacts(child.info.run_id, "grids")]
         assert len(grids) == len(fids) and all(g.endswith(".png") for g in grids)
 

@@ -51,7 +51,8 @@ def test_reports_every_eval_period_with_fixed_metric_names(setup, tmp_path):
     report = Recorder(tmp_path)
     train_gan(TINY, images, report, extractor=extractor, ref_stats=ref)
     assert [m["eval_period"] for m in report.metrics] == [1, 2, 3]
-    assert {"fid", "kimg", "img_per_s", "loss_d", "loss_g", "diverged"} <= set(report.metrics[0])
+    assert {"fid", "kid", "kimg", "img_per_s", "loss_d", "loss_g", "diverged"} <= set(report.metrics[0])
+    assert all(np.isfinite(m["kid"]) for m in report.metrics)
     assert report.metrics[-1]["kimg"] == pytest.approx(3 * 3 * 2 * 16 / 1000)
     assert all(np.isfinite(m["fid"]) and m["fid"] > 0 for m in report.metrics)
     assert all((c / GRID_FILE).stat().st_size > 0 for c in report.checkpoints)
@@ -75,7 +76,7 @@ def test_exact_resume_is_bit_identical_on_cpu(setup, tmp_path, cfg):
     resumed = Recorder(tmp_path / "c")
     train_gan(cfg, images, resumed, extractor=extractor, ref_stats=ref, restore_from=first.checkpoints[-1])
 
-    keys = ("eval_period", "kimg", "loss_d", "loss_g", "fid")
+    keys = ("eval_period", "kimg", "loss_d", "loss_g", "fid", "kid")
     assert [{k: m[k] for k in keys} for m in first.metrics + resumed.metrics] == \
            [{k: m[k] for k in keys} for m in straight.metrics]
 

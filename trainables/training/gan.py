@@ -18,7 +18,7 @@ from trainables.models import build_models
 from trainables.training.batches import DeviceBatches
 from trainables.training.checkpoint import GRID_FILE, load_checkpoint, save_checkpoint
 from trainables.training.ema import build_ema, update_ema
-from trainables.training.evaluate import fid, save_grid
+from trainables.training.evaluate import fid_kid, save_grid
 from trainables.training.optim import build_optimizers, build_schedule
 from trainables.training.step import train_step
 
@@ -85,12 +85,12 @@ def train_gan(cfg: GANConfig, images: np.ndarray, report: Report, *, extractor, 
 
         # Divergence ends the trial cleanly: report it (no checkpoint of a broken state) and stop.
         if not (math.isfinite(metrics["loss_d"]) and math.isfinite(metrics["loss_g"])):
-            metrics.update(fid=float("inf"), diverged=1.0)
+            metrics.update(fid=float("inf"), kid=float("inf"), diverged=1.0)
             report(metrics, None)
             return metrics
 
         # Evaluate, checkpoint and report in one directory that the reporter takes over.
-        metrics.update(fid=fid(run.generator(), cfg, extractor, ref_stats), diverged=0.0)
+        metrics.update(fid_kid(run.generator(), cfg, extractor, ref_stats), diverged=0.0)
         with tempfile.TemporaryDirectory(prefix="sweeper-ckpt-") as directory:
             save_checkpoint(directory, run.stateful(), progress)
             save_grid(run.generator(), fixed_z, f"{directory}/{GRID_FILE}")
