@@ -51,7 +51,7 @@ def warm_start_params(space, point) -> dict:
         if unknown:
             raise SpaceError(f"key {unknown[0]!r} is not in the search space")
         for key, value in values.items():
-            if value not in _corner_values(key, space[key]) and not _inside(space[key], value):
+            if not _inside(key, space[key], value):
                 raise SpaceError(f"{key}={value!r} is outside the search space")
         return values
     trial = optuna.trial.FixedTrial(values)
@@ -86,11 +86,12 @@ def suggest_optimizer(trial, optimizers=("adam", "adamw", "rmsprop", "sgd"), lr=
         trial.suggest_float("momentum", 0.0, 0.95)
 
 
-def _inside(domain, value) -> bool:
-    """Whether a ray.tune domain can produce `value` (randint's upper bound is exclusive)."""
+def _inside(key: str, domain, value) -> bool:
+    """Whether `value` lies within what a ray.tune domain can produce (its corner values)."""
+    corners = _corner_values(key, domain)
     if hasattr(domain, "categories"):
-        return value in domain.categories
-    return domain.lower <= value < domain.upper
+        return value in corners
+    return corners[0] <= value <= corners[1]
 
 
 def _contains(distribution, value) -> bool:

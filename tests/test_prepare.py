@@ -1,5 +1,6 @@
 """Ingest: folders and archives into the Arrow cache, skipped files by reason, the content
 fingerprint, concurrent prepares, parallel decoding, the split and the `data prepare` command."""
+import importlib
 import multiprocessing
 import os
 import shutil
@@ -245,3 +246,15 @@ def test_data_prepare_command_prints_a_summary(tmp_path):
     assert result.returncode == 0, result.stderr
     assert "5 images at 16x16 (cat 3, dog 2)" in result.stdout and "skipped 1 empty: dog/empty.png" in result.stdout
     assert len(list(prepared_dir().glob("*.arrow"))) == 1
+
+
+def test_sources_too_large_to_keep_in_memory_are_read_again(tmp_path, monkeypatch):
+    # import_module: the package's `prepare` attribute is the function, not this module.
+    prepare_module = importlib.import_module("trainables.data.prepare")
+    pets = _pets(tmp_path / "pets")
+    kept = prepare(str(pets), 16)
+    shutil.rmtree(prepared_dir())
+    monkeypatch.setattr(prepare_module, "KEEP_BYTES", 100)  # every file is larger than this
+    reread = prepare(str(pets), 16)
+    assert reread.key == kept.key
+    np.testing.assert_array_equal(reread.data.images, kept.data.images)

@@ -94,15 +94,17 @@ def prepare_files(path: str | os.PathLike, resolution: int, class_name: str | No
     raw, kept, digests = {}, 0, [""] * len(entries)
     for i, data in listing.read(entries):
         digests[i] = data if isinstance(data, str) else hashlib.sha256(data).hexdigest()
-        if isinstance(data, str) or kept + len(data) <= KEEP_BYTES:
+        kept += 0 if isinstance(data, str) else len(data)
+        if raw is not None:
             raw[i] = data
-            kept += 0 if isinstance(data, str) else len(data)
+            if kept > KEEP_BYTES:
+                raw = None  # too large to keep: decoding re-reads every file, so free these now
     for entry, digest in zip(entries, digests):
         key_hash.update(f"{entry.cls}\0{entry.name}\0{digest}\n".encode())
     key = key_hash.hexdigest()
 
     def build(scratch: Path):
-        items = sorted(raw.items()) if len(raw) == len(entries) else listing.read(entries)
+        items = sorted(raw.items()) if raw is not None else listing.read(entries)
         labels = np.array([classes.index(e.cls) for e in entries], dtype=np.int64)
         images, ok, skipped, examples = _decode_all(items, entries, resolution, workers, progress, source, scratch)
         if not ok.any():
