@@ -2,6 +2,6 @@
 
 Search-space files import `Sweep` and friends from here; importing it does not start Ray.
 """
-from sweeper.spec import ASHA, TPE, Quick, Resources, Sweep, SweepError
+from sweeper.spec import ASHA, TPE, FinalEval, Quick, Resources, Sweep, SweepError
 
-__all__ = ["Sweep", "SweepError", "TPE", "ASHA", "Resources", "Quick"]
+__all__ = ["Sweep", "SweepError", "TPE", "ASHA", "Resources", "FinalEval", "Quick"]

@@ -72,7 +72,9 @@ def _run(args) -> int:
     from sweeper.run import run_sweep  # imports Ray and MLflow: only when a sweep really runs
     summary = run_sweep(sweep, sweep_file=args.file, quick=args.quick)
     print(_report(summary))
-    return 0
+    if summary.interrupted:
+        return EXIT_INTERRUPTED
+    return 0 if summary.winner is not None else EXIT_NOTHING_TO_REGISTER
 
 
 def describe(sweep) -> str:
@@ -103,23 +105,34 @@ def _domain(domain) -> str:
     return f"{type(domain).__name__.lower()} [{domain.lower}, {domain.upper}) {sampler}"
 
 
-def _report(summary) -> str:
-    from sweeper.registry import model_name
+EXIT_INTERRUPTED = 130  # the shell's code for a process ended by Ctrl-C (128 + SIGINT)
+EXIT_NOTHING_TO_REGISTER = 1
 
+
+def _report(summary) -> str:
+    outcomes = summary.table["outcome"].value_counts().to_dict() if len(summary.table) else {}
+    lines = ["", f"trials: {len(summary.table)} ({', '.join(f'{n} {o}' for o, n in outcomes.items())})"]
+    if summary.interrupted:
+        return "\n".join(lines + [
+            "sweep interrupted: nothing registered; the parent run and the unfinished trials' runs are KILLED.",
+            f"Tune saved its state in {summary.experiment_path}; `python -m sweeper resume` is not built yet, "
+            f"so re-run the same command to start the sweep again.",
+            f"MLflow store: {summary.tracking.uri}"])
+    if summary.winner is None:
+        return "\n".join(lines + ["no trial produced a checkpoint with a finite FID: nothing registered",
+                                  f"MLflow store: {summary.tracking.uri}"])
     config = ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in summary.best_config.items())
-    outcomes = summary.table["outcome"].value_counts().to_dict()
-    return "\n".join([
-        "",
-        f"trials: {len(summary.table)} ({', '.join(f'{n} {o}' for o, n in outcomes.items())})",
-        f"best trial: {summary.best_trial}  fid {summary.best_fid:.2f}  (feature extractor: {summary.tracking.extractor})",
-        f"best config: {config}",
-        *([f"hand-tuned baseline (warm start): fid {summary.baseline_fid:.2f}, "
-           f"the sweep's best is {summary.baseline_fid - summary.best_fid:+.2f} better"]
-          if summary.baseline_fid is not None else []),
-        f"registered model: models:/{model_name(summary.sweep_name)}@best (version {summary.model_version})",
-        f"MLflow store: {summary.tracking.uri}",
-        "open the UI: python -m sweeper ui   (then http://127.0.0.1:5000)",
-    ])
+    lines += [f"best trial: {summary.winner}  fid_final {summary.fid_final:.2f}  "
+              f"({summary.final_extractor}, {summary.final_samples} generated vs {summary.ref_samples} real images)",
+              f"best config: {config}"]
+    if summary.baseline_fid is not None and summary.gain is not None:
+        verdict = (f"the best searched trial is {summary.gain:.2f} better" if summary.gain > 0 else
+                   f"the search did NOT beat it: its best trial is {-summary.gain:.2f} worse")
+        lines.append(f"hand-tuned baseline (warm start, full budget): fid_final {summary.baseline_fid:.2f}; {verdict}")
+    lines += [f"registered model: models:/{summary.model}/{summary.model_version}; @best {summary.alias_decision}",
+              f"MLflow store: {summary.tracking.uri}",
+              "open the UI: python -m sweeper ui   (then http://127.0.0.1:5000)"]
+    return "\n".join(lines)
 
 
 def _ui(args) -> int:

@@ -1,15 +1,20 @@
-"""What became of each trial: a table for the parent run, and each child run closed with its outcome."""
+"""What became of each trial: a table for the parent run, each child run closed with its outcome,
+and the hand-tuned baseline compared with the search on the final (re-measured) metric."""
+from __future__ import annotations
+
 import math
 
 import pandas as pd
 
 from sweeper.tracking import Tracking
 
-COMPLETED, STOPPED, DIVERGED, ERROR = "completed", "stopped-early", "diverged", "error"
+COMPLETED, STOPPED, DIVERGED, ERROR, INTERRUPTED = "completed", "stopped-early", "diverged", "error", "interrupted"
+RUN_STATUS = {ERROR: "FAILED", INTERRUPTED: "KILLED"}  # every other outcome ends FINISHED
 
 
-def trial_table(results, runs: dict, sweep) -> pd.DataFrame:
-    """One row per trial: id, MLflow run, outcome, best and last metric, eval periods done, config."""
+def trial_table(results, runs: dict, sweep, proposed_by: dict) -> pd.DataFrame:
+    """One row per trial: id, MLflow run, outcome, how it was proposed, whether it is a warm start,
+    best and last metric, eval periods done, config."""
     rows, seen = [], set()
     for result in results:
         metrics = result.metrics or {}
@@ -19,6 +24,7 @@ def trial_table(results, runs: dict, sweep) -> pd.DataFrame:
         seen.add(trial_id)
         series = result.metrics_dataframe[sweep.metric]
         rows.append({"trial_id": trial_id, "run_id": runs.get(trial_id), "outcome": _outcome(result, sweep),
+                     "proposed_by": proposed_by.get(trial_id), "warm_start": sweep.is_warm_start(result.config),
                      f"best_{sweep.metric}": float(series.min() if sweep.mode == "min" else series.max()),
                      f"last_{sweep.metric}": float(series.iloc[-1]),
                      "eval_periods": int(metrics.get("eval_period", 0)), "kimg": float(metrics.get("kimg", 0)),
@@ -35,28 +41,40 @@ def _outcome(result, sweep) -> str:
     return COMPLETED if result.metrics.get("eval_period", 0) >= sweep.config.num_evals else STOPPED
 
 
-def close_trial_runs(tracking: Tracking, table: pd.DataFrame, runs: dict) -> None:
+def mark_interrupted(table: pd.DataFrame, finished_trial_ids: set) -> pd.DataFrame:
+    """After Ctrl-C: the trials Tune had not finished are `interrupted`, whatever they reported."""
+    table = table.copy()
+    unfinished = ~table["trial_id"].isin(finished_trial_ids) & (table["outcome"] != ERROR)
+    table.loc[unfinished, "outcome"] = INTERRUPTED
+    return table
+
+
+def close_trial_runs(tracking: Tracking, table: pd.DataFrame) -> None:
     """Driver: trials ASHA stopped never get to close their own run, so the driver closes them all."""
     client = tracking.client()
     for row in table.itertuples():
-        if row.run_id is None:
+        if row.run_id is None or (isinstance(row.run_id, float) and math.isnan(row.run_id)):
             continue
         client.set_tag(row.run_id, "sweeper.outcome", row.outcome)
-        client.set_terminated(row.run_id, status="FAILED" if row.outcome == ERROR else "FINISHED")
+        if isinstance(getattr(row, "proposed_by", None), str):
+            client.set_tag(row.run_id, "sweeper.proposed_by", row.proposed_by)
+        client.set_terminated(row.run_id, status=RUN_STATUS.get(row.outcome, "FINISHED"))
 
 
-def baseline(table: pd.DataFrame, sweep) -> float | None:
-    """The best metric among the warm-start (hand-tuned) trials, or None if none of them ran."""
-    column = f"best_{sweep.metric}"
-    values = [row[column] for _, row in table.iterrows()
-              if row["outcome"] != ERROR and any(_matches(row, sweep.warm_start_params(i))
-                                                 for i in range(len(sweep.warm_start)))]
-    if not values:
-        return None
-    return float(min(values) if sweep.mode == "min" else max(values))
-
-
-def _matches(row, params: dict) -> bool:
-    def same(a, b):
-        return math.isclose(a, b, rel_tol=1e-9) if isinstance(b, float) else a == b
-    return all(f"config.{k}" in row and same(row[f"config.{k}"], v) for k, v in params.items())
+def baseline_gain(table: pd.DataFrame, metric: str, mode: str) -> tuple[float | None, float | None]:
+    """(baseline, gain): the best `metric` among warm-start trials, and how much the best searched
+    trial beats it (positive = the search found better than the hand-tuned configs; negative =
+    it did not). None where either side has no measured trial."""
+    if metric not in table or "warm_start" not in table:
+        return None, None
+    measured = table[table[metric].notna() & table[metric].map(lambda v: math.isfinite(v))]
+    best = min if mode == "min" else max
+    warm = measured[measured["warm_start"] == True][metric].tolist()  # noqa: E712 (a pandas mask)
+    searched = measured[measured["warm_start"] == False][metric].tolist()  # noqa: E712
+    if not warm:
+        return None, None
+    baseline = float(best(warm))
+    if not searched:
+        return baseline, None
+    sign = 1 if mode == "min" else -1
+    return baseline, sign * (baseline - float(best(searched)))

@@ -5,6 +5,7 @@ A search-space file is plain Python that assigns `sweep = Sweep(...)`; nothing i
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -13,15 +14,25 @@ from trainables.config import ConfigError, GANConfig, field_types
 from trainables.training.gan import train_gan
 
 
+EVAL_EXTRACTORS = ("auto", "standard", "proxy")
+
+
 class SweepError(ValueError):
     """A bad sweep definition or command-line value; one line naming the key, file or value."""
 
 
 @dataclass(frozen=True)
 class TPE:
-    """Optuna's TPE sampler (seeded, so a sweep proposes the same configs when re-run)."""
+    """Optuna's TPE sampler (seeded, so a sweep proposes the same configs when re-run).
+
+    `n_startup_trials`: finished trials (warm starts included) before TPE replaces random draws;
+    None = max(2, num_samples // 8). Trials in flight are told to TPE as constant liars.
+    """
     seed: int = 0
-    n_startup_trials: int = 4
+    n_startup_trials: int | None = None
+
+    def startup_trials(self, num_samples: int) -> int:
+        return self.n_startup_trials if self.n_startup_trials is not None else max(2, num_samples // 8)
 
 
 @dataclass(frozen=True)
@@ -39,12 +50,21 @@ class Resources:
 
 
 @dataclass(frozen=True)
+class FinalEval:
+    """After the trials: the best checkpoints of the `top_k` best search trials and of the `top_k`
+    best warm-start trials (by their per-eval metric) are measured again with the config's
+    `final_fid_samples` and another seed; that number (`fid_final`) picks the winner."""
+    top_k: int = 3
+
+
+@dataclass(frozen=True)
 class Quick:
     """What `--quick` changes: the budget only (trial count, image size, steps, samples)."""
     num_samples: int = 6
     config: dict = field(default_factory=lambda: dict(
         resolution=32, g_width=16, d_width=16, batch_size=32, steps_per_eval=20, num_evals=4,
-        fid_samples=512, ref_samples=1024))
+        fid_samples=512, ref_samples=512, final_fid_samples=256))
+    final: FinalEval = FinalEval(top_k=2)
 
 
 @dataclass(frozen=True)
@@ -58,9 +78,15 @@ class Sweep:
     mode: str = "min"
     num_samples: int = 16
     max_failures: int = 2                   # retries of a crashed trial, from its last checkpoint
+    max_concurrent: int | None = None       # None: what the resources allow, capped (see tuner.py)
     searcher: TPE = TPE()
     scheduler: ASHA = ASHA()
     resources: Resources = Resources()
+    final: FinalEval = FinalEval()
+    # Feature extractor of the per-eval FID: "standard" (Inception), "proxy" (random conv, ~100x
+    # cheaper on a CPU) or "auto" (standard where trials get GPUs, proxy otherwise). `fid_final`
+    # always uses the standard extractor when its weights are available.
+    eval_extractor: str = "auto"
     quick: Quick = Quick()
 
     def validate(self) -> "Sweep":
@@ -70,6 +96,12 @@ class Sweep:
             raise SweepError(f"num_samples: must be >= 1, got {self.num_samples}")
         if self.mode not in ("min", "max"):
             raise SweepError(f"mode: {self.mode!r} is not 'min' or 'max'")
+        if self.eval_extractor not in EVAL_EXTRACTORS:
+            raise SweepError(f"eval_extractor: {self.eval_extractor!r} is not one of {', '.join(EVAL_EXTRACTORS)}")
+        if self.max_concurrent is not None and self.max_concurrent < 1:
+            raise SweepError(f"max_concurrent: must be >= 1, got {self.max_concurrent}")
+        if self.final.top_k < 1:
+            raise SweepError(f"final.top_k: must be >= 1, got {self.final.top_k}")
         _config_or_error(self.config, {}, "config")
         try:
             for where, params in space_samples(self.space):
@@ -78,7 +110,20 @@ class Sweep:
                 _config_or_error(self.config, self.warm_start_params(i), f"warm_start[{i}]")
         except SpaceError as e:
             raise SweepError(str(e)) from None
+        self._refuse_searched_data_keys()
         return self
+
+    def _refuse_searched_data_keys(self) -> None:
+        # The driver prepares the data and its reference statistics once, at the fixed values; a
+        # trial with another resolution would silently train on images of the wrong size.
+        for key in sorted(self.searched_keys() & set(type(self.config).DATA_KEYS)):
+            raise SweepError(f"space.{key}: defines the data, which is prepared once per sweep and cannot be "
+                             f"searched; fix it in the sweep's config (or --data / --set {key}=...) and run one "
+                             f"sweep per value")
+
+    def is_warm_start(self, params: dict) -> bool:
+        """Whether a trial's sampled params are one of the warm-start points."""
+        return any(same_params(params, self.warm_start_params(i)) for i in range(len(self.warm_start)))
 
     def warm_start_params(self, i: int) -> dict:
         try:
@@ -96,7 +141,8 @@ class Sweep:
         """The sweep that runs: --quick budget, then --data/--set, then --num-samples/--name."""
         sweep = self
         if quick:
-            sweep = sweep.with_config(sweep.quick.config, "quick").with_(num_samples=sweep.quick.num_samples)
+            sweep = sweep.with_config(sweep.quick.config, "quick").with_(
+                num_samples=sweep.quick.num_samples, final=sweep.quick.final)
         if data is not None:
             sweep = sweep.with_config({"data": data}, "--data")
         sweep = sweep.with_config(parse_overrides(overrides), "--set")
@@ -118,6 +164,12 @@ class Sweep:
 
     def with_(self, **changes) -> "Sweep":
         return dataclasses.replace(self, **changes)
+
+
+def same_params(params: dict, point: dict) -> bool:
+    def same(a, b):
+        return math.isclose(a, b, rel_tol=1e-9) if isinstance(b, float) and isinstance(a, (int, float)) else a == b
+    return all(k in params and same(params[k], v) for k, v in point.items())
 
 
 def _config_or_error(config: GANConfig, changes: dict, where: str) -> GANConfig:
@@ -155,4 +207,4 @@ def _parse_value(key: str, text: str, kind: type):
         raise SweepError(f"--set {key}={text}: expected {kind.__name__}") from None
 
 
-__all__ = ["Sweep", "SweepError", "TPE", "ASHA", "Resources", "Quick", "parse_overrides"]
+__all__ = ["Sweep", "SweepError", "TPE", "ASHA", "Resources", "FinalEval", "Quick", "parse_overrides"]

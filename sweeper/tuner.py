@@ -1,12 +1,14 @@
-"""Build the Ray Tune Tuner for a Sweep: OptunaSearch (TPE), ASHA, resources, storage, retries."""
+"""Build the Ray Tune Tuner for a Sweep: Optuna's TPE, ASHA, resources, concurrency, storage, retries."""
 from pathlib import Path
 
 import optuna
 from ray import tune
-from ray.tune.schedulers import ASHAScheduler
-from ray.tune.search.optuna import OptunaSearch
 
+from sweeper.scheduler import WarmStartASHA
+from sweeper.search import SweepSearch
 from sweeper.spec import Sweep
+
+TIME_ATTR = "eval_period"
 
 
 def trial_resources(sweep: Sweep, gpus_available: float) -> dict:
@@ -17,28 +19,56 @@ def trial_resources(sweep: Sweep, gpus_available: float) -> dict:
     return resources
 
 
-def build_tuner(sweep: Sweep, trainable, *, storage_path: Path, run_name: str, gpus_available: float) -> tune.Tuner:
+def max_concurrent(sweep: Sweep, available: dict) -> int:
+    """Trials at once: what `available` ({"CPU": n, "GPU": n}, Ray's names) fits, capped so that at
+    least half of the trials are TPE proposals informed by `n_startup` finished trials.
+
+    Trial i is proposed while at most c - 1 others run, so at least i - c + 1 have finished; trials
+    from n_startup + c - 1 on are informed TPE proposals, and there are at least N/2 of them when
+    c <= N//2 - n_startup + 1. An explicit `Sweep.max_concurrent` wins.
+    """
+    if sweep.max_concurrent is not None:
+        return sweep.max_concurrent
+    need = trial_resources(sweep, available.get("GPU", 0))
+    fits = min(int(available.get(kind.upper(), 0) // amount) for kind, amount in need.items())
+    n = sweep.num_samples
+    cap = n // 2 - sweep.searcher.startup_trials(n) + 1
+    return max(1, min(fits, cap))
+
+
+def build_searcher(sweep: Sweep) -> SweepSearch:
     define_by_run = callable(sweep.space)
-    searcher = OptunaSearch(
+    n_startup = sweep.searcher.startup_trials(sweep.num_samples)
+    return SweepSearch(
+        time_attr=TIME_ATTR, max_t=sweep.config.num_evals, n_startup_trials=n_startup,
         # A define-by-run space is the searcher's own; Tune then cannot hand it metric and mode.
         space=sweep.space if define_by_run else None,
         metric=sweep.metric if define_by_run else None,
         mode=sweep.mode if define_by_run else None,
         points_to_evaluate=[sweep.warm_start_params(i) for i in range(len(sweep.warm_start))] or None,
-        sampler=optuna.samplers.TPESampler(seed=sweep.searcher.seed,
-                                           n_startup_trials=sweep.searcher.n_startup_trials))
-    scheduler = ASHAScheduler(
-        time_attr="eval_period", max_t=sweep.config.num_evals,
+        # constant_liar: trials in flight count as bad results, so parallel proposals spread out;
+        # multivariate + group model the parameters jointly, per branch of a conditional space.
+        sampler=optuna.samplers.TPESampler(seed=sweep.searcher.seed, n_startup_trials=n_startup,
+                                           constant_liar=True, multivariate=True, group=define_by_run))
+
+
+def build_tuner(sweep: Sweep, trainable, *, storage_path: Path, run_name: str, available: dict,
+                searcher: SweepSearch | None = None) -> tune.Tuner:
+    scheduler = WarmStartASHA(
+        warm_points=[sweep.warm_start_params(i) for i in range(len(sweep.warm_start))],
+        time_attr=TIME_ATTR, max_t=sweep.config.num_evals,
         grace_period=sweep.scheduler.grace_period, reduction_factor=sweep.scheduler.reduction_factor)
     return tune.Tuner(
-        tune.with_resources(trainable, trial_resources(sweep, gpus_available)),
-        param_space={} if define_by_run else dict(sweep.space),
-        tune_config=tune.TuneConfig(metric=sweep.metric, mode=sweep.mode, search_alg=searcher,
-                                    scheduler=scheduler, num_samples=sweep.num_samples),
+        tune.with_resources(trainable, trial_resources(sweep, available.get("GPU", 0))),
+        param_space={} if callable(sweep.space) else dict(sweep.space),
+        tune_config=tune.TuneConfig(metric=sweep.metric, mode=sweep.mode,
+                                    search_alg=searcher or build_searcher(sweep), scheduler=scheduler,
+                                    num_samples=sweep.num_samples,
+                                    max_concurrent_trials=max_concurrent(sweep, available)),
         run_config=tune.RunConfig(
             name=run_name, storage_path=str(storage_path.resolve()),
             failure_config=tune.FailureConfig(max_failures=sweep.max_failures),
-            # The best checkpoint (for the registry) and the latest (for retries) survive.
+            # The best checkpoint (for the final evaluation) and the latest (for retries) survive.
             checkpoint_config=tune.CheckpointConfig(
                 num_to_keep=2, checkpoint_score_attribute=sweep.metric,
                 checkpoint_score_order=sweep.mode),

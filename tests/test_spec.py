@@ -140,3 +140,44 @@ def test_trials_get_a_gpu_fraction_only_where_gpus_exist():
     sweep = load_sweep(WGANGP)
     assert trial_resources(sweep, gpus_available=0) == {"cpu": 1.0}
     assert trial_resources(sweep, gpus_available=8) == {"cpu": 1.0, "gpu": 0.25}
+
+
+def _searches_resolution(trial):
+    trial.suggest_categorical("resolution", [32, 64])
+
+
+@pytest.mark.parametrize("space, key", [
+    ({"resolution": tune.choice([32, 64])}, "resolution"),
+    ({"data": tune.choice(["toy-faces", "afhq-cat"])}, "data"),
+    (_searches_resolution, "resolution"),
+])
+def test_keys_that_define_the_data_cannot_be_searched(space, key):
+    with pytest.raises(SweepError, match=f"space.{key}: defines the data"):
+        Sweep("s", GANConfig(), space=space).validate()
+
+
+def test_cli_refuses_a_searched_resolution_with_exit_2(tmp_path):
+    space_file = tmp_path / "space.py"
+    space_file.write_text("from ray import tune\nfrom sweeper import Sweep\nfrom trainables.config import GANConfig\n"
+                          "sweep = Sweep('s', GANConfig(), space={'resolution': tune.choice([32, 64])})\n")
+    result = _cli("run", str(space_file), cwd=tmp_path)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        f"sweeper: error: space.resolution: defines the data, which is prepared once per sweep and cannot be "
+        f"searched; fix it in the sweep's config (or --data / --set resolution=...) and run one sweep per value"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["space.py"]
+
+
+@pytest.mark.parametrize("changes, message", [
+    (dict(eval_extractor="fast"), "eval_extractor: 'fast' is not one of auto, standard, proxy"),
+    (dict(max_concurrent=0), "max_concurrent: must be >= 1"),
+])
+def test_sweep_level_knobs_are_validated(changes, message):
+    with pytest.raises(SweepError, match=message):
+        Sweep("s", GANConfig(), **changes).validate()
+
+
+def test_quick_shrinks_the_final_evaluation_too():
+    quick = load_sweep(WGANGP).resolve(quick=True)
+    assert quick.final.top_k == 2 and quick.config.final_fid_samples == 256
+    assert load_sweep(WGANGP).final.top_k == 3 and GANConfig().final_fid_samples == 10_000

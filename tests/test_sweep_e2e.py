@@ -1,8 +1,11 @@
 """The README's quick start, end to end: a real Ray Tune sweep with Optuna and ASHA, real GAN
 training on toy-faces, real FID, everything landing in a real MLflow sqlite store."""
 import os
+import signal
+import sqlite3
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -65,13 +68,48 @@ def test_asha_stops_some_trials_early(quick_sweep):
     assert len(evals) > 1  # trials ran for different numbers of eval periods
 
 
-def test_best_alias_points_at_the_lowest_fid_trial(quick_sweep):
+MODEL = "wgangp-quick-generator"  # --quick sweeps register apart from real ones
+
+
+def test_quick_sweeps_register_apart_and_best_is_the_lowest_fid_final(quick_sweep):
     _, client = quick_sweep
     _, children = _runs(client)
-    best_fid = {c.info.run_id: min(m.value for m in client.get_metric_history(c.info.run_id, "fid"))
-                for c in children}
-    version = client.get_model_version_by_alias("wgangp-generator", "best")
-    assert version.run_id == min(best_fid, key=best_fid.get)
+    assert [m.name for m in client.search_registered_models()] == [MODEL]
+    final = {c.info.run_id: c.data.metrics["fid_final"] for c in children if "fid_final" in c.data.metrics}
+    assert len(final) >= 2  # the top searched and warm-start trials were measured again
+    version = client.get_model_version_by_alias(MODEL, "best")
+    assert version.run_id == min(final, key=final.get)
+    assert float(version.tags["fid_final"]) == pytest.approx(final[version.run_id], rel=1e-5)
+    assert version.tags["sweeper.fid_final_extractor"] == "inception-v3-compat"
+    assert version.tags["sweeper.final_fid_samples"] == "256" and version.tags["sweeper.ref_samples"] == "512"
+    assert version.tags["sweeper.best_alias_decision"].startswith("moved")
+    assert "fid_final" in version.description
+
+
+def test_fid_final_is_the_standard_fid_and_every_fid_names_its_extractor_and_samples(quick_sweep):
+    result, client = quick_sweep
+    parents, children = _runs(client)
+    parent = parents[0]
+    assert parent.data.tags["sweeper.fid_final_extractor"] == "inception-v3-compat"
+    # On a CPU the per-eval FID is the labelled random-conv proxy.
+    assert parent.data.tags["sweeper.fid_extractor"] == "random-conv-v1-seed0"
+    assert "a cheap proxy" in result.stdout and "inception-v3-compat, 256 generated vs 512 real images" in result.stdout
+    for run in [parent, *children]:
+        assert (run.data.params["fid_samples"], run.data.params["ref_samples"],
+                run.data.params["final_fid_samples"]) == ("512", "512", "256")
+    for child in children:
+        if "fid_final" in child.data.metrics:
+            assert child.data.tags["sweeper.fid_final_extractor"] == "inception-v3-compat"
+
+
+def test_warm_starts_run_their_full_budget_and_tpe_proposes_half_the_trials(quick_sweep):
+    _, client = quick_sweep
+    _, children = _runs(client)
+    origins = [c.data.tags["sweeper.proposed_by"] for c in children]
+    assert origins.count("warm-start") == 2 and origins.count("tpe") >= len(children) / 2, origins
+    for child in children:
+        if child.data.tags["sweeper.proposed_by"] == "warm-start":
+            assert len(client.get_metric_history(child.info.run_id, "fid")) == 4  # max_t, never stopped
 
 
 def test_registered_generator_loads_and_generates_any_batch(quick_sweep):
@@ -80,14 +118,14 @@ def test_registered_generator_loads_and_generates_any_batch(quick_sweep):
 
     _, client = quick_sweep
     mlflow.set_tracking_uri(client._tracking_client.tracking_uri)
-    G = mlflow.pytorch.load_model("models:/wgangp-generator@best")
-    z_dim = int(client.get_run(client.get_model_version_by_alias("wgangp-generator", "best").run_id).data.params["z_dim"])
+    G = mlflow.pytorch.load_model(f"models:/{MODEL}@best")
+    z_dim = int(client.get_run(client.get_model_version_by_alias(MODEL, "best").run_id).data.params["z_dim"])
     with torch.no_grad():
         images = G(torch.randn(5, z_dim))
     assert images.shape == (5, 3, 32, 32) and images.abs().max() <= 1
 
 
-def test_parent_run_reports_the_gain_over_the_hand_tuned_warm_starts(quick_sweep):
+def test_parent_run_compares_the_search_with_the_re_measured_baseline(quick_sweep):
     result, client = quick_sweep
     parents, children = _runs(client)
     # The warm starts (seed 000 and seed 004's WGAN-GP) ran as trials with exactly their values.
@@ -95,10 +133,47 @@ def test_parent_run_reports_the_gain_over_the_hand_tuned_warm_starts(quick_sweep
             and c.data.params["d_norm"] == "instance"]
     warm += [c for c in children if c.data.params["beta1"] == "0.0" and c.data.params["d_norm"] == "none"
              and c.data.params["z_dim"] == "128"]
-    assert len(warm) == 2
-    best = {c.info.run_id: min(m.value for m in client.get_metric_history(c.info.run_id, "fid")) for c in children}
+    assert len(warm) == 2 and all(c.data.tags["sweeper.proposed_by"] == "warm-start" for c in warm)
+    final = {c.info.run_id: c.data.metrics["fid_final"] for c in children if "fid_final" in c.data.metrics}
+    searched = [v for run_id, v in final.items() if run_id not in {c.info.run_id for c in warm}]
     metrics = parents[0].data.metrics
-    assert metrics["baseline_fid"] == pytest.approx(min(best[c.info.run_id] for c in warm))
-    assert metrics["fid_gain_over_baseline"] == pytest.approx(metrics["baseline_fid"] - min(best.values()))
-    assert metrics["fid_gain_over_baseline"] >= 0
-    assert "hand-tuned baseline (warm start)" in result.stdout
+    assert metrics["baseline_fid_final"] == pytest.approx(min(final[c.info.run_id] for c in warm))
+    # Either sign: the search may not beat the hand-tuned configs, and then the gain is negative.
+    assert metrics["fid_final_gain_over_baseline"] == pytest.approx(metrics["baseline_fid_final"] - min(searched))
+    assert metrics["fid_final"] == pytest.approx(min(final.values()))
+    assert "hand-tuned baseline (warm start, full budget): fid_final" in result.stdout
+
+
+def test_ctrl_c_ends_every_run_killed_registers_nothing_and_says_how_to_resume(tmp_path):
+    env = {**os.environ, "SWEEPER_OFFLINE": "1"}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    sweep = subprocess.Popen(
+        [sys.executable, "-m", "sweeper", "run", str(REPO / "search_spaces" / "wgangp.py"), "--quick",
+         "--num-samples", "3", "--set", "num_evals=50", "--set", "ref_samples=64", "--name", "interrupted"],
+        cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    db = tmp_path / "sweeps" / "mlflow.db"
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and not _some_fid_logged(db):
+        assert sweep.poll() is None, sweep.communicate()
+        time.sleep(2)
+    sweep.send_signal(signal.SIGINT)  # what Ctrl-C sends
+    stdout, stderr = sweep.communicate(timeout=300)
+    assert sweep.returncode == 130, stdout[-2000:] + stderr[-3000:]
+    assert "sweep interrupted: nothing registered" in stdout and "re-run the same command" in stdout
+    client = MlflowClient(f"sqlite:///{db}")
+    assert client.search_registered_models() == []
+    runs = client.search_runs([client.get_experiment_by_name("interrupted").experiment_id])
+    parent = next(r for r in runs if "mlflow.parentRunId" not in r.data.tags)
+    children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+    assert parent.info.status == "KILLED" and children
+    assert all(c.info.status == "KILLED" and c.data.tags["sweeper.outcome"] == "interrupted" for c in children)
+
+
+def _some_fid_logged(db) -> bool:
+    if not db.exists():
+        return False
+    with sqlite3.connect(db) as connection:
+        try:
+            return connection.execute("select count(*) from metrics where key = 'fid'").fetchone()[0] > 0
+        except sqlite3.OperationalError:  # tables not created yet
+            return False

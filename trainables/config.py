@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
+from typing import ClassVar
 
 LOSSES = ("bce", "wgan-gp", "hinge", "lsgan")
 ARCHS = ("dcgan", "resnet")
@@ -26,6 +27,9 @@ class ConfigError(ValueError):
 
 @dataclass(frozen=True)
 class GANConfig:
+    # Keys that define the data a sweep prepares once: never searched (sweeper.spec refuses it).
+    DATA_KEYS: ClassVar[tuple[str, ...]] = ("data", "resolution")
+
     # data
     data: str = "toy-faces"
     resolution: int = 64
@@ -62,8 +66,9 @@ class GANConfig:
     # budget: one eval period = steps_per_eval G steps, then FID + checkpoint + report
     steps_per_eval: int = 500
     num_evals: int = 20
-    fid_samples: int = 5000
-    ref_samples: int = 10000
+    fid_samples: int = 5000  # generated images per eval's FID/KID
+    ref_samples: int = 10000  # real images in the FID reference statistics (capped at the dataset)
+    final_fid_samples: int = 10000  # generated images for `fid_final`, the re-measurement of the best trials
     # reproducibility and placement
     seed: int = 0
     device: str = "auto"
@@ -77,9 +82,10 @@ class GANConfig:
         if self.resolution not in RESOLUTIONS[self.arch]:
             raise ConfigError(f"resolution: {self.resolution} is not supported by arch {self.arch!r} "
                               f"(choose from {', '.join(map(str, RESOLUTIONS[self.arch]))})")
-        for key in ("z_dim", "g_width", "d_width", "n_critic", "batch_size", "steps_per_eval",
-                    "num_evals", "fid_samples", "ref_samples"):
+        for key in ("z_dim", "g_width", "d_width", "n_critic", "batch_size", "steps_per_eval", "num_evals"):
             _at_least(key, getattr(self, key), 1)
+        for key in ("fid_samples", "ref_samples", "final_fid_samples"):
+            _at_least(key, getattr(self, key), 2)  # a covariance needs two samples
         for key in ("gp_weight", "weight_decay", "instance_noise", "ema_start_kimg"):
             _at_least(key, getattr(self, key), 0)
         for key in ("g_lr", "d_lr"):

@@ -4,6 +4,8 @@ import torch
 from torchvision.utils import save_image
 
 from trainables.metrics import extract, feature_stats, frechet_distance, kernel_inception_distance
+from trainables.models import build_models
+from trainables.training.checkpoint import load_generator_state
 
 
 def to_uint8(x: torch.Tensor) -> torch.Tensor:
@@ -11,28 +13,51 @@ def to_uint8(x: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def generate(G, n: int, z_dim: int, seed: int, batch_size: int = 250) -> torch.Tensor:
-    """n uint8 samples. Uses its own RNG so evaluating never shifts the training RNG stream
-    (exact resume depends on that); eval mode so batch-norm uses its running statistics."""
+def generated_batches(G, n: int, z_dim: int, seed: int, batch_size: int = 250):
+    """n uint8 samples, batch by batch, so no caller holds them all. Uses its own RNG so evaluating
+    never shifts the training RNG stream (exact resume depends on that); eval mode so batch-norm
+    uses its running statistics."""
     device = next(G.parameters()).device
     gen = torch.Generator(device=device).manual_seed(seed)
     was_training = G.training
     G.eval()
-    chunks = [to_uint8(G(torch.randn(min(batch_size, n - i), z_dim, device=device, generator=gen)))
-              for i in range(0, n, batch_size)]
-    G.train(was_training)
-    return torch.cat(chunks)
+    try:
+        for i in range(0, n, batch_size):
+            yield to_uint8(G(torch.randn(min(batch_size, n - i), z_dim, device=device, generator=gen)))
+    finally:
+        G.train(was_training)
+
+
+def generate(G, n: int, z_dim: int, seed: int, batch_size: int = 250) -> torch.Tensor:
+    return torch.cat(list(generated_batches(G, n, z_dim, seed, batch_size)))
 
 
 KID_SUBSETS = 10  # torch-fidelity uses 100 subsets of 1000 for a final number; per eval, 10 of <= 1000
+FINAL_SEED_OFFSET = 1_000_003  # fid_final draws other z than every per-eval FID (seed + 1)
+
+
+def fid_kid_of(G, n: int, z_dim: int, seed: int, extractor, ref_stats) -> dict:
+    """FID and KID of n samples of G against the real data, from one pass of feature extraction."""
+    feats = np.concatenate([extract(extractor, batch) for batch in generated_batches(G, n, z_dim, seed)])
+    mu, sigma = feature_stats(feats)
+    return {"fid": frechet_distance(mu, sigma, ref_stats.mu, ref_stats.sigma),
+            "kid": kernel_inception_distance(feats, ref_stats.features, subsets=KID_SUBSETS, seed=seed)}
 
 
 def fid_kid(G, cfg, extractor, ref_stats) -> dict:
-    """FID and KID of `fid_samples` generated images against the real data, from one extraction."""
-    feats = extract(extractor, generate(G, cfg.fid_samples, cfg.z_dim, seed=cfg.seed + 1))
-    mu, sigma = feature_stats(feats)
-    return {"fid": frechet_distance(mu, sigma, ref_stats.mu, ref_stats.sigma),
-            "kid": kernel_inception_distance(feats, ref_stats.features, subsets=KID_SUBSETS, seed=cfg.seed)}
+    """The per-eval FID and KID: `fid_samples` generated images, the same z every eval."""
+    return fid_kid_of(G, cfg.fid_samples, cfg.z_dim, cfg.seed + 1, extractor, ref_stats)
+
+
+def final_fid_kid(cfg, checkpoint_dir, extractor, ref_stats) -> dict:
+    """`fid_final`/`kid_final` of a checkpoint's (EMA) generator: `final_fid_samples` images drawn
+    with another seed than the per-eval FID, so the number that picks a winner is not the one
+    that was minimised over evals."""
+    G = build_models(cfg)[0]
+    G.load_state_dict(load_generator_state(checkpoint_dir))
+    G.to(extractor.device)
+    metrics = fid_kid_of(G, cfg.final_fid_samples, cfg.z_dim, cfg.seed + FINAL_SEED_OFFSET, extractor, ref_stats)
+    return {"fid_final": metrics["fid"], "kid_final": metrics["kid"]}
 
 
 @torch.no_grad()

@@ -1,0 +1,84 @@
+"""Optuna steers: concurrency capped so most trials are TPE proposals, trials in flight told as
+liars, ASHA-stopped trials reported PRUNED, warm starts never stopped early (real Ray Tune + Optuna)."""
+import math
+import sys
+
+import pytest
+import ray
+from optuna.trial import TrialState
+from ray import tune
+
+from sweeper import ASHA, TPE, Resources, Sweep
+from sweeper.search import STARTUP, TPE as PROPOSED_BY_TPE, WARM_START
+from sweeper.tuner import build_searcher, build_tuner, max_concurrent
+from trainables.config import GANConfig
+
+NUM_EVALS = 4
+
+
+def _sweep(**changes):
+    base = dict(name="steer", config=GANConfig(num_evals=NUM_EVALS),
+                space={"g_lr": tune.loguniform(1e-5, 1e-3), "z_dim": tune.randint(16, 257)},
+                warm_start=[{"g_lr": 1e-5, "z_dim": 16}], num_samples=12,
+                scheduler=ASHA(grace_period=1, reduction_factor=2))
+    return Sweep(**{**base, **changes}).validate()
+
+
+def test_concurrency_fits_the_resources_and_leaves_half_the_trials_to_tpe():
+    sweep = _sweep()  # 12 trials, 2 startup: at most 12//2 - 2 + 1 = 5 at once
+    assert max_concurrent(sweep, {"CPU": 2}) == 2
+    assert max_concurrent(sweep, {"CPU": 64}) == 5
+    assert max_concurrent(sweep.with_(resources=Resources(cpus=4)), {"CPU": 8}) == 2
+    assert max_concurrent(sweep, {"CPU": 64, "GPU": 1}) == 4  # a quarter GPU each
+    assert max_concurrent(sweep.with_(num_samples=4), {"CPU": 64}) == 1
+    assert max_concurrent(sweep.with_(max_concurrent=7), {"CPU": 64}) == 7
+    assert max_concurrent(sweep.with_(searcher=TPE(n_startup_trials=4)), {"CPU": 64}) == 3
+    assert TPE().startup_trials(6) == 2 and TPE().startup_trials(80) == 10
+
+
+def objective(config) -> float:
+    # Best at g_lr = 1e-4, z_dim = 128; every eval period improves the trial a little.
+    return (math.log10(config["g_lr"]) + 4) ** 2 + ((config["z_dim"] - 128) / 64) ** 2
+
+
+def quadratic_trial(config):
+    for period in range(1, NUM_EVALS + 1):
+        tune.report({"fid": objective(config) + 1.0 / period, "eval_period": period, "diverged": 0.0})
+
+
+@pytest.fixture(scope="module")
+def steered(tmp_path_factory):
+    # The trial workers cannot import this test module: send its functions by value.
+    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    ray.init(num_cpus=2, include_dashboard=False, address="local")
+    sweep = _sweep()
+    searcher = build_searcher(sweep)
+    tuner = build_tuner(sweep, quadratic_trial, storage_path=tmp_path_factory.mktemp("tune"), run_name="steer",
+                        available={"CPU": 2}, searcher=searcher)
+    results = tuner.fit()
+    yield sweep, searcher, results
+    ray.shutdown()
+
+
+def test_with_a_small_concurrency_tpe_proposes_most_trials(steered):
+    sweep, searcher, results = steered
+    origins = [searcher.proposed_by[r.metrics["trial_id"]] for r in results]
+    assert len(origins) == sweep.num_samples
+    assert origins.count(WARM_START) == 1
+    assert origins.count(PROPOSED_BY_TPE) > sweep.num_samples / 2, origins
+    assert set(origins) <= {WARM_START, STARTUP, PROPOSED_BY_TPE}
+    assert searcher.finished == {r.metrics["trial_id"] for r in results}
+
+
+def test_stopped_trials_are_pruned_for_optuna_and_warm_starts_run_to_the_end(steered):
+    sweep, searcher, results = steered
+    states = {t.number: t.state for t in searcher._ot_study.get_trials(deepcopy=False)}
+    periods = {searcher._ot_trials[r.metrics["trial_id"]].number: r.metrics["eval_period"] for r in results}
+    stopped = [n for n, p in periods.items() if p < NUM_EVALS]
+    assert stopped, "ASHA stopped nothing: the test would not see PRUNED trials"
+    assert all(states[n] == TrialState.PRUNED for n in stopped)
+    assert all(states[n] == TrialState.COMPLETE for n, p in periods.items() if p == NUM_EVALS)
+    warm = [r for r in results if searcher.proposed_by[r.metrics["trial_id"]] == WARM_START]
+    # The warm start is the worst point of the space (objective 1 + 3.06 at every rung), so ASHA
+    # would stop it at its first rung; it runs its full budget instead.
+    assert [r.metrics["eval_period"] for r in warm] == [NUM_EVALS]
