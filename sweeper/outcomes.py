@@ -28,6 +28,7 @@ def trial_table(results, runs: dict, sweep, proposed_by: dict) -> pd.DataFrame:
                      f"best_{sweep.metric}": float(series.min() if sweep.mode == "min" else series.max()),
                      f"last_{sweep.metric}": float(series.iloc[-1]),
                      "eval_periods": int(metrics.get("eval_period", 0)), "kimg": float(metrics.get("kimg", 0)),
+                     "trial_seconds": float(metrics.get("time_total_s", 0)),
                      **{f"config.{k}": v for k, v in result.config.items()}})
     rows += [{"trial_id": t, "run_id": r, "outcome": ERROR} for t, r in runs.items() if t not in seen]
     return pd.DataFrame(rows)

@@ -259,6 +259,7 @@ def _sweep_params(sweep: Sweep) -> dict:
     return {**fixed, "num_samples": sweep.num_samples, "searched": ",".join(sorted(searched)),
             "searcher": f"optuna-tpe(seed={sweep.searcher.seed},"
                         f"n_startup={sweep.searcher.startup_trials(sweep.num_samples)},constant_liar)",
-            "scheduler": f"asha(grace={sweep.scheduler.grace_period},rf={sweep.scheduler.reduction_factor},"
+            "scheduler": "fifo" if sweep.scheduler is None else
+                         f"asha(grace={sweep.scheduler.grace_period},rf={sweep.scheduler.reduction_factor},"
                          f"warm_starts_never_stopped)",
             "final_top_k": sweep.final.top_k, "eval_extractor": sweep.eval_extractor}

@@ -80,7 +80,7 @@ class Sweep:
     max_failures: int = 2                   # retries of a crashed trial, from its last checkpoint
     max_concurrent: int | None = None       # None: what the resources allow, capped (see tuner.py)
     searcher: TPE = TPE()
-    scheduler: ASHA = ASHA()
+    scheduler: ASHA | None = ASHA()        # None: FIFO, every trial runs its full budget
     resources: Resources = Resources()
     final: FinalEval = FinalEval()
     # Feature extractor of the per-eval FID: "standard" (Inception), "proxy" (random conv, ~100x

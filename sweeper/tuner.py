@@ -1,8 +1,10 @@
 """Build the Ray Tune Tuner for a Sweep: Optuna's TPE, ASHA, resources, concurrency, storage, retries."""
+import warnings
 from pathlib import Path
 
 import optuna
 from ray import tune
+from ray.tune.schedulers import FIFOScheduler
 
 from sweeper.scheduler import WarmStartASHA
 from sweeper.search import SweepSearch
@@ -39,6 +41,11 @@ def max_concurrent(sweep: Sweep, available: dict) -> int:
 def build_searcher(sweep: Sweep) -> SweepSearch:
     define_by_run = callable(sweep.space)
     n_startup = sweep.searcher.startup_trials(sweep.num_samples)
+    with warnings.catch_warnings():
+        # `group` is "experimental" since Optuna 2.8; the warning would print on every sweep.
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        sampler = optuna.samplers.TPESampler(seed=sweep.searcher.seed, n_startup_trials=n_startup,
+                                             constant_liar=True, multivariate=True, group=define_by_run)
     return SweepSearch(
         time_attr=TIME_ATTR, max_t=sweep.config.num_evals, n_startup_trials=n_startup,
         # A define-by-run space is the searcher's own; Tune then cannot hand it metric and mode.
@@ -48,13 +55,12 @@ def build_searcher(sweep: Sweep) -> SweepSearch:
         points_to_evaluate=[sweep.warm_start_params(i) for i in range(len(sweep.warm_start))] or None,
         # constant_liar: trials in flight count as bad results, so parallel proposals spread out;
         # multivariate + group model the parameters jointly, per branch of a conditional space.
-        sampler=optuna.samplers.TPESampler(seed=sweep.searcher.seed, n_startup_trials=n_startup,
-                                           constant_liar=True, multivariate=True, group=define_by_run))
+        sampler=sampler)
 
 
 def build_tuner(sweep: Sweep, trainable, *, storage_path: Path, run_name: str, available: dict,
                 searcher: SweepSearch | None = None) -> tune.Tuner:
-    scheduler = WarmStartASHA(
+    scheduler = FIFOScheduler() if sweep.scheduler is None else WarmStartASHA(
         warm_points=[sweep.warm_start_params(i) for i in range(len(sweep.warm_start))],
         time_attr=TIME_ATTR, max_t=sweep.config.num_evals,
         grace_period=sweep.scheduler.grace_period, reduction_factor=sweep.scheduler.reduction_factor)
