@@ -27,7 +27,7 @@ ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data" / "cifar10-catdog"
 sys.path.insert(0, str(ROOT))
 
-CPU = dict(num_samples=16, num_evals=8, steps_per_eval=50, width=32, batch=64, fid_samples=512,
+CPU = dict(num_samples=12, num_evals=6, steps_per_eval=50, width=16, batch=64, fid_samples=512,
            ref_samples=2000, final_samples=1000, top_k=2)
 GPU = dict(num_samples=64, num_evals=20, steps_per_eval=500, width=64, batch=64, fid_samples=5000,
            ref_samples=5000, final_samples=10000, top_k=3)

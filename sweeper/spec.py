@@ -64,7 +64,7 @@ class Quick:
     config: dict = field(default_factory=lambda: dict(
         resolution=32, g_width=16, d_width=16, batch_size=32, steps_per_eval=20, num_evals=4,
         fid_samples=512, ref_samples=512, final_fid_samples=256))
-    final: FinalEval = FinalEval(top_k=2)
+    final: FinalEval = FinalEval(top_k=1)
 
 
 @dataclass(frozen=True)

@@ -27,20 +27,24 @@ def max_concurrent(sweep: Sweep, available: dict) -> int:
 
     Trial i is proposed while at most c - 1 others run, so at least i - c + 1 have finished; trials
     from n_startup + c - 1 on are informed TPE proposals, and there are at least N/2 of them when
-    c <= N//2 - n_startup + 1. An explicit `Sweep.max_concurrent` wins.
+    c <= N//2 - n_startup + 1. Where n_startup > N/2 no concurrency gives TPE half the trials, and
+    none is capped. An explicit `Sweep.max_concurrent` wins.
     """
     if sweep.max_concurrent is not None:
         return sweep.max_concurrent
     need = trial_resources(sweep, available.get("GPU", 0))
-    fits = min(int(available.get(kind.upper(), 0) // amount) for kind, amount in need.items())
-    n = sweep.num_samples
-    cap = n // 2 - sweep.searcher.startup_trials(n) + 1
-    return max(1, min(fits, cap))
+    fits = max(1, min(int(available.get(kind.upper(), 0) // amount) for kind, amount in need.items()))
+    n, n_startup = sweep.num_samples, sweep.searcher.startup_trials(sweep.num_samples)
+    if n_startup > n // 2:
+        return fits
+    return min(fits, n // 2 - n_startup + 1)
 
 
 def build_searcher(sweep: Sweep) -> SweepSearch:
     define_by_run = callable(sweep.space)
     n_startup = sweep.searcher.startup_trials(sweep.num_samples)
+    # constant_liar: trials in flight count as bad results, so parallel proposals spread out;
+    # multivariate + group model the parameters jointly, per branch of a conditional space.
     with warnings.catch_warnings():
         # `group` is "experimental" since Optuna 2.8; the warning would print on every sweep.
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
@@ -53,8 +57,6 @@ def build_searcher(sweep: Sweep) -> SweepSearch:
         metric=sweep.metric if define_by_run else None,
         mode=sweep.mode if define_by_run else None,
         points_to_evaluate=[sweep.warm_start_params(i) for i in range(len(sweep.warm_start))] or None,
-        # constant_liar: trials in flight count as bad results, so parallel proposals spread out;
-        # multivariate + group model the parameters jointly, per branch of a conditional space.
         sampler=sampler)
 
 

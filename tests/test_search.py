@@ -31,6 +31,7 @@ def test_concurrency_fits_the_resources_and_leaves_half_the_trials_to_tpe():
     assert max_concurrent(sweep.with_(resources=Resources(cpus=4)), {"CPU": 8}) == 2
     assert max_concurrent(sweep, {"CPU": 64, "GPU": 1}) == 4  # a quarter GPU each
     assert max_concurrent(sweep.with_(num_samples=4), {"CPU": 64}) == 1
+    assert max_concurrent(sweep.with_(num_samples=3), {"CPU": 64}) == 64  # TPE cannot get half: no cap
     assert max_concurrent(sweep.with_(max_concurrent=7), {"CPU": 64}) == 7
     assert max_concurrent(sweep.with_(searcher=TPE(n_startup_trials=4)), {"CPU": 64}) == 3
     assert TPE().startup_trials(6) == 2 and TPE().startup_trials(80) == 10

