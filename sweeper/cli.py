@@ -88,7 +88,10 @@ def describe(sweep) -> str:
              "search space:", *_space_lines(sweep.space, searched),
              "warm start:", *(f"  {sweep.warm_start_params(i)}" for i in range(len(sweep.warm_start))),
              f"searcher: {sweep.searcher}", f"scheduler: {sweep.scheduler} on eval_period, max {sweep.config.num_evals}",
-             f"resources per trial: {sweep.resources}", f"mlflow: {default_tracking_uri()}"]
+             f"resources per trial: {sweep.resources}, at most {sweep.max_concurrent or 'what fits (capped for TPE)'} at once",
+             f"per-eval FID extractor: {sweep.eval_extractor}; final evaluation: top {sweep.final.top_k} searched and "
+             f"top {sweep.final.top_k} warm-start trials, fid_final on {sweep.config.final_fid_samples} samples",
+             f"mlflow: {default_tracking_uri()}"]
     return "\n".join(lines)
 
 

@@ -9,6 +9,7 @@ and compares the search with the hand-tuned baseline.
 """
 from __future__ import annotations
 
+import logging
 import math
 
 import pandas as pd
@@ -19,6 +20,8 @@ from sweeper.outcomes import COMPLETED, DIVERGED, STOPPED
 from trainables.metrics import extractor_by_name
 from trainables.training.evaluate import final_fid_kid
 from trainables.training.gan import resolve_device
+
+log = logging.getLogger("sweeper")
 
 
 def candidates(table: pd.DataFrame, metric: str, mode: str, top_k: int) -> list[str]:
@@ -45,13 +48,20 @@ def best_checkpoint(result, metric: str, mode: str):
 
 def measure(jobs: dict, *, extractor: str, weights_path: str | None, ref_stats, resources: dict) -> dict:
     """{trial id: (config, checkpoint)} -> {trial id: {"fid_final", "kid_final"}}, in parallel Ray
-    tasks, each with one trial's resources (so they pack onto GPUs like the trials did)."""
+    tasks, each with one trial's resources (so they pack onto GPUs like the trials did). A task that
+    fails is logged and left out."""
     ref = ray.put(ref_stats)
     task = ray.remote(_measure_checkpoint).options(
         num_cpus=resources.get("cpu", 1), num_gpus=resources.get("gpu", 0), max_retries=1)
     futures = {trial_id: task.remote(cfg, checkpoint, extractor, weights_path, ref, resources.get("cpu", 1))
                for trial_id, (cfg, checkpoint) in jobs.items()}
-    return {trial_id: ray.get(future) for trial_id, future in futures.items()}
+    measured = {}
+    for trial_id, future in futures.items():
+        try:
+            measured[trial_id] = ray.get(future)
+        except ray.exceptions.RayError as e:  # one broken checkpoint must not cost the sweep its winner
+            log.warning("final evaluation of trial %s failed, left out: %s", trial_id, str(e).splitlines()[0])
+    return measured
 
 
 def _measure_checkpoint(cfg, checkpoint, extractor: str, weights_path, ref_stats, cpus: float) -> dict:

@@ -27,8 +27,7 @@ class SweepSearch(OptunaSearch):
     def suggest(self, trial_id: str):
         first_ask = trial_id not in self._ot_trials
         # What TPE's own rule sees at this moment: a TPE proposal needs n_startup finished trials.
-        finished = len(self._ot_study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED))) \
-            if getattr(self, "_ot_study", None) is not None else 0
+        finished = len(self._ot_study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)))
         params = super().suggest(trial_id)
         if first_ask and params is not None:
             # Enqueued warm-start points are the study's first trials (Optuna asks WAITING ones first).

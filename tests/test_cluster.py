@@ -80,7 +80,7 @@ def cluster_sweep(mlflow_server, cluster, tmp_path_factory):
     env = {**os.environ, "RAY_ADDRESS": cluster.address, "MLFLOW_TRACKING_URI": uri, "SWEEPER_OFFLINE": "1",
            "SWEEPER_CACHE": str(tmp_path_factory.getbasetemp() / "cache")}
     # The --quick sweep with two trials and an even smaller budget: what is tested is where things run and land.
-    budget = ["num_evals=2", "steps_per_eval=5", "fid_samples=128", "ref_samples=256"]
+    budget = ["num_evals=2", "steps_per_eval=5", "fid_samples=128", "ref_samples=256", "final_fid_samples=64"]
     result = subprocess.run(
         [sys.executable, "-m", "sweeper", "run", str(REPO / "search_spaces" / "wgangp.py"), "--quick",
          "--num-samples", "2", *(arg for kv in budget for arg in ("--set", kv)), "--name", NAME],

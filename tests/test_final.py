@@ -80,3 +80,15 @@ def test_winner_is_picked_by_the_re_measured_fid_not_the_per_eval_minimum(ray_lo
     assert measured["good"]["fid_final"] < measured["lucky"]["fid_final"]
     assert final.winner(table) == "good"
     assert all(math.isfinite(m["kid_final"]) for m in measured.values())
+
+
+def test_a_checkpoint_that_cannot_be_measured_is_left_out_not_fatal(ray_local, tmp_path):
+    data = toy_faces(256, 32, seed=0)
+    extractor = RandomConvFeatures(seed=0)
+    ref = reference_stats(data.images, data.fingerprint, extractor, 256)
+    good = _checkpoint(CFG, data.images, extractor, ref, tmp_path, "good")
+    (tmp_path / "broken").mkdir()  # a checkpoint directory whose file is gone
+    broken = tune.Checkpoint.from_directory(str(tmp_path / "broken"))
+    measured = final.measure({"good": (CFG, good), "broken": (CFG, broken)}, extractor=extractor.name,
+                             weights_path=None, ref_stats=ref, resources={"cpu": 1})
+    assert set(measured) == {"good"} and math.isfinite(measured["good"]["fid_final"])
