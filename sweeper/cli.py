@@ -13,6 +13,8 @@ import sys
 from sweeper.spec import SweepError
 
 EXIT_BAD_INPUT = 2
+EXIT_INTERRUPTED = 130  # the shell's code for a process ended by Ctrl-C (128 + SIGINT)
+EXIT_NOTHING_TO_REGISTER = 1
 
 
 def main(argv=None) -> int:
@@ -23,6 +25,11 @@ def main(argv=None) -> int:
         # ConfigError and DatasetError are ValueErrors; the message already names the culprit.
         print(f"sweeper: error: {str(e).splitlines()[0] if str(e) else type(e).__name__}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        # A Ctrl-C outside Tune's own handler (data preparation, final evaluation, a second Ctrl-C):
+        # run_sweep has closed the runs as KILLED and registered nothing.
+        print("sweeper: interrupted; nothing registered", file=sys.stderr)
+        return EXIT_INTERRUPTED
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -106,10 +113,6 @@ def _domain(domain) -> str:
         return f"choice {list(domain.categories)}"
     sampler = type(getattr(domain, "sampler", None)).__name__.lstrip("_").lower()
     return f"{type(domain).__name__.lower()} [{domain.lower}, {domain.upper}) {sampler}"
-
-
-EXIT_INTERRUPTED = 130  # the shell's code for a process ended by Ctrl-C (128 + SIGINT)
-EXIT_NOTHING_TO_REGISTER = 1
 
 
 def _report(summary) -> str:
