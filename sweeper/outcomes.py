@@ -22,7 +22,9 @@ def trial_table(results, runs: dict, sweep, proposed_by: dict) -> pd.DataFrame:
         if trial_id is None:
             continue  # failed before its first report; picked up from the MLflow runs below
         seen.add(trial_id)
-        series = result.metrics_dataframe[sweep.metric]
+        history = result.metrics_dataframe
+        # A trial stopped (or failed) before its first eval period has no metric yet.
+        series = history[sweep.metric] if history is not None and sweep.metric in history else pd.Series([math.nan])
         rows.append({"trial_id": trial_id, "run_id": runs.get(trial_id), "outcome": _outcome(result, sweep),
                      "proposed_by": proposed_by.get(trial_id), "warm_start": sweep.is_warm_start(result.config),
                      f"best_{sweep.metric}": float(series.min() if sweep.mode == "min" else series.max()),
@@ -35,7 +37,7 @@ def trial_table(results, runs: dict, sweep, proposed_by: dict) -> pd.DataFrame:
 
 
 def _outcome(result, sweep) -> str:
-    if result.error is not None:
+    if result.error is not None or sweep.metric not in result.metrics:
         return ERROR
     if result.metrics.get("diverged"):
         return DIVERGED
@@ -43,10 +45,10 @@ def _outcome(result, sweep) -> str:
 
 
 def mark_interrupted(table: pd.DataFrame, finished_trial_ids: set) -> pd.DataFrame:
-    """After Ctrl-C: the trials Tune had not finished are `interrupted`, whatever they reported."""
+    """After Ctrl-C: the trials Tune had not finished are `interrupted`, whatever they reported
+    (an errored trial is finished: Tune tells the searcher of it)."""
     table = table.copy()
-    unfinished = ~table["trial_id"].isin(finished_trial_ids) & (table["outcome"] != ERROR)
-    table.loc[unfinished, "outcome"] = INTERRUPTED
+    table.loc[~table["trial_id"].isin(finished_trial_ids), "outcome"] = INTERRUPTED
     return table
 
 
