@@ -16,7 +16,7 @@ import pandas as pd
 import ray
 import torch
 
-from sweeper.outcomes import COMPLETED, DIVERGED, STOPPED
+from sweeper.outcomes import COMPLETED, DIVERGED, STOPPED, finite
 from trainables.metrics import extractor_by_name
 from trainables.training.evaluate import final_fid_kid
 from trainables.training.gan import resolve_device
@@ -29,8 +29,7 @@ def candidates(table: pd.DataFrame, metric: str, mode: str, top_k: int) -> list[
     column = f"best_{metric}"
     if column not in table:
         return []
-    usable = table[table["outcome"].isin([COMPLETED, STOPPED, DIVERGED])
-                   & table[column].map(lambda v: isinstance(v, float) and math.isfinite(v))]
+    usable = table[table["outcome"].isin([COMPLETED, STOPPED, DIVERGED]) & finite(table[column])]
     chosen = []
     for _, group in usable.groupby("warm_start"):
         ranked = group.sort_values(column, ascending=mode == "min", kind="stable")
@@ -75,7 +74,7 @@ def winner(table: pd.DataFrame) -> str | None:
     """The trial with the lowest finite `fid_final`, or None when nothing was measured."""
     if "fid_final" not in table:
         return None
-    measured = table[table["fid_final"].map(lambda v: isinstance(v, float) and math.isfinite(v))]
+    measured = table[finite(table["fid_final"])]
     if measured.empty:
         return None
     ranked = measured.sort_values("fid_final", kind="stable")

@@ -12,6 +12,11 @@ COMPLETED, STOPPED, DIVERGED, ERROR, INTERRUPTED = "completed", "stopped-early",
 RUN_STATUS = {ERROR: "FAILED", INTERRUPTED: "KILLED"}  # every other outcome ends FINISHED
 
 
+def finite(column: pd.Series) -> pd.Series:
+    """A mask of the rows whose value is a finite number (not NaN, inf or missing)."""
+    return column.map(lambda v: isinstance(v, (int, float)) and math.isfinite(v))
+
+
 def trial_table(results, runs: dict, sweep, proposed_by: dict) -> pd.DataFrame:
     """One row per trial: id, MLflow run, outcome, how it was proposed, whether it is a warm start,
     best and last metric, eval periods done, config."""
@@ -70,7 +75,7 @@ def baseline_gain(table: pd.DataFrame, metric: str, mode: str) -> tuple[float | 
     it did not). None where either side has no measured trial."""
     if metric not in table or "warm_start" not in table:
         return None, None
-    measured = table[table[metric].notna() & table[metric].map(lambda v: math.isfinite(v))]
+    measured = table[finite(table[metric])]
     best = min if mode == "min" else max
     warm = measured[measured["warm_start"] == True][metric].tolist()  # noqa: E712 (a pandas mask)
     searched = measured[measured["warm_start"] == False][metric].tolist()  # noqa: E712
