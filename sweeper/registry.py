@@ -16,8 +16,7 @@ import numpy as np
 import torch
 
 from sweeper.tracking import Tracking
-from trainables.models import build_models
-from trainables.training.checkpoint import load_generator_state
+from trainables.training.checkpoint import load_generator
 
 ALIAS = "best"
 FID_TAG = "fid_final"
@@ -35,9 +34,7 @@ def register_generator(tracking: Tracking, run_id: str, cfg, checkpoint_dir, nam
                        tags: dict, description: str) -> str:
     """Logs the checkpoint's (EMA) generator into the trial's run and registers it; returns the version.
     Saved as `pt2` (torch.export): loading it back unpickles nothing but tensors."""
-    G = build_models(cfg)[0]
-    G.load_state_dict(load_generator_state(checkpoint_dir))
-    G.eval()
+    G = load_generator(cfg, checkpoint_dir).eval()
     # Batch of 2: torch.export specialises a batch of 1 to a constant; this keeps the batch dynamic.
     example = np.random.default_rng(0).standard_normal((2, cfg.z_dim)).astype(np.float32)
     mlflow.set_tracking_uri(tracking.uri)

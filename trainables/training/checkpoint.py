@@ -4,6 +4,8 @@ from pathlib import Path
 
 import torch
 
+from trainables.models import build_models
+
 CHECKPOINT_FILE = "checkpoint.pt"
 GRID_FILE = "grid.png"
 
@@ -42,3 +44,10 @@ def load_generator_state(directory) -> dict:
         prefix = "module."  # AveragedModel keeps the averaged copy under .module
         return {k[len(prefix):]: v for k, v in state["ema"].items() if k.startswith(prefix)}
     return state["G"]
+
+
+def load_generator(cfg, directory) -> torch.nn.Module:
+    """The checkpoint's generator to publish or measure (see load_generator_state), on the CPU."""
+    G = build_models(cfg)[0]
+    G.load_state_dict(load_generator_state(directory))
+    return G

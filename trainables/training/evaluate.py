@@ -4,8 +4,7 @@ import torch
 from torchvision.utils import save_image
 
 from trainables.metrics import extract, feature_stats, frechet_distance, kernel_inception_distance
-from trainables.models import build_models
-from trainables.training.checkpoint import load_generator_state
+from trainables.training.checkpoint import load_generator
 
 
 def to_uint8(x: torch.Tensor) -> torch.Tensor:
@@ -26,10 +25,6 @@ def generated_batches(G, n: int, z_dim: int, seed: int, batch_size: int = 250):
             yield to_uint8(G(torch.randn(min(batch_size, n - i), z_dim, device=device, generator=gen)))
     finally:
         G.train(was_training)
-
-
-def generate(G, n: int, z_dim: int, seed: int, batch_size: int = 250) -> torch.Tensor:
-    return torch.cat(list(generated_batches(G, n, z_dim, seed, batch_size)))
 
 
 KID_SUBSETS = 10  # torch-fidelity uses 100 subsets of 1000 for a final number; per eval, 10 of <= 1000
@@ -53,9 +48,7 @@ def final_fid_kid(cfg, checkpoint_dir, extractor, ref_stats) -> dict:
     """`fid_final`/`kid_final` of a checkpoint's (EMA) generator: `final_fid_samples` images drawn
     with another seed than the per-eval FID, so the number that picks a winner is not the one
     that was minimised over evals."""
-    G = build_models(cfg)[0]
-    G.load_state_dict(load_generator_state(checkpoint_dir))
-    G.to(extractor.device)
+    G = load_generator(cfg, checkpoint_dir).to(extractor.device)
     metrics = fid_kid_of(G, cfg.final_fid_samples, cfg.z_dim, cfg.seed + FINAL_SEED_OFFSET, extractor, ref_stats)
     return {"fid_final": metrics["fid"], "kid_final": metrics["kid"]}
 
