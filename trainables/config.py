@@ -1,4 +1,4 @@
-"""The GAN trial's configuration: one frozen dataclass, validated before anything starts.
+"""Trial configurations: one frozen dataclass per kind of trial, validated before anything starts.
 
 Every field is a hyperparameter or budget knob that ends up as an MLflow param, so names carry
 their units (`steps_per_eval`, `num_evals`, `fid_samples`).
@@ -25,9 +25,25 @@ class ConfigError(ValueError):
     """A bad configuration value; the message is one line naming the key."""
 
 
-@dataclass(frozen=True)
-class GANConfig:
+class Config:
+    """What a sweep needs of a trial's config (a frozen dataclass subclassing this): `validate()`
+    returning self or raising ConfigError, `num_evals` (the trial's budget in eval periods, ASHA's
+    max_t) and `seed`. `replace` refuses unknown keys."""
     # Keys that define the data a sweep prepares once: never searched (sweeper.spec refuses it).
+    DATA_KEYS: ClassVar[tuple[str, ...]] = ()
+
+    def validate(self):
+        return self
+
+    def replace(self, **changes):
+        unknown = sorted(set(changes) - field_names(type(self)))
+        if unknown:
+            raise ConfigError(f"unknown config key: {unknown[0]!r}")
+        return dataclasses.replace(self, **changes)
+
+
+@dataclass(frozen=True)
+class GANConfig(Config):
     DATA_KEYS: ClassVar[tuple[str, ...]] = ("data", "resolution")
 
     # data
@@ -76,22 +92,22 @@ class GANConfig:
     def validate(self) -> "GANConfig":
         for key, allowed in (("loss", LOSSES), ("arch", ARCHS), ("g_norm", G_NORMS), ("d_norm", D_NORMS),
                              ("optimizer", OPTIMIZERS), ("lr_schedule", LR_SCHEDULES), ("device", DEVICES)):
-            _choice(key, getattr(self, key), allowed)
+            choice(key, getattr(self, key), allowed)
         for part in filter(None, self.diffaugment.split(",")):
-            _choice("diffaugment", part, AUGMENTS)
+            choice("diffaugment", part, AUGMENTS)
         if self.resolution not in RESOLUTIONS[self.arch]:
             raise ConfigError(f"resolution: {self.resolution} is not supported by arch {self.arch!r} "
                               f"(choose from {', '.join(map(str, RESOLUTIONS[self.arch]))})")
         for key in ("z_dim", "g_width", "d_width", "n_critic", "batch_size", "steps_per_eval", "num_evals"):
-            _at_least(key, getattr(self, key), 1)
+            at_least(key, getattr(self, key), 1)
         for key in ("fid_samples", "ref_samples", "final_fid_samples"):
-            _at_least(key, getattr(self, key), 2)  # a covariance needs two samples
+            at_least(key, getattr(self, key), 2)  # a covariance needs two samples
         for key in ("gp_weight", "weight_decay", "instance_noise", "ema_start_kimg"):
-            _at_least(key, getattr(self, key), 0)
+            at_least(key, getattr(self, key), 0)
         for key in ("g_lr", "d_lr"):
-            _in_open_unit(key, getattr(self, key), low_inclusive=False)
+            in_open_unit(key, getattr(self, key), low_inclusive=False)
         for key in ("beta1", "beta2", "momentum", "label_smoothing", "d_dropout", "ema_decay", "lr_gamma"):
-            _in_open_unit(key, getattr(self, key), low_inclusive=key != "lr_gamma")
+            in_open_unit(key, getattr(self, key), low_inclusive=key != "lr_gamma")
         self._validate_combinations()
         return self
 
@@ -103,24 +119,18 @@ class GANConfig:
             raise ConfigError(f"label_smoothing: needs a loss with a real-label target "
                               f"({', '.join(SMOOTHABLE_LOSSES)}), not {self.loss!r}")
 
-    def replace(self, **changes) -> "GANConfig":
-        unknown = sorted(set(changes) - field_names(type(self)))
-        if unknown:
-            raise ConfigError(f"unknown config key: {unknown[0]!r}")
-        return dataclasses.replace(self, **changes)
 
-
-def _choice(key: str, value, allowed: tuple[str, ...]) -> None:
+def choice(key: str, value, allowed: tuple[str, ...]) -> None:
     if value not in allowed:
         raise ConfigError(f"{key}: unknown value {value!r} (choose from {', '.join(allowed)})")
 
 
-def _at_least(key: str, value, low) -> None:
+def at_least(key: str, value, low) -> None:
     if value < low:
         raise ConfigError(f"{key}: must be >= {low}, got {value}")
 
 
-def _in_open_unit(key: str, value, low_inclusive: bool) -> None:
+def in_open_unit(key: str, value, low_inclusive: bool) -> None:
     if not ((0 <= value if low_inclusive else 0 < value) and value < 1):
         raise ConfigError(f"{key}: must be in {'[' if low_inclusive else '('}0, 1), got {value}")
 
