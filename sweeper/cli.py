@@ -67,11 +67,10 @@ def _prepare(args) -> int:
 
 def _run(args) -> int:
     from sweeper.loader import load_sweep
-    from trainables.data import check_source
 
     sweep = load_sweep(args.file).resolve(
         quick=args.quick, overrides=args.overrides, num_samples=args.num_samples, data=args.data, name=args.name)
-    check_source(sweep.config.data)
+    sweep.task.check(sweep)
     if args.dry_run:
         print(describe(sweep))
         return 0
@@ -96,8 +95,9 @@ def describe(sweep) -> str:
              "warm start:", *(f"  {sweep.warm_start_params(i)}" for i in range(len(sweep.warm_start))),
              f"searcher: {sweep.searcher}", f"scheduler: {sweep.scheduler} on eval_period, max {sweep.config.num_evals}",
              f"resources per trial: {sweep.resources}, at most {sweep.max_concurrent or 'what fits (capped for TPE)'} at once",
-             f"per-eval FID extractor: {sweep.eval_extractor}; final evaluation: top {sweep.final.top_k} searched and "
-             f"top {sweep.final.top_k} warm-start trials, fid_final on {sweep.config.final_fid_samples} samples",
+             *sweep.task.describe(sweep),
+             f"final evaluation: the top {sweep.final.top_k} trials of each group, "
+             f"{sweep.task.final_metric or 'none (the best ' + sweep.metric + ' picks the winner)'}",
              f"mlflow: {default_tracking_uri()}"]
     return "\n".join(lines)
 
@@ -125,18 +125,14 @@ def _report(summary) -> str:
             f"so re-run the same command to start the sweep again.",
             f"MLflow store: {summary.tracking.uri}"])
     if summary.winner is None:
-        return "\n".join(lines + ["no trial produced a checkpoint with a finite FID: nothing registered",
-                                  f"MLflow store: {summary.tracking.uri}"])
+        return "\n".join(lines + [f"no trial produced a checkpoint with a finite {summary.final_metric}: "
+                                  f"nothing registered", f"MLflow store: {summary.tracking.uri}"])
     config = ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in summary.best_config.items())
-    lines += [f"best trial: {summary.winner}  fid_final {summary.fid_final:.2f}  "
-              f"({summary.final_extractor}, {summary.final_samples} generated vs {summary.ref_samples} real images)",
-              f"best config: {config}"]
-    if summary.baseline_fid is not None and summary.gain is not None:
-        verdict = (f"the best searched trial is {summary.gain:.2f} better" if summary.gain > 0 else
-                   f"the search did NOT beat it: its best trial is {-summary.gain:.2f} worse")
-        lines.append(f"hand-tuned baseline (warm start, full budget): fid_final {summary.baseline_fid:.2f}; {verdict}")
-    lines += [f"registered model: models:/{summary.model}/{summary.model_version}; @best {summary.alias_decision}",
-              f"MLflow store: {summary.tracking.uri}",
+    lines += [f"best trial: {summary.winner}  {summary.final_metric} {summary.final_value:.4g}  "
+              f"({summary.measured_on})", f"best config: {config}", *summary.lines]
+    if summary.model is not None:
+        lines.append(f"registered model: models:/{summary.model}/{summary.model_version}; @best {summary.alias_decision}")
+    lines += [f"MLflow store: {summary.tracking.uri}",
               "open the UI: python -m sweeper ui   (then http://127.0.0.1:5000)"]
     return "\n".join(lines)
 

@@ -1,11 +1,12 @@
 """The final evaluation: the best checkpoint of each of the top trials, measured again.
 
-A trial's best per-eval FID is the minimum of several noisy estimates (few samples, the same z
-every eval), so it is biased low, most for the trials that evaluated most often; the winner by it
-is partly the luckiest draw. Here the best checkpoints of the top `FinalEval.top_k` searched and
-`top_k` warm-start trials are measured once more on `final_fid_samples` images with another seed,
-with the standard extractor, as Ray tasks with the trials' resources; `fid_final` picks the winner
-and compares the search with the hand-tuned baseline.
+A trial's best per-eval number is the best of several noisy estimates (few samples, the same z
+or the same validation images every eval), so it is biased in its favour, most for the trials
+that evaluated most often; the winner by it is partly the luckiest draw. Here the best checkpoints
+of the top `FinalEval.top_k` trials of each group (searched / warm-start; real / synthetic data)
+are measured once more by the sweep's Task (a GAN: `fid_final` on more samples with another seed
+and the standard extractor; a classifier: `test_acc` on the held-out test split), as Ray tasks
+with the trials' resources.
 """
 from __future__ import annotations
 
@@ -17,21 +18,18 @@ import ray
 import torch
 
 from sweeper.outcomes import COMPLETED, DIVERGED, STOPPED, finite
-from trainables.metrics import extractor_by_name
-from trainables.training.evaluate import final_fid_kid
-from trainables.training.gan import resolve_device
 
 log = logging.getLogger("sweeper")
 
 
 def candidates(table: pd.DataFrame, metric: str, mode: str, top_k: int) -> list[str]:
-    """Trial ids: the top_k searched and the top_k warm-start trials by their best per-eval metric."""
+    """Trial ids: the top_k trials of each group (the `group` column) by their best per-eval metric."""
     column = f"best_{metric}"
     if column not in table:
         return []
     usable = table[table["outcome"].isin([COMPLETED, STOPPED, DIVERGED]) & finite(table[column])]
     chosen = []
-    for _, group in usable.groupby("warm_start"):
+    for _, group in usable.groupby("group", sort=True):
         ranked = group.sort_values(column, ascending=mode == "min", kind="stable")
         chosen += ranked["trial_id"].head(top_k).tolist()
     return chosen
@@ -45,14 +43,14 @@ def best_checkpoint(result, metric: str, mode: str):
     return (min if mode == "min" else max)(kept, key=lambda cm: cm[1][metric])
 
 
-def measure(jobs: dict, *, extractor: str, weights_path: str | None, ref_stats, resources: dict) -> dict:
-    """{trial id: (config, checkpoint)} -> {trial id: {"fid_final", "kid_final"}}, in parallel Ray
-    tasks, each with one trial's resources (so they pack onto GPUs like the trials did). A task that
-    fails is logged and left out."""
-    ref = ray.put(ref_stats)
-    task = ray.remote(_measure_checkpoint).options(
+def measure(jobs: dict, *, task, shared: dict, resources: dict) -> dict:
+    """{trial id: (config, checkpoint)} -> {trial id: (metrics, {file name: bytes})}, in parallel
+    Ray tasks, each with one trial's resources (so they pack onto GPUs like the trials did). A task
+    that fails is logged and left out."""
+    shared_ref = ray.put(shared)
+    remote = ray.remote(_measure_checkpoint).options(
         num_cpus=resources.get("cpu", 1), num_gpus=resources.get("gpu", 0), max_retries=1)
-    futures = {trial_id: task.remote(cfg, checkpoint, extractor, weights_path, ref, resources.get("cpu", 1))
+    futures = {trial_id: remote.remote(task, cfg, checkpoint, shared_ref, resources.get("cpu", 1))
                for trial_id, (cfg, checkpoint) in jobs.items()}
     measured = {}
     for trial_id, future in futures.items():
@@ -63,19 +61,22 @@ def measure(jobs: dict, *, extractor: str, weights_path: str | None, ref_stats, 
     return measured
 
 
-def _measure_checkpoint(cfg, checkpoint, extractor: str, weights_path, ref_stats, cpus: float) -> dict:
+def _measure_checkpoint(task, cfg, checkpoint, shared: dict, cpus: float) -> tuple[dict, dict]:
     torch.set_num_threads(max(1, int(cpus)))  # packed beside others, like a trial
-    features = extractor_by_name(extractor, resolve_device(cfg.device), weights_path=weights_path)
     with checkpoint.as_directory() as directory:
-        return final_fid_kid(cfg, directory, features, ref_stats)
+        return task.measure(cfg, directory, shared)
 
 
-def winner(table: pd.DataFrame) -> str | None:
-    """The trial with the lowest finite `fid_final`, or None when nothing was measured."""
-    if "fid_final" not in table:
+def winner(table: pd.DataFrame, column: str, mode: str, measured: str | None) -> str | None:
+    """The trial with the best finite `column` among those with a finite `measured` value (all
+    finished trials when `measured` is None), or None."""
+    if column not in table or (measured is not None and measured not in table):
         return None
-    measured = table[finite(table["fid_final"])]
-    if measured.empty:
+    rows = table[finite(table[column])]
+    if measured is not None:
+        rows = rows[finite(rows[measured])]
+    else:
+        rows = rows[rows["outcome"].isin([COMPLETED, STOPPED])]
+    if rows.empty:
         return None
-    ranked = measured.sort_values("fid_final", kind="stable")
-    return str(ranked["trial_id"].iloc[0])
+    return str(rows.sort_values(column, ascending=mode == "min", kind="stable")["trial_id"].iloc[0])

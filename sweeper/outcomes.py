@@ -19,7 +19,7 @@ def finite(column: pd.Series) -> pd.Series:
 
 def trial_table(results, runs: dict, sweep, proposed_by: dict) -> pd.DataFrame:
     """One row per trial: id, MLflow run, outcome, how it was proposed, whether it is a warm start,
-    best and last metric, eval periods done, config."""
+    its group for the final evaluation, best and last metric, eval periods done, config."""
     rows, seen = [], set()
     for result in results:
         metrics = result.metrics or {}
@@ -30,8 +30,10 @@ def trial_table(results, runs: dict, sweep, proposed_by: dict) -> pd.DataFrame:
         history = result.metrics_dataframe
         # A trial stopped (or failed) before its first eval period has no metric yet.
         series = history[sweep.metric] if history is not None and sweep.metric in history else pd.Series([math.nan])
+        warm_start = sweep.is_warm_start(result.config)
         rows.append({"trial_id": trial_id, "run_id": runs.get(trial_id), "outcome": _outcome(result, sweep),
-                     "proposed_by": proposed_by.get(trial_id), "warm_start": sweep.is_warm_start(result.config),
+                     "proposed_by": proposed_by.get(trial_id), "warm_start": warm_start,
+                     "group": sweep.task.group(sweep.trial_config(result.config), warm_start),
                      f"best_{sweep.metric}": float(series.min() if sweep.mode == "min" else series.max()),
                      f"last_{sweep.metric}": float(series.iloc[-1]),
                      "eval_periods": int(metrics.get("eval_period", 0)), "kimg": float(metrics.get("kimg", 0)),

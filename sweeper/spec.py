@@ -1,6 +1,8 @@
 """The Sweep a search-space file defines, and how the CLI turns it into the sweep that runs.
 
 A search-space file is plain Python that assigns `sweep = Sweep(...)`; nothing in it runs Ray.
+One mechanism for every kind of trial: the config's type decides the kind (sweeper.tasks), which
+supplies the default trainable, metric and `--quick` budget.
 """
 from __future__ import annotations
 
@@ -10,11 +12,7 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from sweeper.space import SpaceError, searched_keys, space_samples, warm_start_params
-from trainables.config import ConfigError, GANConfig, field_types
-from trainables.training.gan import train_gan
-
-
-EVAL_EXTRACTORS = ("auto", "standard", "proxy")
+from trainables.config import Config, ConfigError, field_types
 
 
 class SweepError(ValueError):
@@ -51,31 +49,30 @@ class Resources:
 
 @dataclass(frozen=True)
 class FinalEval:
-    """After the trials: the best checkpoints of the `top_k` best search trials and of the `top_k`
-    best warm-start trials (by their per-eval metric) are measured again with the config's
-    `final_fid_samples` and another seed; that number (`fid_final`) picks the winner."""
+    """After the trials: the best checkpoints of the `top_k` best trials of each group (searched and
+    warm-start trials; a classifier sweep groups by real/synthetic data) are measured again, e.g.
+    `fid_final` on more samples with another seed, or `test_acc` on the held-out test split."""
     top_k: int = 3
 
 
 @dataclass(frozen=True)
 class Quick:
-    """What `--quick` changes: the budget only (trial count, image size, steps, samples)."""
+    """What `--quick` changes: the budget only (trial count, image size, steps, samples). Each kind
+    of trial has its own default (sweeper.tasks)."""
     num_samples: int = 6
-    config: dict = field(default_factory=lambda: dict(
-        resolution=32, g_width=16, d_width=16, batch_size=32, steps_per_eval=20, num_evals=4,
-        fid_samples=512, ref_samples=512, final_fid_samples=256))
+    config: dict = field(default_factory=dict)
     final: FinalEval = FinalEval(top_k=1)
 
 
 @dataclass(frozen=True)
 class Sweep:
     name: str
-    config: GANConfig                       # the fixed part of every trial's config
+    config: Config                          # the fixed part of every trial's config (GANConfig, ClassifierConfig, ...)
     space: object = field(default_factory=dict)  # {key: ray.tune domain} or define-by-run fn (sweeper.space)
-    warm_start: tuple = ()                  # hand-tuned points (dicts or GANConfigs) tried first
-    trainable: Callable = train_gan
-    metric: str = "fid"
-    mode: str = "min"
+    warm_start: tuple = ()                  # hand-tuned points (dicts or whole configs) tried first
+    trainable: Callable | None = None       # None: the config kind's own (train_gan, train_classifier)
+    metric: str | None = None               # None: the config kind's own ("fid" min, "val_acc" max)
+    mode: str | None = None
     num_samples: int = 16
     max_failures: int = 2                   # retries of a crashed trial, from its last checkpoint
     max_concurrent: int | None = None       # None: what the resources allow, capped (see tuner.py)
@@ -83,21 +80,37 @@ class Sweep:
     scheduler: ASHA | None = ASHA()        # None: FIFO, every trial runs its full budget
     resources: Resources = Resources()
     final: FinalEval = FinalEval()
-    # Feature extractor of the per-eval FID: "standard" (Inception), "proxy" (random conv, ~100x
-    # cheaper on a CPU) or "auto" (standard where trials get GPUs, proxy otherwise). `fid_final`
-    # always uses the standard extractor when its weights are available.
-    eval_extractor: str = "auto"
-    quick: Quick = Quick()
+    quick: Quick | None = None              # None: the config kind's own
+
+    def __post_init__(self):
+        # The config kind fills in what the file leaves out, so a sweep is complete once built.
+        task = self.task
+        for key, value in (("trainable", task.trainable()), ("metric", task.metric), ("mode", task.mode),
+                           ("quick", task.quick or Quick())):
+            if getattr(self, key) is None:
+                object.__setattr__(self, key, value)
+
+    @property
+    def task(self):
+        from sweeper.tasks import task_for  # the tasks import their trainables (and torch)
+
+        return task_for(self.config)
 
     def validate(self) -> "Sweep":
         if not self.name or not self.name.replace("-", "").replace("_", "").isalnum():
             raise SweepError(f"name: {self.name!r} must be letters, digits, '-' or '_'")
+        if not isinstance(self.config, Config) or not dataclasses.is_dataclass(self.config):
+            raise SweepError(f"config: expected a frozen dataclass deriving from trainables.config.Config, "
+                             f"got {type(self.config).__name__}")
+        if not callable(self.trainable):
+            raise SweepError(f"trainable: {type(self.config).__name__} has no default trainable; "
+                             f"pass Sweep(trainable=fn) with fn(cfg, report, restore_from=None)")
+        if self.metric is None:
+            raise SweepError(f"metric: {type(self.config).__name__} has no default metric; pass Sweep(metric=..., mode=...)")
         if self.num_samples < 1:
             raise SweepError(f"num_samples: must be >= 1, got {self.num_samples}")
         if self.mode not in ("min", "max"):
             raise SweepError(f"mode: {self.mode!r} is not 'min' or 'max'")
-        if self.eval_extractor not in EVAL_EXTRACTORS:
-            raise SweepError(f"eval_extractor: {self.eval_extractor!r} is not one of {', '.join(EVAL_EXTRACTORS)}")
         if self.max_concurrent is not None and self.max_concurrent < 1:
             raise SweepError(f"max_concurrent: must be >= 1, got {self.max_concurrent}")
         if self.final.top_k < 1:
@@ -110,16 +123,14 @@ class Sweep:
                 _config_or_error(self.config, self.warm_start_params(i), f"warm_start[{i}]")
         except SpaceError as e:
             raise SweepError(str(e)) from None
-        self._refuse_searched_data_keys()
+        self._refuse_searched_prepared_keys()
         return self
 
-    def _refuse_searched_data_keys(self) -> None:
-        # The driver prepares the data and its reference statistics once, at the fixed values; a
-        # trial with another resolution would silently train on images of the wrong size.
-        for key in sorted(self.searched_keys() & set(type(self.config).DATA_KEYS)):
-            raise SweepError(f"space.{key}: defines the data, which is prepared once per sweep and cannot be "
-                             f"searched; fix it in the sweep's config (or --data / --set {key}=...) and run one "
-                             f"sweep per value")
+    def _refuse_searched_prepared_keys(self) -> None:
+        for key in sorted(self.searched_keys() & set(type(self.config).PREPARED_KEYS)):
+            raise SweepError(f"space.{key}: is prepared once per sweep (data, statistics, generators) and cannot "
+                             f"be searched; fix it in the sweep's config (or --data / --set {key}=...) and run "
+                             f"one sweep per value")
 
     def is_warm_start(self, params: dict) -> bool:
         """Whether a trial's sampled params are one of the warm-start points."""
@@ -134,7 +145,7 @@ class Sweep:
     def searched_keys(self) -> set[str]:
         return searched_keys(self.space)
 
-    def trial_config(self, sampled: dict) -> GANConfig:
+    def trial_config(self, sampled: dict) -> Config:
         return self.config.replace(**sampled).validate()
 
     def resolve(self, *, quick=False, overrides=(), num_samples=None, data=None, name=None) -> "Sweep":
@@ -145,7 +156,7 @@ class Sweep:
                 num_samples=sweep.quick.num_samples, final=sweep.quick.final)
         if data is not None:
             sweep = sweep.with_config({"data": data}, "--data")
-        sweep = sweep.with_config(parse_overrides(overrides), "--set")
+        sweep = sweep.with_config(parse_overrides(overrides, type(sweep.config)), "--set")
         if num_samples is not None:
             sweep = sweep.with_(num_samples=num_samples)
         if name is not None:
@@ -172,7 +183,7 @@ def same_params(params: dict, point: dict) -> bool:
     return all(k in params and same(params[k], v) for k, v in point.items())
 
 
-def _config_or_error(config: GANConfig, changes: dict, where: str) -> GANConfig:
+def _config_or_error(config: Config, changes: dict, where: str) -> Config:
     try:
         return config.replace(**changes).validate()
     except ConfigError as e:
@@ -181,9 +192,9 @@ def _config_or_error(config: GANConfig, changes: dict, where: str) -> GANConfig:
         raise SweepError(f"{where}: {e}") from None
 
 
-def parse_overrides(items) -> dict:
-    """`key=value` strings -> typed config changes; the type comes from GANConfig's defaults."""
-    types = field_types(GANConfig)
+def parse_overrides(items, config_type: type) -> dict:
+    """`key=value` strings -> typed config changes; the type comes from the config's defaults."""
+    types = field_types(config_type)
     changes = {}
     for item in items:
         key, sep, text = item.partition("=")

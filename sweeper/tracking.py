@@ -19,7 +19,6 @@ from mlflow.tracking import MlflowClient
 
 SWEEPS_DIR = Path("sweeps")
 TRIAL_TAG = "sweeper.trial_id"
-EXTRACTOR_TAG = "sweeper.fid_extractor"
 PARENT_TAG = "mlflow.parentRunId"
 
 
@@ -38,14 +37,19 @@ class Tracking:
     uri: str
     experiment_id: str
     parent_run_id: str
-    extractor: str
+    # What every trial run carries besides its config: e.g. the FID extractor, a generator's lineage.
+    child_tags: tuple = ()
+    child_params: tuple = ()
 
     def client(self) -> MlflowClient:
         return MlflowClient(self.uri)
 
 
-def open_sweep(name: str, uri: str, *, extractor: str, params: dict, tags: dict) -> Tracking:
-    """Driver: get or create the sweep's experiment and start its parent run."""
+def open_sweep(name: str, uri: str, *, params: dict, tags: dict, child_params: dict = None,
+               child_tags: dict = None) -> Tracking:
+    """Driver: get or create the sweep's experiment and start its parent run (with the params and
+    tags of its children too)."""
+    child_params, child_tags = child_params or {}, child_tags or {}
     if uri.startswith("sqlite:"):
         SWEEPS_DIR.mkdir(parents=True, exist_ok=True)
     client = MlflowClient(uri)
@@ -56,9 +60,9 @@ def open_sweep(name: str, uri: str, *, extractor: str, params: dict, tags: dict)
     else:
         experiment_id = experiment.experiment_id
     run = client.create_run(experiment_id, run_name=f"{name}-{time.strftime('%Y%m%d-%H%M%S')}",
-                            tags={**tags, EXTRACTOR_TAG: extractor})
-    _log_params(client, run.info.run_id, params)
-    return Tracking(uri, experiment_id, run.info.run_id, extractor)
+                            tags={**tags, **child_tags})
+    _log_params(client, run.info.run_id, {**params, **child_params})
+    return Tracking(uri, experiment_id, run.info.run_id, tuple(child_tags.items()), tuple(child_params.items()))
 
 
 def trial_run_id(tracking: Tracking, trial_id: str, trial_name: str, params: dict) -> str:
@@ -72,8 +76,8 @@ def trial_run_id(tracking: Tracking, trial_id: str, trial_name: str, params: dic
         client.update_run(existing[0].info.run_id, status="RUNNING")
         return existing[0].info.run_id
     run = client.create_run(tracking.experiment_id, run_name=trial_name, tags={
-        PARENT_TAG: tracking.parent_run_id, TRIAL_TAG: trial_id, EXTRACTOR_TAG: tracking.extractor})
-    _log_params(client, run.info.run_id, params)
+        **dict(tracking.child_tags), PARENT_TAG: tracking.parent_run_id, TRIAL_TAG: trial_id})
+    _log_params(client, run.info.run_id, {**params, **dict(tracking.child_params)})
     return run.info.run_id
 
 

@@ -7,14 +7,12 @@ import torch
 from ray import tune
 
 from sweeper.tracking import config_params, log_eval, trial_run_id
-from trainables.metrics import extractor_by_name
 from trainables.training.checkpoint import GRID_FILE
-from trainables.training.gan import resolve_device
 
 
-def run_trial(sampled: dict, *, train_fn, base, images, ref_stats, extractor, weights_path,
-              tracking, cpus: float) -> None:
-    """Ray Tune function trainable; `tune.with_parameters` supplies everything after `sampled`."""
+def run_trial(sampled: dict, *, task, train_fn, base, shared: dict, tracking, cpus: float) -> None:
+    """Ray Tune function trainable; `tune.with_parameters` supplies everything after `sampled`.
+    `train_fn(cfg, report, restore_from=..., **task.trial_kwargs(cfg, shared))` trains."""
     cfg = base.replace(**sampled).validate()
     torch.set_num_threads(max(1, int(cpus)))  # several trials share a machine; don't oversubscribe
     context = tune.get_context()
@@ -27,7 +25,7 @@ def run_trial(sampled: dict, *, train_fn, base, images, ref_stats, extractor, we
         checkpoint = tune.Checkpoint.from_directory(directory) if directory else None
         tune.report(metrics, checkpoint=checkpoint)
 
-    features = extractor_by_name(extractor, resolve_device(cfg.device), weights_path=weights_path)
+    kwargs = task.trial_kwargs(cfg, shared)
     checkpoint = tune.get_checkpoint()
     with (checkpoint.as_directory() if checkpoint else nullcontext()) as restore_from:
-        train_fn(cfg, images, report, extractor=features, ref_stats=ref_stats, restore_from=restore_from)
+        train_fn(cfg, report, restore_from=restore_from, **kwargs)

@@ -11,6 +11,7 @@ from ray import tune
 from sweeper import final
 from sweeper.outcomes import baseline_gain
 from sweeper.refstats import reference_stats
+from sweeper.tasks.gan import GAN
 from trainables.config import GANConfig
 from trainables.data import toy_faces
 from trainables.metrics import RandomConvFeatures
@@ -21,7 +22,8 @@ CFG = GANConfig(resolution=32, z_dim=16, g_width=16, d_width=16, batch_size=32, 
 
 
 def _table(rows):
-    return pd.DataFrame([{"trial_id": t, "outcome": o, "warm_start": w, "best_fid": f} for t, o, w, f in rows])
+    return pd.DataFrame([{"trial_id": t, "outcome": o, "warm_start": w, "group": "warm-start" if w else "searched",
+                          "best_fid": f} for t, o, w, f in rows])
 
 
 def test_candidates_are_the_top_k_of_each_group():
@@ -29,7 +31,7 @@ def test_candidates_are_the_top_k_of_each_group():
                     ("c", "completed", False, 20.0), ("d", "error", False, 1.0),
                     ("e", "completed", True, 50.0), ("f", "completed", True, 40.0),
                     ("g", "diverged", False, math.inf)])
-    assert final.candidates(table, "fid", "min", top_k=2) == ["b", "c", "f", "e"]
+    assert final.candidates(table, "fid", "min", top_k=2) == ["b", "c", "f", "e"]  # groups in name order
     assert final.candidates(table, "fid", "min", top_k=1) == ["b", "f"]
     assert final.candidates(table, "acc", "max", top_k=1) == []  # no such metric: nothing to measure
 
@@ -58,7 +60,7 @@ def _checkpoint(cfg, images, extractor, ref, root, name):
         shutil.copytree(directory, root / name, dirs_exist_ok=True)
         kept.append(tune.Checkpoint.from_directory(str(root / name)))
 
-    train_gan(cfg, images, report, extractor=extractor, ref_stats=ref)
+    train_gan(cfg, report, images=images, extractor=extractor, ref_stats=ref)
     return kept[-1]
 
 
@@ -74,11 +76,11 @@ def test_winner_is_picked_by_the_re_measured_fid_not_the_per_eval_minimum(ray_lo
     table = _table([("lucky", "stopped-early", False, 10.0), ("good", "completed", False, 50.0)])
     chosen = final.candidates(table, "fid", "min", top_k=2)
     assert chosen == ["lucky", "good"]
-    measured = final.measure({"lucky": (CFG, lucky), "good": (good_cfg, good)}, extractor=extractor.name,
-                             weights_path=None, ref_stats=ref, resources={"cpu": 1})
+    measured = {t: m for t, (m, _) in final.measure({"lucky": (CFG, lucky), "good": (good_cfg, good)},
+                                                   task=GAN, shared=_shared(extractor, ref), resources={"cpu": 1}).items()}
     table["fid_final"] = [measured["lucky"]["fid_final"], measured["good"]["fid_final"]]
     assert measured["good"]["fid_final"] < measured["lucky"]["fid_final"]
-    assert final.winner(table) == "good"
+    assert final.winner(table, "fid_final", "min", measured="fid_final") == "good"
     assert all(math.isfinite(m["kid_final"]) for m in measured.values())
 
 
@@ -89,6 +91,10 @@ def test_a_checkpoint_that_cannot_be_measured_is_left_out_not_fatal(ray_local, t
     good = _checkpoint(CFG, data.images, extractor, ref, tmp_path, "good")
     (tmp_path / "broken").mkdir()  # a checkpoint directory whose file is gone
     broken = tune.Checkpoint.from_directory(str(tmp_path / "broken"))
-    measured = final.measure({"good": (CFG, good), "broken": (CFG, broken)}, extractor=extractor.name,
-                             weights_path=None, ref_stats=ref, resources={"cpu": 1})
-    assert set(measured) == {"good"} and math.isfinite(measured["good"]["fid_final"])
+    measured = final.measure({"good": (CFG, good), "broken": (CFG, broken)}, task=GAN,
+                             shared=_shared(extractor, ref), resources={"cpu": 1})
+    assert set(measured) == {"good"} and math.isfinite(measured["good"][0]["fid_final"])
+
+
+def _shared(extractor, ref) -> dict:
+    return {"final_extractor": extractor.name, "final_weights_path": None, "final_stats": ref}

@@ -2,7 +2,7 @@
 import pytest
 from mlflow.tracking import MlflowClient
 
-from sweeper.registry import ALIAS, model_name, promote
+from sweeper.registry import ALIAS, FOOTING_TAG, model_name, promote
 
 FOOTING = {"sweeper.fid_final_extractor": "inception-v3-compat", "sweeper.data_fingerprint": "abc",
            "sweeper.resolution": "64", "sweeper.final_fid_samples": "10000", "sweeper.ref_samples": "5000"}
@@ -19,7 +19,7 @@ def client(tmp_path):
 def _version(client, tmp_path, fid, **changes) -> str:
     source = tmp_path / "model"
     source.mkdir(exist_ok=True)
-    tags = {**FOOTING, "fid_final": str(fid), **changes}
+    tags = {**FOOTING, FOOTING_TAG: ",".join(FOOTING), "fid_final": str(fid), **changes}
     return client.create_model_version(NAME, source=str(source), tags=tags).version
 
 
@@ -29,10 +29,10 @@ def _best(client) -> str:
 
 def test_first_version_takes_best_and_a_better_one_moves_it(client, tmp_path):
     v1 = _version(client, tmp_path, 40.0)
-    assert promote(client, NAME, v1)[0] and _best(client) == v1
+    assert promote(client, NAME, v1, "fid_final", "min")[0] and _best(client) == v1
     v2 = _version(client, tmp_path, 35.5)
-    moved, why = promote(client, NAME, v2)
-    assert moved and _best(client) == v2 and "35.500 below version 1's 40.000" in why
+    moved, why = promote(client, NAME, v2, "fid_final", "min")
+    assert moved and _best(client) == v2 and "35.5 below version 1's 40" in why
     assert client.get_model_version(NAME, v2).tags["sweeper.best_alias_decision"] == why
 
 
@@ -46,19 +46,30 @@ def test_first_version_takes_best_and_a_better_one_moves_it(client, tmp_path):
 ])
 def test_best_does_not_move_to_a_worse_or_incomparable_version(client, tmp_path, changes, key):
     v1 = _version(client, tmp_path, 40.0)
-    promote(client, NAME, v1)
+    promote(client, NAME, v1, "fid_final", "min")
     # Incomparable versions get a much lower FID: the footing, not the number, must stop them.
     v2 = _version(client, tmp_path, 45.0 if key is None else 5.0, **changes)
-    moved, why = promote(client, NAME, v2)
+    moved, why = promote(client, NAME, v2, "fid_final", "min")
     assert not moved and _best(client) == v1
-    assert ("is not below version 1's 40.000" in why) if key is None else (key in why and "another footing" in why)
+    assert ("is not below version 1's 40" in why) if key is None else (key in why and "another footing" in why)
 
 
 def test_a_version_without_a_finite_fid_never_takes_best(client, tmp_path):
     v1 = _version(client, tmp_path, float("inf"))
-    assert not promote(client, NAME, v1)[0]
+    assert not promote(client, NAME, v1, "fid_final", "min")[0]
+
+
+def test_a_higher_is_better_metric_moves_best_upwards_only(client, tmp_path):
+    v1 = _version(client, tmp_path, 0.0, test_acc="0.80")
+    assert promote(client, NAME, v1, "test_acc", "max")[0]
+    v2 = _version(client, tmp_path, 0.0, test_acc="0.75")
+    moved, why = promote(client, NAME, v2, "test_acc", "max")
+    assert not moved and "is not above version 1's 0.8" in why
+    v3 = _version(client, tmp_path, 0.0, test_acc="0.85")
+    assert promote(client, NAME, v3, "test_acc", "max")[0] and _best(client) == v3
 
 
 def test_quick_sweeps_register_under_their_own_name():
-    assert model_name("wgangp") == "wgangp-generator"
-    assert model_name("wgangp", quick=True) == "wgangp-quick-generator"
+    assert model_name("wgangp", "generator") == "wgangp-generator"
+    assert model_name("wgangp", "generator", quick=True) == "wgangp-quick-generator"
+    assert model_name("pets", "classifier") == "pets-classifier"

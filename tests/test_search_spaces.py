@@ -52,6 +52,6 @@ def test_published_seed_configuration_trains_under_quick(sweep, i):
     extractor = RandomConvFeatures(seed=0)
     ref = reference_stats(data.images, data.fingerprint, extractor, cfg.ref_samples)
     reports = []
-    metrics = train_gan(cfg, data.images, lambda m, d: reports.append(m), extractor=extractor, ref_stats=ref)
+    metrics = train_gan(cfg, lambda m, d: reports.append(m), images=data.images, extractor=extractor, ref_stats=ref)
     assert len(reports) == 1 and metrics["diverged"] == 0.0
     assert np.isfinite(metrics["fid"]) and metrics["fid"] > 0

@@ -17,7 +17,7 @@ WGANGP = REPO / "search_spaces" / "wgangp.py"
 
 
 def test_overrides_are_typed_from_the_config():
-    assert parse_overrides(["z_dim=32", "g_lr=1e-3", "loss=bce"]) == {"z_dim": 32, "g_lr": 1e-3, "loss": "bce"}
+    assert parse_overrides(["z_dim=32", "g_lr=1e-3", "loss=bce"], GANConfig) == {"z_dim": 32, "g_lr": 1e-3, "loss": "bce"}
 
 
 @pytest.mark.parametrize("item, message", [
@@ -27,7 +27,7 @@ def test_overrides_are_typed_from_the_config():
 ])
 def test_bad_overrides_name_the_key(item, message):
     with pytest.raises(SweepError, match=message):
-        parse_overrides([item])
+        parse_overrides([item], GANConfig)
 
 
 def test_quick_changes_only_the_budget():
@@ -152,7 +152,7 @@ def _searches_resolution(trial):
     (_searches_resolution, "resolution"),
 ])
 def test_keys_that_define_the_data_cannot_be_searched(space, key):
-    with pytest.raises(SweepError, match=f"space.{key}: defines the data"):
+    with pytest.raises(SweepError, match=f"space.{key}: is prepared once per sweep"):
         Sweep("s", GANConfig(), space=space).validate()
 
 
@@ -163,18 +163,20 @@ def test_cli_refuses_a_searched_resolution_with_exit_2(tmp_path):
     result = _cli("run", str(space_file), cwd=tmp_path)
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [
-        f"sweeper: error: space.resolution: defines the data, which is prepared once per sweep and cannot be "
-        f"searched; fix it in the sweep's config (or --data / --set resolution=...) and run one sweep per value"]
+        f"sweeper: error: space.resolution: is prepared once per sweep (data, statistics, generators) and cannot "
+        f"be searched; fix it in the sweep's config (or --data / --set resolution=...) and run one sweep per value"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["space.py"]
 
 
 @pytest.mark.parametrize("changes, message", [
-    (dict(eval_extractor="fast"), "eval_extractor: 'fast' is not one of auto, standard, proxy"),
+    (dict(config=GANConfig(eval_extractor="fast")), "config: eval_extractor: unknown value 'fast' "
+                                                    r"\(choose from auto, standard, proxy\)"),
     (dict(max_concurrent=0), "max_concurrent: must be >= 1"),
+    (dict(config={"lr": 1e-3}), "config: expected a frozen dataclass deriving from trainables.config.Config"),
 ])
 def test_sweep_level_knobs_are_validated(changes, message):
     with pytest.raises(SweepError, match=message):
-        Sweep("s", GANConfig(), **changes).validate()
+        Sweep("s", **{"config": GANConfig(), **changes}).validate()
 
 
 def test_quick_shrinks_the_final_evaluation_too():

@@ -49,7 +49,7 @@ class Recorder:
 def test_reports_every_eval_period_with_fixed_metric_names(setup, tmp_path):
     images, extractor, ref = setup
     report = Recorder(tmp_path)
-    train_gan(TINY, images, report, extractor=extractor, ref_stats=ref)
+    train_gan(TINY, report, images=images, extractor=extractor, ref_stats=ref)
     assert [m["eval_period"] for m in report.metrics] == [1, 2, 3]
     assert {"fid", "kid", "kimg", "img_per_s", "loss_d", "loss_g", "diverged"} <= set(report.metrics[0])
     assert all(np.isfinite(m["kid"]) for m in report.metrics)
@@ -67,14 +67,14 @@ EVERY_TRICK = TINY.replace(
 def test_exact_resume_is_bit_identical_on_cpu(setup, tmp_path, cfg):
     images, extractor, ref = setup
     straight = Recorder(tmp_path / "a")
-    train_gan(cfg, images, straight, extractor=extractor, ref_stats=ref)
+    train_gan(cfg, straight, images=images, extractor=extractor, ref_stats=ref)
 
     first = Recorder(tmp_path / "b", stop_after=1)
     with pytest.raises(Stopped):
-        train_gan(cfg, images, first, extractor=extractor, ref_stats=ref)
+        train_gan(cfg, first, images=images, extractor=extractor, ref_stats=ref)
     torch.manual_seed(12345)  # a fresh process: nothing may depend on the RNG state before the restore
     resumed = Recorder(tmp_path / "c")
-    train_gan(cfg, images, resumed, extractor=extractor, ref_stats=ref, restore_from=first.checkpoints[-1])
+    train_gan(cfg, resumed, images=images, extractor=extractor, ref_stats=ref, restore_from=first.checkpoints[-1])
 
     keys = ("eval_period", "kimg", "loss_d", "loss_g", "fid", "kid")
     assert [{k: m[k] for k in keys} for m in first.metrics + resumed.metrics] == \
@@ -110,7 +110,7 @@ def test_divergence_ends_the_trial_cleanly(setup, tmp_path):
     report = Recorder(tmp_path)
     # A penalty weight beyond float32's range turns the critic's loss, then its weights, into inf/NaN.
     wild = TINY.replace(gp_weight=1e39, num_evals=5)
-    final = train_gan(wild, images, report, extractor=extractor, ref_stats=ref)
+    final = train_gan(wild, report, images=images, extractor=extractor, ref_stats=ref)
     assert final["diverged"] == 1.0 and final["fid"] == float("inf")
     assert len(report.metrics) < 5 and report.metrics[-1] is not None
     assert len(report.checkpoints) == len(report.metrics) - 1  # the broken state is not checkpointed

@@ -17,6 +17,7 @@ OPTIMIZERS = ("adam", "adamw", "rmsprop", "sgd")
 LR_SCHEDULES = ("none", "linear-decay", "cosine", "step")
 AUGMENTS = ("color", "translation", "cutout")
 DEVICES = ("auto", "cpu", "cuda")
+EVAL_EXTRACTORS = ("auto", "standard", "proxy")
 RESOLUTIONS = {"dcgan": (32, 64, 128, 256, 512), "resnet": (32, 64, 128)}
 SMOOTHABLE_LOSSES = ("bce", "lsgan")  # losses with a real-label target that smoothing can lower
 
@@ -29,8 +30,10 @@ class Config:
     """What a sweep needs of a trial's config (a frozen dataclass subclassing this): `validate()`
     returning self or raising ConfigError, `num_evals` (the trial's budget in eval periods, ASHA's
     max_t) and `seed`. `replace` refuses unknown keys."""
-    # Keys that define the data a sweep prepares once: never searched (sweeper.spec refuses it).
-    DATA_KEYS: ClassVar[tuple[str, ...]] = ()
+    # Keys the driver prepares for once per sweep (the data, its statistics, a generator): never
+    # searched (sweeper.spec refuses it), since a trial with another value would silently use the
+    # prepared one.
+    PREPARED_KEYS: ClassVar[tuple[str, ...]] = ()
 
     def validate(self):
         return self
@@ -44,7 +47,7 @@ class Config:
 
 @dataclass(frozen=True)
 class GANConfig(Config):
-    DATA_KEYS: ClassVar[tuple[str, ...]] = ("data", "resolution")
+    PREPARED_KEYS: ClassVar[tuple[str, ...]] = ("data", "resolution", "eval_extractor")
 
     # data
     data: str = "toy-faces"
@@ -85,13 +88,18 @@ class GANConfig(Config):
     fid_samples: int = 5000  # generated images per eval's FID/KID
     ref_samples: int = 10000  # real images in the FID reference statistics (capped at the dataset)
     final_fid_samples: int = 10000  # generated images for `fid_final`, the re-measurement of the best trials
+    # Feature extractor of the per-eval FID: "standard" (Inception), "proxy" (random conv, ~100x
+    # cheaper on a CPU) or "auto" (standard where trials get GPUs, proxy otherwise). `fid_final`
+    # always uses the standard extractor when its weights are available.
+    eval_extractor: str = "auto"
     # reproducibility and placement
     seed: int = 0
     device: str = "auto"
 
     def validate(self) -> "GANConfig":
         for key, allowed in (("loss", LOSSES), ("arch", ARCHS), ("g_norm", G_NORMS), ("d_norm", D_NORMS),
-                             ("optimizer", OPTIMIZERS), ("lr_schedule", LR_SCHEDULES), ("device", DEVICES)):
+                             ("optimizer", OPTIMIZERS), ("lr_schedule", LR_SCHEDULES), ("device", DEVICES),
+                             ("eval_extractor", EVAL_EXTRACTORS)):
             choice(key, getattr(self, key), allowed)
         for part in filter(None, self.diffaugment.split(",")):
             choice("diffaugment", part, AUGMENTS)

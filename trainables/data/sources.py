@@ -50,6 +50,18 @@ def check_source(source: str) -> None:
             raise DatasetError(f"no class {class_name!r} in {where}; classes: {', '.join(classes) or '(none)'}")
 
 
+def source_classes(source: str) -> tuple[str, ...] | None:
+    """The class names `source` will have once prepared, from names alone (nothing decoded or
+    downloaded); None for a named remote dataset, whose classes only its download tells."""
+    check_source(source)
+    kind, where, class_name = _parse(source)
+    if class_name is not None:
+        return (class_name,)
+    if kind == "toy":
+        return tuple(TOY_CLASSES)
+    return Listing(where).classes if kind == "files" else None
+
+
 def _parse(source: str):
     """(kind, where, class): ("toy", None, c), ("named", RemoteDataset, c) or ("files", Path, c)."""
     if not isinstance(source, str) or not source:

@@ -58,7 +58,7 @@ def build_training(cfg: GANConfig, device: torch.device) -> Training:
     return Training(G, D, opt_g, opt_d, build_schedule(cfg, opt_g), build_schedule(cfg, opt_d), build_ema(cfg, G))
 
 
-def train_gan(cfg: GANConfig, images: np.ndarray, report: Report, *, extractor, ref_stats,
+def train_gan(cfg: GANConfig, report: Report, *, images: np.ndarray, extractor, ref_stats,
               restore_from: str | None = None) -> dict:
     """Trains until `cfg.num_evals` eval periods are done (or D/G diverge); returns the last metrics."""
     cfg = cfg.validate()

@@ -1,0 +1,130 @@
+"""GAN trials: the data and its FID reference statistics prepared once, FID per eval, `fid_final`
+on the best checkpoints, the winner's generator registered as `<sweep>-generator`."""
+from __future__ import annotations
+
+import dataclasses
+
+import mlflow
+import numpy as np
+import torch
+
+from sweeper.outcomes import baseline_gain
+from sweeper.refstats import reference_stats
+from sweeper.spec import Quick
+from sweeper.tasks.base import Inputs, Task
+from trainables.config import GANConfig
+from trainables.data import check_source, prepare
+from trainables.metrics import RandomConvFeatures, extractor_by_name, load_extractor
+from trainables.training.checkpoint import load_generator
+from trainables.training.evaluate import final_fid_kid
+from trainables.training.gan import resolve_device, train_gan
+
+
+class GANTask(Task):
+    config_type = GANConfig
+    metric, mode = "fid", "min"
+    final_metric, final_mode = "fid_final", "min"
+    model_kind = "generator"
+    quick = Quick(num_samples=6, config=dict(
+        resolution=32, g_width=16, d_width=16, batch_size=32, steps_per_eval=20, num_evals=4,
+        fid_samples=512, ref_samples=512, final_fid_samples=256))
+
+    def trainable(self):
+        return train_gan
+
+    def check(self, sweep) -> None:
+        check_source(sweep.config.data)
+
+    def prepare(self, sweep):
+        # Once per sweep, before Ray starts (the decode pool forks only while the process is
+        # single-threaded). Trials get the uint8 array through Ray's object store.
+        prepared = prepare(sweep.config.data, sweep.config.resolution, seed=sweep.config.seed)
+        print(prepared.summary(), flush=True)
+        return prepared
+
+    def inputs(self, sweep, prepared, available: dict) -> Inputs:
+        cfg, dataset = sweep.config, prepared.data
+        # FID reference statistics, once per extractor: the per-eval one and the final (standard) one.
+        per_eval, standard = _extractors(cfg, available, resolve_device(cfg.device))
+        eval_stats = reference_stats(dataset.images, dataset.fingerprint, per_eval, cfg.ref_samples)
+        final_stats = eval_stats if standard is per_eval else reference_stats(
+            dataset.images, dataset.fingerprint, standard, cfg.ref_samples)
+        weights = getattr(standard, "weights_path", None)
+        return Inputs(
+            trial={"images": dataset.images, "ref_stats": eval_stats, "extractor": per_eval.name,
+                   "weights_path": getattr(per_eval, "weights_path", None)},
+            final={"final_stats": final_stats, "final_extractor": standard.name, "final_weights_path": weights},
+            tags={"sweeper.fid_extractor": per_eval.name},
+            parent_tags={"sweeper.fid_final_extractor": standard.name,
+                         "sweeper.dataset_fingerprint": dataset.fingerprint, "sweeper.dataset_cache_key": prepared.key},
+            final_tags={"sweeper.fid_final_extractor": standard.name},
+            footing={"sweeper.fid_final_extractor": standard.name, "sweeper.data_fingerprint": dataset.fingerprint,
+                     "sweeper.resolution": cfg.resolution, "sweeper.final_fid_samples": cfg.final_fid_samples,
+                     "sweeper.ref_samples": final_stats.n_samples},
+            measured_on=f"{standard.name}, {cfg.final_fid_samples} generated vs {final_stats.n_samples} real images",
+            lines=[_extractor_line(per_eval, standard, cfg)])
+
+    def trial_kwargs(self, cfg, shared: dict) -> dict:
+        extractor = extractor_by_name(shared["extractor"], resolve_device(cfg.device), weights_path=shared["weights_path"])
+        return {"images": shared["images"], "ref_stats": shared["ref_stats"], "extractor": extractor}
+
+    def measure(self, cfg, checkpoint_dir: str, shared: dict) -> tuple[dict, dict]:
+        features = extractor_by_name(shared["final_extractor"], resolve_device(cfg.device),
+                                     weights_path=shared["final_weights_path"])
+        return final_fid_kid(cfg, checkpoint_dir, features, shared["final_stats"]), {}
+
+    def summarise(self, sweep, table) -> tuple[dict, list[str]]:
+        baseline, gain = baseline_gain(table, "fid_final", "min")
+        metrics = {k: v for k, v in (("baseline_fid_final", baseline), ("fid_final_gain_over_baseline", gain))
+                   if v is not None}
+        if baseline is None or gain is None:
+            return metrics, []
+        verdict = (f"the best searched trial is {gain:.2f} better" if gain > 0 else
+                   f"the search did NOT beat it: its best trial is {-gain:.2f} worse")
+        return metrics, [f"hand-tuned baseline (warm start, full budget): fid_final {baseline:.2f}; {verdict}"]
+
+    def log_model(self, tracking, run_id: str, cfg, checkpoint_dir: str, name: str) -> str:
+        """The checkpoint's (EMA) generator, saved as `pt2` (torch.export): loading it back unpickles
+        nothing but tensors."""
+        G = load_generator(cfg, checkpoint_dir).eval()
+        # Batch of 2: torch.export specialises a batch of 1 to a constant; this keeps the batch dynamic.
+        example = np.random.default_rng(0).standard_normal((2, cfg.z_dim)).astype(np.float32)
+        return log_pt2_model(tracking, run_id, G, example, name="generator", registered_name=name)
+
+    def describe(self, sweep) -> list[str]:
+        cfg = sweep.config
+        return [f"FID per eval: {cfg.eval_extractor} extractor on {cfg.fid_samples} samples; fid_final on "
+                f"{cfg.final_fid_samples} samples against {cfg.ref_samples} real images"]
+
+
+def log_pt2_model(tracking, run_id: str, model, example: np.ndarray, *, name: str, registered_name: str) -> str:
+    mlflow.set_tracking_uri(tracking.uri)
+    with mlflow.start_run(run_id=run_id):
+        info = mlflow.pytorch.log_model(
+            model, name=name, input_example=example, serialization_format="pt2",
+            registered_model_name=registered_name,
+            # Given explicitly: inferring them spawns a subprocess that re-imports the world.
+            pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"])
+    return str(info.registered_model_version)
+
+
+def _extractors(cfg: GANConfig, available: dict, device):
+    """(per eval, final): the standard extractor (or the offline fallback, with its warning) for
+    `fid_final`; the per-eval one is the same, or the random-conv proxy where it is asked for or
+    trials run without a GPU (the standard Inception runs at ~10-20 img/s on a CPU core)."""
+    standard = load_extractor(device)
+    proxy = cfg.eval_extractor == "proxy" or (cfg.eval_extractor == "auto" and available.get("GPU", 0) == 0)
+    per_eval = RandomConvFeatures(seed=0, device=device) if proxy else standard
+    return (standard if per_eval.name == standard.name else per_eval), standard
+
+
+def _extractor_line(per_eval, standard, cfg) -> str:
+    if per_eval is standard:
+        return (f"FID: {standard.name}, per eval on {cfg.fid_samples} samples, fid_final on "
+                f"{cfg.final_fid_samples}, against {cfg.ref_samples} real images")
+    return (f"FID per eval: {per_eval.name} on {cfg.fid_samples} samples, a cheap proxy that ranks "
+            f"trials (no GPU), not comparable to published FIDs; fid_final: {standard.name} on "
+            f"{cfg.final_fid_samples} samples; both against {cfg.ref_samples} real images")
+
+
+GAN = GANTask()
