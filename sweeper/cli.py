@@ -128,8 +128,9 @@ def _report(summary) -> str:
         return "\n".join(lines + [f"no trial produced a checkpoint with a finite {summary.final_metric}: "
                                   f"nothing registered", f"MLflow store: {summary.tracking.uri}"])
     config = ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in summary.best_config.items())
-    lines += [f"best trial: {summary.winner}  {summary.final_metric} {summary.final_value:.4g}  "
-              f"({summary.measured_on})", f"best config: {config}", *summary.lines]
+    measured_on = f"  ({summary.measured_on})" if summary.measured_on else ""
+    lines += [f"best trial: {summary.winner}  {summary.final_metric} {summary.final_value:.4g}{measured_on}",
+              f"best config: {config}", *summary.lines]
     if summary.model is not None:
         lines.append(f"registered model: models:/{summary.model}/{summary.model_version}; @best {summary.alias_decision}")
     lines += [f"MLflow store: {summary.tracking.uri}",

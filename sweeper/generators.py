@@ -82,7 +82,11 @@ def load(pinned_uri: str, tracking_uri: str, device):
     import torch
     from torch.export.passes import move_to_device_pass
 
-    directory = mlflow.artifacts.download_artifacts(artifact_uri=pinned_uri, tracking_uri=tracking_uri)
+    # A models:/ URI is looked up in the registry, which is the tracking store here; without both
+    # set, a trial process would look in its own default store.
+    mlflow.set_tracking_uri(tracking_uri)
+    mlflow.set_registry_uri(tracking_uri)
+    directory = mlflow.artifacts.download_artifacts(artifact_uri=pinned_uri)
     files = glob.glob(f"{directory}/**/*.pt2", recursive=True)
     if not files:
         raise GeneratorError(f"{pinned_uri} holds no .pt2 program (logged by an older sweeper?)")
