@@ -105,11 +105,11 @@ def run_arm(arm: str, sweep, size: dict) -> dict:
     timeline = _timeline(client, summary.tracking)
     table = summary.table
     row = {"arm": arm, "trials": len(table), "trial_seconds": float(table["trial_seconds"].sum()),
-           "fid_final": summary.fid_final, "final_extractor": summary.final_extractor, "table": table,
+           "fid_final": summary.final_value, "final_extractor": summary.measured_on, "table": table,
            "timeline": timeline, "last_fid": timeline[-1][1] if timeline else float("nan"),
-           "eval_extractor": summary.tracking.extractor}
+           "eval_extractor": dict(summary.tracking.child_tags)["sweeper.fid_extractor"]}
     print(f"[{arm}] {row['trials']} trials, {row['trial_seconds']:.0f} trial-seconds, best fid_final "
-          f"{summary.fid_final:.2f}, wall {time.perf_counter() - start:.0f} s", flush=True)
+          f"{summary.final_value:.2f}, wall {time.perf_counter() - start:.0f} s", flush=True)
     return row
 
 

@@ -123,7 +123,7 @@ def test_the_best_classifier_is_registered_by_validation_accuracy(sweeps):
     tested = {c.info.run_id: c for c in children if "test_acc" in c.data.metrics}
     version = client.get_model_version_by_alias("catdog-quick-classifier", "best")
     best_val = {run_id: max(m.value for m in client.get_metric_history(run_id, "val_acc")) for run_id in tested}
-    assert version.run_id == max(best_val, key=best_val.get)
+    assert best_val[version.run_id] == max(best_val.values())  # (ties are possible at this tiny budget)
     assert float(version.tags["test_acc"]) == pytest.approx(tested[version.run_id].data.metrics["test_acc"], rel=1e-5)
     assert version.tags["sweeper.generator.cat.version"] == parent.data.params["generator.cat.version"]
     assert version.tags["sweeper.resolution"] == "32" and version.tags["sweeper.test_fingerprint"]
