@@ -13,6 +13,8 @@ from __future__ import annotations
 import math
 
 import mlflow
+import numpy as np
+import torch
 
 ALIAS = "best"
 DECISION_TAG = "sweeper.best_alias_decision"
@@ -23,6 +25,19 @@ def model_name(sweep_name: str, kind: str, quick: bool = False) -> str:
     """`<sweep>-generator`, `<sweep>-classifier`; `--quick` sweeps register apart, so a CPU-budget
     model never competes with real ones."""
     return f"{sweep_name}-quick-{kind}" if quick else f"{sweep_name}-{kind}"
+
+
+def log_pt2_model(tracking, run_id: str, model, example: np.ndarray, *, name: str, registered_name: str) -> str:
+    """Logs `model` into the run in MLflow's `pt2` format (torch.export: loading it back unpickles
+    nothing but tensors) and registers it; returns the new version."""
+    mlflow.set_tracking_uri(tracking.uri)
+    with mlflow.start_run(run_id=run_id):
+        info = mlflow.pytorch.log_model(
+            model, name=name, input_example=example, serialization_format="pt2",
+            registered_model_name=registered_name,
+            # Given explicitly: inferring them spawns a subprocess that re-imports the world.
+            pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"])
+    return str(info.registered_model_version)
 
 
 def tag_version(client, name: str, version: str, *, tags: dict, footing: dict, description: str) -> None:

@@ -133,6 +133,18 @@ def test_the_best_classifier_is_registered_by_validation_accuracy(sweeps):
         assert model(torch.zeros(3, 3, 32, 32)).shape == (3, 2)
 
 
+def test_dry_run_shows_the_generator_versions_the_sweep_would_use(sweeps):
+    workdir, _, client = sweeps
+    catdog = shared_data("cifar10-catdog")
+    result = _sweeper(workdir, "run", str(REPO / "search_spaces" / "classifier.py"), "--set", f"data={catdog}",
+                      "--set", f"test_data={catdog / 'test'}", "--set", f"generators={GENERATORS}", "--dry-run",
+                      timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    version = client.get_model_version_by_alias("dogs-quick-generator", "best").version
+    assert f"generator for dog: models:/dogs-quick-generator@best -> models:/dogs-quick-generator/{version} " \
+           in result.stdout
+
+
 @pytest.mark.parametrize("args, message", [
     (["--set", "generators=cat=models:/nobody-generator@best,dog=models:/dogs-quick-generator@best"],
      "generators.cat: models:/nobody-generator@best does not resolve"),

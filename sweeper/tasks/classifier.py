@@ -15,10 +15,10 @@ import numpy as np
 
 from sweeper import generators
 from sweeper.outcomes import finite
+from sweeper.registry import log_pt2_model
 from sweeper.space import space_samples
 from sweeper.spec import FinalEval, Quick, SweepError
 from sweeper.tasks.base import Inputs, Task
-from sweeper.tasks.gan import log_pt2_model
 from sweeper.tracking import default_tracking_uri
 from trainables.classifier import ClassifierConfig, final_test, train_classifier
 from trainables.classifier.evaluate import load_classifier
@@ -149,8 +149,10 @@ class ClassifierTask(Task):
 
     def describe(self, sweep) -> list[str]:
         cfg = sweep.config
-        return [f"classifier: {cfg.arch} at {cfg.resolution} px on {cfg.data}; generators {cfg.generators}; "
-                f"selected on val_acc, test_acc once on {cfg.test_data or f'{cfg.test_fraction:.0%} of the data'}"]
+        return [f"classifier: {cfg.arch} at {cfg.resolution} px on {cfg.data}; selected on val_acc, test_acc "
+                f"once on {cfg.test_data or f'{cfg.test_fraction:.0%} of the data'}",
+                *(f"generator for {cls}: {line.uri} -> {line.pinned_uri} (fid_final {line.fid_final}, "
+                  f"{line.fid_extractor}, {line.resolution} px)" for cls, line in self.lineage(cfg).items())]
 
 
 def tracking_classes(tracking) -> list[str]:

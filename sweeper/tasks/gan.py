@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import dataclasses
 
-import mlflow
 import numpy as np
-import torch
 
 from sweeper.outcomes import baseline_gain
 from sweeper.refstats import reference_stats
+from sweeper.registry import log_pt2_model
 from sweeper.spec import Quick
 from sweeper.tasks.base import Inputs, Task
 from trainables.config import GANConfig
@@ -95,17 +94,6 @@ class GANTask(Task):
         cfg = sweep.config
         return [f"FID per eval: {cfg.eval_extractor} extractor on {cfg.fid_samples} samples; fid_final on "
                 f"{cfg.final_fid_samples} samples against {cfg.ref_samples} real images"]
-
-
-def log_pt2_model(tracking, run_id: str, model, example: np.ndarray, *, name: str, registered_name: str) -> str:
-    mlflow.set_tracking_uri(tracking.uri)
-    with mlflow.start_run(run_id=run_id):
-        info = mlflow.pytorch.log_model(
-            model, name=name, input_example=example, serialization_format="pt2",
-            registered_model_name=registered_name,
-            # Given explicitly: inferring them spawns a subprocess that re-imports the world.
-            pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"])
-    return str(info.registered_model_version)
 
 
 def _extractors(cfg: GANConfig, available: dict, device):
