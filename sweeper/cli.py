@@ -44,6 +44,9 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--data", help="dataset: toy-faces (default), a folder/.zip/.tar.gz of images "
                                     "(class = subfolder; SRC:cat selects one), or a known name (afhq-cat, cifar10:dog)")
     run.add_argument("--name", help="sweep name (MLflow experiment and registered model prefix)")
+    run.add_argument("--storage", help="Tune storage for checkpoints: a local path (default sweeps/ray_results), "
+                                       "s3://bucket/prefix, gs://..., or a shared path; required on a cluster "
+                                       "(env SWEEPER_STORAGE)")
     run.add_argument("--dry-run", action="store_true", help="validate and print the resolved sweep; start nothing")
     run.set_defaults(command=_run)
     data = commands.add_parser("data", help="datasets").add_subparsers(required=True, metavar="ACTION")
@@ -66,24 +69,28 @@ def _prepare(args) -> int:
 
 
 def _run(args) -> int:
+    from sweeper.cluster import check_placement, storage_uri
     from sweeper.loader import load_sweep
+    from sweeper.tracking import default_tracking_uri
 
+    check_placement(args.storage, default_tracking_uri())
     sweep = load_sweep(args.file).resolve(
         quick=args.quick, overrides=args.overrides, num_samples=args.num_samples, data=args.data, name=args.name)
     sweep.task.check(sweep)
     if args.dry_run:
-        print(describe(sweep))
+        print(describe(sweep, args.storage))
         return 0
 
     from sweeper.run import run_sweep  # imports Ray and MLflow: only when a sweep really runs
-    summary = run_sweep(sweep, sweep_file=args.file, quick=args.quick)
+    summary = run_sweep(sweep, sweep_file=args.file, quick=args.quick, storage=storage_uri(args.storage))
     print(_report(summary))
     if summary.interrupted:
         return EXIT_INTERRUPTED
     return 0 if summary.winner is not None else EXIT_NOTHING_TO_REGISTER
 
 
-def describe(sweep) -> str:
+def describe(sweep, storage: str | None = None) -> str:
+    from sweeper.cluster import storage_uri
     from sweeper.tracking import default_tracking_uri
 
     searched = sweep.searched_keys()
@@ -98,7 +105,7 @@ def describe(sweep) -> str:
              *sweep.task.describe(sweep),
              f"final evaluation: the top {sweep.final.top_k} trials of each group, "
              f"{sweep.task.final_metric or 'none (the best ' + sweep.metric + ' picks the winner)'}",
-             f"mlflow: {default_tracking_uri()}"]
+             f"mlflow: {default_tracking_uri()}", f"storage: {storage_uri(storage)}"]
     return "\n".join(lines)
 
 

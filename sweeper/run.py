@@ -46,7 +46,8 @@ class SweepSummary:
     alias_decision: str | None = None
 
 
-def run_sweep(sweep: Sweep, *, sweep_file: str, quick: bool) -> SweepSummary:
+def run_sweep(sweep: Sweep, *, sweep_file: str, quick: bool, storage: str | None = None) -> SweepSummary:
+    """`storage`: Tune's storage (a local path or s3://, gs:// URI; None = sweeps/ray_results here)."""
     task = sweep.task
     task.check(sweep)
     # Before Ray starts: the heavy shared preparation (the data's decode pool forks only while the
@@ -66,7 +67,7 @@ def run_sweep(sweep: Sweep, *, sweep_file: str, quick: bool) -> SweepSummary:
     table = None
     try:
         searcher = build_searcher(sweep)
-        results = _fit(sweep, inputs, tracking, searcher, available)
+        results = _fit(sweep, inputs, tracking, searcher, available, storage or str(SWEEPS_DIR / "ray_results"))
         table = trial_table(results, child_runs(tracking), sweep, searcher.proposed_by)
         if len(searcher.finished) < max(len(results), sweep.num_samples):
             # Ctrl-C: Tune stopped and returned what it had. A half-run sweep registers nothing.
@@ -93,11 +94,11 @@ def _start_ray() -> None:
                  logging_level=logging.WARNING)
 
 
-def _fit(sweep: Sweep, inputs: Inputs, tracking, searcher, available):
+def _fit(sweep: Sweep, inputs: Inputs, tracking, searcher, available, storage: str):
     trainable = tune.with_parameters(
         run_trial, task=sweep.task, train_fn=sweep.trainable, base=sweep.config, shared=inputs.trial,
         tracking=tracking, cpus=sweep.resources.cpus)
-    tuner = build_tuner(sweep, trainable, storage_path=SWEEPS_DIR / "ray_results",
+    tuner = build_tuner(sweep, trainable, storage_path=storage,
                         run_name=f"{sweep.name}-{time.strftime('%Y%m%d-%H%M%S')}", available=available,
                         searcher=searcher)
     return tuner.fit()

@@ -60,7 +60,7 @@ def build_searcher(sweep: Sweep) -> SweepSearch:
         sampler=sampler)
 
 
-def build_tuner(sweep: Sweep, trainable, *, storage_path: Path, run_name: str, available: dict,
+def build_tuner(sweep: Sweep, trainable, *, storage_path: str | Path, run_name: str, available: dict,
                 searcher: SweepSearch | None = None) -> tune.Tuner:
     scheduler = FIFOScheduler() if sweep.scheduler is None else WarmStartASHA(
         warm_points=[sweep.warm_start_params(i) for i in range(len(sweep.warm_start))],
@@ -74,7 +74,8 @@ def build_tuner(sweep: Sweep, trainable, *, storage_path: Path, run_name: str, a
                                     num_samples=sweep.num_samples,
                                     max_concurrent_trials=max_concurrent(sweep, available)),
         run_config=tune.RunConfig(
-            name=run_name, storage_path=str(storage_path.resolve()),
+            # A URI (s3://, gs://) as given; a local path made absolute (Tune requires it).
+            name=run_name, storage_path=storage_path if "://" in str(storage_path) else str(Path(storage_path).resolve()),
             failure_config=tune.FailureConfig(max_failures=sweep.max_failures),
             # The best checkpoint (for the final evaluation) and the latest (for retries) survive.
             checkpoint_config=tune.CheckpointConfig(

@@ -81,17 +81,20 @@ def cluster_sweep(mlflow_server, cluster, tmp_path_factory):
            "SWEEPER_CACHE": str(tmp_path_factory.getbasetemp() / "cache")}
     # The --quick sweep with two trials and an even smaller budget: what is tested is where things run and land.
     budget = ["num_evals=2", "steps_per_eval=5", "fid_samples=128", "ref_samples=256", "final_fid_samples=64"]
+    # A path both nodes see stands in for NFS here (the S3 path is issue 10's multi-node test).
+    storage = tmp_path_factory.mktemp("shared_storage")
     result = subprocess.run(
         [sys.executable, "-m", "sweeper", "run", str(REPO / "search_spaces" / "wgangp.py"), "--quick",
-         "--num-samples", "2", *(arg for kv in budget for arg in ("--set", kv)), "--name", NAME],
+         "--num-samples", "2", *(arg for kv in budget for arg in ("--set", kv)), "--name", NAME,
+         "--storage", str(storage)],
         cwd=workdir, env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
     node_ids = {node.node_id for node in cluster.list_all_nodes()}
-    return MlflowClient(tracking_uri=uri), workdir, artifacts, node_ids
+    return MlflowClient(tracking_uri=uri), workdir, artifacts, node_ids, storage
 
 
 def test_the_sweep_logs_over_http_to_the_mlflow_server(cluster_sweep):
-    client, workdir, artifacts, _ = cluster_sweep
+    client, workdir, artifacts, _, storage = cluster_sweep
     experiment = client.get_experiment_by_name(NAME)
     assert experiment.artifact_location.startswith("mlflow-artifacts:")  # served by the server
     runs = client.search_runs([experiment.experiment_id])
@@ -112,14 +115,35 @@ def test_the_sweep_logs_over_http_to_the_mlflow_server(cluster_sweep):
     # Nothing went to the local store the driver uses when MLFLOW_TRACKING_URI is unset.
     assert not (workdir / "sweeps" / "mlflow.db").exists()
     assert not (workdir / "sweeps" / "mlartifacts").exists()
+    # Checkpoints went to the given storage, none to the driver's local default.
+    assert list(storage.rglob("checkpoint.pt")) and not (workdir / "sweeps" / "ray_results").exists()
 
 
 def test_the_trials_ran_on_both_nodes(cluster_sweep):
-    client, _, _, node_ids = cluster_sweep
+    client, _, _, node_ids, _ = cluster_sweep
     experiment = client.get_experiment_by_name(NAME)
     runs = client.search_runs([experiment.experiment_id])
     ran_on = [r.data.tags["sweeper.node_id"] for r in runs if "mlflow.parentRunId" in r.data.tags]
     assert len(ran_on) == 2 and set(ran_on) == node_ids, (ran_on, node_ids)
+
+
+@pytest.mark.parametrize("args, env, message", [
+    ([], {"MLFLOW_TRACKING_URI": "http://127.0.0.1:5000"},
+     "sweeper: error: storage: joining the Ray cluster at RAY_ADDRESS=127.0.0.1:6379 needs storage every node "
+     "reaches for checkpoints: pass --storage s3://<bucket>/sweeps"),
+    (["--storage", "s3://bucket/sweeps"], {},
+     "sweeper: error: MLFLOW_TRACKING_URI: the cluster's trials cannot reach the local store sqlite:///"),
+])
+def test_a_cluster_with_local_defaults_is_refused_before_anything_starts(tmp_path, args, env, message):
+    environment = {**os.environ, "RAY_ADDRESS": "127.0.0.1:6379", **env}  # nothing listens there: never joined
+    environment.pop("SWEEPER_STORAGE", None)
+    if "MLFLOW_TRACKING_URI" not in env:
+        environment.pop("MLFLOW_TRACKING_URI", None)
+    result = subprocess.run([sys.executable, "-m", "sweeper", "run", str(REPO / "search_spaces" / "wgangp.py"),
+                             "--quick", *args], cwd=tmp_path, env=environment, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1
+    assert result.stderr.startswith(message), result.stderr
+    assert list(tmp_path.iterdir()) == []
 
 
 def _free_port() -> int:

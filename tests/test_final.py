@@ -97,4 +97,4 @@ def test_a_checkpoint_that_cannot_be_measured_is_left_out_not_fatal(ray_local, t
 
 
 def _shared(extractor, ref) -> dict:
-    return {"final_extractor": extractor.name, "final_weights_path": None, "final_stats": ref}
+    return {"final_extractor": extractor.name, "final_weights": None, "final_stats": ref}

@@ -9,6 +9,7 @@ import numpy as np
 from sweeper.outcomes import baseline_gain
 from sweeper.refstats import reference_stats
 from sweeper.registry import log_pt2_model
+from sweeper.shipped import ship
 from sweeper.spec import Quick
 from sweeper.tasks.base import Inputs, Task
 from trainables.config import GANConfig
@@ -48,11 +49,12 @@ class GANTask(Task):
         eval_stats = reference_stats(dataset.images, dataset.fingerprint, per_eval, cfg.ref_samples)
         final_stats = eval_stats if standard is per_eval else reference_stats(
             dataset.images, dataset.fingerprint, standard, cfg.ref_samples)
-        weights = getattr(standard, "weights_path", None)
+        # The weights travel by object store: a trial on another node never sees this machine's path.
+        weights = ship(getattr(standard, "weights_path", None))
         return Inputs(
             trial={"images": dataset.images, "ref_stats": eval_stats, "extractor": per_eval.name,
-                   "weights_path": getattr(per_eval, "weights_path", None)},
-            final={"final_stats": final_stats, "final_extractor": standard.name, "final_weights_path": weights},
+                   "weights": weights if per_eval is standard else None},
+            final={"final_stats": final_stats, "final_extractor": standard.name, "final_weights": weights},
             tags={"sweeper.fid_extractor": per_eval.name},
             parent_tags={"sweeper.fid_final_extractor": standard.name,
                          "sweeper.dataset_fingerprint": dataset.fingerprint, "sweeper.dataset_cache_key": prepared.key},
@@ -64,12 +66,13 @@ class GANTask(Task):
             lines=[_extractor_line(per_eval, standard, cfg)])
 
     def trial_kwargs(self, cfg, shared: dict) -> dict:
-        extractor = extractor_by_name(shared["extractor"], resolve_device(cfg.device), weights_path=shared["weights_path"])
+        extractor = extractor_by_name(shared["extractor"], resolve_device(cfg.device),
+                                      weights_path=_local(shared["weights"]))
         return {"images": shared["images"], "ref_stats": shared["ref_stats"], "extractor": extractor}
 
     def measure(self, cfg, checkpoint_dir: str, shared: dict) -> tuple[dict, dict]:
         features = extractor_by_name(shared["final_extractor"], resolve_device(cfg.device),
-                                     weights_path=shared["final_weights_path"])
+                                     weights_path=_local(shared["final_weights"]))
         return final_fid_kid(cfg, checkpoint_dir, features, shared["final_stats"]), {}
 
     def summarise(self, sweep, table) -> tuple[dict, list[str]]:
@@ -94,6 +97,10 @@ class GANTask(Task):
         cfg = sweep.config
         return [f"FID per eval: {cfg.eval_extractor} extractor on {cfg.fid_samples} samples; fid_final on "
                 f"{cfg.final_fid_samples} samples against {cfg.ref_samples} real images"]
+
+
+def _local(shipped) -> str | None:
+    return shipped.local_path() if shipped is not None else None
 
 
 def _extractors(cfg: GANConfig, available: dict, device):

@@ -1,0 +1,51 @@
+"""Files a trial needs that only the driver has (the FID network's weights), carried through Ray's
+object store: each node keeps one copy in its own cache, named by the content's hash, so no
+driver-local path ever reaches a trial on another machine."""
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import ray
+
+from trainables.cache import cache_dir
+
+
+@dataclass(frozen=True)
+class ShippedFile:
+    sha256: str
+    suffix: str
+    ref: object  # ray.ObjectRef of the file's bytes; fetched only by a node that lacks the file
+
+    def local_path(self) -> str:
+        """This node's copy, written from the object store (hash-checked, atomically) on first use."""
+        path = cache_dir() / "shipped" / f"{self.sha256}{self.suffix}"
+        if not path.is_file():
+            content = ray.get(self.ref)
+            if hashlib.sha256(content).hexdigest() != self.sha256:
+                raise RuntimeError(f"shipped file {self.sha256[:12]} arrived corrupted")
+            _write_atomic(path, content)
+        return str(path)
+
+
+def ship(path: str | os.PathLike | None) -> ShippedFile | None:
+    """Driver: one copy of the file in the object store (None ships nothing)."""
+    if path is None:
+        return None
+    content = Path(path).read_bytes()
+    return ShippedFile(hashlib.sha256(content).hexdigest(), Path(path).suffix, ray.put(content))
+
+
+def _write_atomic(path: Path, content: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as out:
+            out.write(content)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
