@@ -107,8 +107,11 @@ def _node(root: Path, name: str) -> tuple[Path, dict]:
     (home / "tmp").symlink_to(short)
     env = {**os.environ, **AWS, "HOME": str(home / "home"), "SWEEPER_CACHE": str(home / "cache"),
            "SWEEPER_OFFLINE": "1", "PATH": f"{BIN}:{os.environ['PATH']}"}
-    for key in ("RAY_ADDRESS", "MLFLOW_TRACKING_URI", "SWEEPER_STORAGE"):
+    for key in ("RAY_ADDRESS", "MLFLOW_TRACKING_URI", "SWEEPER_STORAGE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH"):
         env.pop(key, None)
+    # A local ray.init() earlier in this pytest process turns token auth on in os.environ, with its
+    # token under the real HOME; this cluster has its own HOMEs, so it runs without (as cluster.yaml's).
+    env["RAY_AUTH_MODE"] = "disabled"
     return home, env
 
 
