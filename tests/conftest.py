@@ -1,4 +1,5 @@
 """Shared test setup: an isolated cache, no downloads, and small real datasets/extractors."""
+import shutil
 from pathlib import Path
 
 import pytest
@@ -21,3 +22,23 @@ def shared_data(name: str) -> Path:
     if not path.exists():
         pytest.skip(f"real photos not found at {path} (see ../shared/data/README.md)")
     return path
+
+
+class Stopped(Exception):
+    """The trial was killed (ASHA pause, node loss): the process ends mid-run."""
+
+
+class Recorder:
+    """The test's `report`: keeps the metrics and a copy of every checkpoint directory; with
+    `stop_after` it kills the run after that many reports, as Ray would."""
+    def __init__(self, root, stop_after=None):
+        self.root, self.metrics, self.checkpoints, self.stop_after = root, [], [], stop_after
+
+    def __call__(self, metrics, directory):
+        self.metrics.append(dict(metrics))
+        if directory is not None:
+            kept = self.root / f"ckpt_{len(self.metrics)}"
+            shutil.copytree(directory, kept)
+            self.checkpoints.append(kept)
+        if len(self.metrics) == self.stop_after:
+            raise Stopped

@@ -1,7 +1,6 @@
 """The classifier trial: config validation, models sized for the resolution, synthetic batches from
 generators, the training loop with a list-appending `report`, and the final test on real images."""
 import math
-import shutil
 
 import numpy as np
 import pytest
@@ -16,6 +15,8 @@ from trainables.classifier.models import classification_loss, to_input
 from trainables.config import ConfigError
 from trainables.training.checkpoint import CHECKPOINT_FILE
 from trainables.training.evaluate import to_uint8
+
+from conftest import Recorder
 
 R = 32
 Z_DIM = 3 * R * R
@@ -56,19 +57,6 @@ def real_halves(n_per_class: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
 def top_minus_bottom(images: torch.Tensor) -> torch.Tensor:
     x = to_input(images)
     return (x[..., : R // 2, :].mean((1, 2, 3)) - x[..., R // 2:, :].mean((1, 2, 3))) / 2
-
-
-class Recorder:
-    """The test's `report`: keeps the metrics and a copy of every checkpoint directory."""
-    def __init__(self, root):
-        self.root, self.metrics, self.checkpoints = root, [], []
-
-    def __call__(self, metrics, directory):
-        self.metrics.append(dict(metrics))
-        if directory is not None:
-            kept = self.root / f"ckpt_{len(self.metrics)}"
-            shutil.copytree(directory, kept)
-            self.checkpoints.append(kept)
 
 
 # --- config -------------------------------------------------------------------------------------------

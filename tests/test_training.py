@@ -1,5 +1,4 @@
 """The GAN loop with a list-appending `report`: metrics, checkpoints, exact resume, divergence."""
-import shutil
 
 import numpy as np
 import pytest
@@ -13,6 +12,8 @@ from trainables.models import build_models
 from trainables.training.checkpoint import GRID_FILE, load_checkpoint, load_generator_state, save_checkpoint
 from trainables.training.gan import build_training, train_gan
 
+from conftest import Recorder, Stopped
+
 TINY = GANConfig(resolution=32, z_dim=16, g_width=8, d_width=8, batch_size=16, steps_per_eval=3,
                  num_evals=3, fid_samples=64, ref_samples=128, loss="wgan-gp", n_critic=2,
                  d_norm="layer", device="cpu")
@@ -24,26 +25,6 @@ def setup():
     extractor = RandomConvFeatures(seed=0)
     ref = reference_stats(data.images, data.fingerprint, extractor, TINY.ref_samples)
     return data.images, extractor, ref
-
-
-class Stopped(Exception):
-    """The trial was killed (ASHA pause, node loss): the process ends mid-run."""
-
-
-class Recorder:
-    """The test's `report`: keeps the metrics and a copy of every checkpoint directory; with
-    `stop_after` it kills the run after that many reports, as Ray would."""
-    def __init__(self, root, stop_after=None):
-        self.root, self.metrics, self.checkpoints, self.stop_after = root, [], [], stop_after
-
-    def __call__(self, metrics, directory):
-        self.metrics.append(dict(metrics))
-        if directory is not None:
-            kept = self.root / f"ckpt_{len(self.metrics)}"
-            shutil.copytree(directory, kept)
-            self.checkpoints.append(kept)
-        if len(self.metrics) == self.stop_after:
-            raise Stopped
 
 
 def test_reports_every_eval_period_with_fixed_metric_names(setup, tmp_path):
