@@ -1,6 +1,8 @@
 """`python -m sweeper run FILE ...`, `python -m sweeper data prepare SRC` and `python -m sweeper ui`.
 
 Bad input (a file, key or value) is one line on stderr and exit code 2, before anything starts.
+Anything else is a bug or an outage: its traceback is printed (and kept in the sweep's parent
+run), exit code 1.
 """
 from __future__ import annotations
 
@@ -9,20 +11,21 @@ import dataclasses
 import os
 import subprocess
 import sys
+import traceback
 
-from sweeper.spec import SweepError
+from trainables.errors import BadInput
 
 EXIT_BAD_INPUT = 2
 EXIT_INTERRUPTED = 130  # the shell's code for a process ended by Ctrl-C (128 + SIGINT)
 EXIT_NOTHING_TO_REGISTER = 1
+EXIT_INTERNAL_ERROR = 1
 
 
 def main(argv=None) -> int:
     args = _parser().parse_args(argv)
     try:
         return args.command(args)
-    except (SweepError, ValueError, FileNotFoundError) as e:
-        # ConfigError and DatasetError are ValueErrors; the message already names the culprit.
+    except BadInput as e:  # the message already names the culprit
         print(f"sweeper: error: {str(e).splitlines()[0] if str(e) else type(e).__name__}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:
@@ -30,6 +33,10 @@ def main(argv=None) -> int:
         # run_sweep has closed the runs as KILLED and registered nothing.
         print("sweeper: interrupted; nothing registered", file=sys.stderr)
         return EXIT_INTERRUPTED
+    except Exception:
+        traceback.print_exc()
+        print("sweeper: internal error (the traceback above); not a problem with your input", file=sys.stderr)
+        return EXIT_INTERNAL_ERROR
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -71,9 +78,10 @@ def _prepare(args) -> int:
 def _run(args) -> int:
     from sweeper.cluster import check_placement, storage_uri
     from sweeper.loader import load_sweep
-    from sweeper.tracking import default_tracking_uri
+    from sweeper.tracking import check_reachable, default_tracking_uri
 
     check_placement(args.storage, default_tracking_uri())
+    check_reachable(default_tracking_uri())
     sweep = load_sweep(args.file).resolve(
         quick=args.quick, overrides=args.overrides, num_samples=args.num_samples, data=args.data, name=args.name)
     sweep.task.check(sweep)

@@ -15,10 +15,12 @@ from pathlib import Path
 import mlflow
 from mlflow.tracking import MlflowClient
 
+from trainables.errors import BadInput
+
 URI = re.compile(r"^models:/(?P<name>[^/@]+)(?:@(?P<alias>[^/@]+)|/(?P<version>\d+))$")
 
 
-class GeneratorError(ValueError):
+class GeneratorError(BadInput):
     """A generator URI that cannot be used; one line naming the class and the URI."""
 
 

@@ -9,6 +9,7 @@ import logging
 import os
 import tempfile
 import time
+import traceback
 from pathlib import Path
 
 import pandas as pd
@@ -20,7 +21,7 @@ from sweeper.outcomes import INTERRUPTED, close_trial_runs, mark_interrupted, tr
 from sweeper.registry import model_name, promote, tag_version
 from sweeper.spec import Sweep
 from sweeper.tasks import Inputs
-from sweeper.tracking import SWEEPS_DIR, Tracking, child_runs, default_tracking_uri, open_sweep
+from sweeper.tracking import SWEEPS_DIR, Tracking, check_reachable, child_runs, default_tracking_uri, open_sweep
 from sweeper.trial import run_trial
 from sweeper.tuner import build_searcher, build_tuner, trial_resources
 
@@ -49,6 +50,7 @@ class SweepSummary:
 def run_sweep(sweep: Sweep, *, sweep_file: str, quick: bool, storage: str | None = None) -> SweepSummary:
     """`storage`: Tune's storage (a local path or s3://, gs:// URI; None = sweeps/ray_results here)."""
     task = sweep.task
+    check_reachable(default_tracking_uri())
     task.check(sweep)
     # Before Ray starts: the heavy shared preparation (the data's decode pool forks only while the
     # process is single-threaded). Trials get what it made through Ray's object store.
@@ -82,7 +84,11 @@ def run_sweep(sweep: Sweep, *, sweep_file: str, quick: bool, storage: str | None
         _end_interrupted(sweep, tracking, table, None)
         raise
     except BaseException:
-        tracking.client().set_terminated(tracking.parent_run_id, status="FAILED")
+        # A bug or an outage: the traceback stays with the sweep, not only on a closed terminal.
+        client = tracking.client()
+        client.log_text(tracking.parent_run_id, traceback.format_exc(), "error.txt")
+        client.set_tag(tracking.parent_run_id, "sweeper.outcome", "error")
+        client.set_terminated(tracking.parent_run_id, status="FAILED")
         raise
 
 

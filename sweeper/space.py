@@ -13,10 +13,12 @@ from typing import Callable, Iterator
 
 import optuna
 
+from trainables.errors import BadInput
+
 DRAWS = 64  # random draws that validate a define-by-run space
 
 
-class SpaceError(ValueError):
+class SpaceError(BadInput):
     pass
 
 

@@ -13,9 +13,10 @@ from typing import Callable
 
 from sweeper.space import SpaceError, searched_keys, space_samples, warm_start_params
 from trainables.config import Config, ConfigError, field_types
+from trainables.errors import BadInput
 
 
-class SweepError(ValueError):
+class SweepError(BadInput):
     """A bad sweep definition or command-line value; one line naming the key, file or value."""
 
 

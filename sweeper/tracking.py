@@ -17,6 +17,8 @@ from pathlib import Path
 from mlflow.entities import Metric, Param
 from mlflow.tracking import MlflowClient
 
+from trainables.errors import BadInput
+
 SWEEPS_DIR = Path("sweeps")
 TRIAL_TAG = "sweeper.trial_id"
 PARENT_TAG = "mlflow.parentRunId"
@@ -25,6 +27,21 @@ PARENT_TAG = "mlflow.parentRunId"
 def default_tracking_uri() -> str:
     """MLFLOW_TRACKING_URI when set (a cluster's `mlflow server`), else the local sqlite store."""
     return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{(SWEEPS_DIR / 'mlflow.db').resolve()}"
+
+
+def check_reachable(uri: str, timeout_s: float = 5.0) -> None:
+    """A tracking server that does not answer is bad input, said in seconds, before any data is
+    prepared (MLflow's own client would retry for minutes, then chain five tracebacks)."""
+    if not uri.startswith(("http://", "https://")):
+        return
+    import requests  # MLflow's own HTTP dependency
+
+    try:
+        requests.get(uri.rstrip("/") + "/health", timeout=timeout_s).raise_for_status()
+    except requests.RequestException as e:
+        raise BadInput(f"MLFLOW_TRACKING_URI={uri}: the tracking server does not answer "
+                       f"({type(e).__name__}); start it (mlflow server ...) or unset the variable "
+                       f"for the local store") from None
 
 
 def local_artifact_root() -> str:

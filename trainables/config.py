@@ -9,6 +9,8 @@ import dataclasses
 from dataclasses import dataclass
 from typing import ClassVar
 
+from trainables.errors import BadInput
+
 LOSSES = ("bce", "wgan-gp", "hinge", "lsgan")
 ARCHS = ("dcgan", "resnet")
 G_NORMS = ("batch", "instance", "layer", "none")
@@ -22,7 +24,7 @@ RESOLUTIONS = {"dcgan": (32, 64, 128, 256, 512), "resnet": (32, 64, 128)}
 SMOOTHABLE_LOSSES = ("bce", "lsgan")  # losses with a real-label target that smoothing can lower
 
 
-class ConfigError(ValueError):
+class ConfigError(BadInput):
     """A bad configuration value; the message is one line naming the key."""
 
 

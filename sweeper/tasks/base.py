@@ -47,7 +47,7 @@ class Task:
         return None
 
     def check(self, sweep) -> None:
-        """Cheap checks before anything starts (no decoding, no Ray); raise ValueError naming the culprit."""
+        """Cheap checks before anything starts (no decoding, no Ray); raise a BadInput (trainables.errors) naming the culprit."""
 
     def prepare(self, sweep):
         """Driver, before Ray starts: the heavy shared work (data); handed to `inputs`."""

@@ -8,8 +8,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from trainables.errors import BadInput
 
-class DatasetError(ValueError):
+
+class DatasetError(BadInput):
     """A dataset that cannot be used; the message is one line naming the bad file, path or value."""
 
 

