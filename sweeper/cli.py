@@ -31,7 +31,7 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:
         # A Ctrl-C outside Tune's own handler (data preparation, final evaluation, a second Ctrl-C):
         # run_sweep has closed the runs as KILLED and registered nothing.
-        print("sweeper: interrupted; nothing registered", file=sys.stderr)
+        print("sweeper: interrupted; nothing registered (continue it: python -m sweeper resume)", file=sys.stderr)
         return EXIT_INTERRUPTED
     except Exception:
         traceback.print_exc()
@@ -55,7 +55,13 @@ def _parser() -> argparse.ArgumentParser:
                                        "s3://bucket/prefix, gs://..., or a shared path; required on a cluster "
                                        "(env SWEEPER_STORAGE)")
     run.add_argument("--dry-run", action="store_true", help="validate and print the resolved sweep; start nothing")
+    run.add_argument("--resume", action="store_true",
+                     help="continue this sweep's latest interrupted run if there is one (else start it)")
     run.set_defaults(command=_run)
+    resume = commands.add_parser("resume", help="continue an interrupted sweep (the latest, or NAME's latest)")
+    resume.add_argument("name", nargs="?", help="sweep name (or its experiment folder name); default: the latest")
+    resume.add_argument("--storage", help="where the sweep ran (default sweeps/ray_results, or SWEEPER_STORAGE)")
+    resume.set_defaults(command=_resume)
     data = commands.add_parser("data", help="datasets").add_subparsers(required=True, metavar="ACTION")
     prepare = data.add_parser("prepare", help="decode a dataset once into the cache (run does this too)")
     prepare.add_argument("source", metavar="SRC", help="folder, .zip, .tar(.gz), toy-faces or a known name; SRC:cat for one class")
@@ -89,8 +95,41 @@ def _run(args) -> int:
         print(describe(sweep, args.storage))
         return 0
 
+    from sweeper import resume
     from sweeper.run import run_sweep  # imports Ray and MLflow: only when a sweep really runs
+
+    if args.resume:
+        unfinished = [s for s in resume.sweeps_in(storage_uri(args.storage))
+                      if s.name == sweep.name and s.status != resume.FINISHED]
+        if unfinished:
+            print(f"--resume: continuing {unfinished[-1].path} as it was started "
+                  f"(this command's other options are not applied)", flush=True)
+            return _resume_state(unfinished[-1])
     summary = run_sweep(sweep, sweep_file=args.file, quick=args.quick, storage=storage_uri(args.storage))
+    return _finish(summary)
+
+
+def _resume(args) -> int:
+    from sweeper import resume
+    from sweeper.cluster import storage_uri
+
+    try:
+        state = resume.resumable(storage_uri(args.storage), args.name)
+    except resume.AlreadyFinished as e:
+        print(f"sweeper: {e}")
+        return 0
+    return _resume_state(state)
+
+
+def _resume_state(state) -> int:
+    from sweeper.run import resume_sweep
+    from sweeper.tracking import check_reachable
+
+    check_reachable(state.tracking_uri)
+    return _finish(resume_sweep(state))
+
+
+def _finish(summary) -> int:
     print(_report(summary))
     if summary.interrupted:
         return EXIT_INTERRUPTED
@@ -136,12 +175,13 @@ def _report(summary) -> str:
     if summary.interrupted:
         return "\n".join(lines + [
             "sweep interrupted: nothing registered; the parent run and the unfinished trials' runs are KILLED.",
-            f"Tune saved its state in {summary.experiment_path}; `python -m sweeper resume` is not built yet, "
-            f"so re-run the same command to start the sweep again.",
+            f"continue it: python -m sweeper resume {summary.sweep_name}{_storage_option(summary.experiment_path)}",
             f"MLflow store: {summary.tracking.uri}"])
     if summary.winner is None:
-        return "\n".join(lines + [f"no trial produced a checkpoint with a finite {summary.final_metric}: "
-                                  f"nothing registered", f"MLflow store: {summary.tracking.uri}"])
+        from sweeper.outcomes import why_nothing
+
+        return "\n".join(lines + [f"nothing registered: {why_nothing(summary.table, summary.final_metric)}",
+                                  f"MLflow store: {summary.tracking.uri}"])
     config = ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in summary.best_config.items())
     measured_on = f"  ({summary.measured_on})" if summary.measured_on else ""
     lines += [f"best trial: {summary.winner}  {summary.final_metric} {summary.final_value:.4g}{measured_on}",
@@ -151,6 +191,13 @@ def _report(summary) -> str:
     lines += [f"MLflow store: {summary.tracking.uri}",
               "open the UI: python -m sweeper ui   (then http://127.0.0.1:5000)"]
     return "\n".join(lines)
+
+
+def _storage_option(experiment_path: str) -> str:
+    from sweeper.cluster import storage_uri
+
+    storage = experiment_path.rsplit("/", 1)[0]
+    return "" if storage == storage_uri(None) else f" --storage {storage}"
 
 
 def _ui(args) -> int:

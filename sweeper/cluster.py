@@ -17,6 +17,8 @@ from sweeper.spec import SweepError
 from sweeper.tracking import SWEEPS_DIR
 
 STORAGE_ENV = "SWEEPER_STORAGE"
+# The URI schemes Tune's storage understands (it opens them with pyarrow.fs.FileSystem.from_uri).
+STORAGE_SCHEMES = ("s3", "gs", "gcs", "hdfs", "viewfs", "abfs", "abfss", "file")
 
 
 def joins_cluster() -> bool:
@@ -31,7 +33,9 @@ def storage_uri(given: str | None) -> str:
 
 
 def check_placement(given_storage: str | None, tracking_uri: str) -> None:
-    """On a cluster: refuse the local defaults (one line naming the fix)."""
+    """A storage that cannot work (see `check_storage`); on a cluster, the local defaults (one
+    line naming the fix)."""
+    check_storage(given_storage)
     if not joins_cluster():
         return
     if not (given_storage or os.environ.get(STORAGE_ENV)):
@@ -41,3 +45,24 @@ def check_placement(given_storage: str | None, tracking_uri: str) -> None:
     if tracking_uri.startswith("sqlite:") or "://" not in tracking_uri:
         raise SweepError(f"MLFLOW_TRACKING_URI: the cluster's trials cannot reach the local store {tracking_uri}; set "
                          f"MLFLOW_TRACKING_URI to the head's mlflow server (http://<head-private-ip>:5000, see cluster.yaml)")
+
+
+def check_storage(given: str | None) -> None:
+    """Refuse a storage URI of a scheme Tune cannot open, or a local path that is not (and cannot
+    become) a writable folder; nothing is created and nothing is reached over the network."""
+    value = given or os.environ.get(STORAGE_ENV)
+    if not value:
+        return  # the default, sweeps/ray_results here
+    where = f"--storage {value}" if given else f"{STORAGE_ENV}={value}"
+    scheme, sep, rest = value.partition("://")
+    if sep and scheme.lower() not in STORAGE_SCHEMES:
+        raise SweepError(f"{where}: unknown scheme '{scheme}://'; use a local path or "
+                         f"{', '.join(s + '://' for s in STORAGE_SCHEMES)}")
+    if sep and scheme.lower() != "file":
+        return
+    path = Path(rest if sep else value).expanduser().resolve()
+    existing = next(p for p in (path, *path.parents) if p.exists())
+    if not existing.is_dir():
+        raise SweepError(f"{where}: {existing} is a file, not a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise SweepError(f"{where}: {existing} is not writable")

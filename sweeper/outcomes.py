@@ -9,7 +9,8 @@ import pandas as pd
 from sweeper.tracking import Tracking
 
 COMPLETED, STOPPED, DIVERGED, ERROR, INTERRUPTED = "completed", "stopped-early", "diverged", "error", "interrupted"
-RUN_STATUS = {ERROR: "FAILED", INTERRUPTED: "KILLED"}  # every other outcome ends FINISHED
+OOM = "oom"  # out of GPU memory: not retried (the same share would run out again); FAILED
+RUN_STATUS = {ERROR: "FAILED", OOM: "FAILED", INTERRUPTED: "KILLED"}  # every other outcome ends FINISHED
 
 
 def finite(column: pd.Series) -> pd.Series:
@@ -38,14 +39,38 @@ def trial_table(results, runs: dict, sweep, proposed_by: dict) -> pd.DataFrame:
                      f"last_{sweep.metric}": float(series.iloc[-1]),
                      "eval_periods": int(metrics.get("eval_period", 0)), "kimg": float(metrics.get("kimg", 0)),
                      "trial_seconds": float(metrics.get("time_total_s", 0)),
+                     "error": error_line(result.error),
                      **{f"config.{k}": v for k, v in result.config.items()}})
     rows += [{"trial_id": t, "run_id": r, "outcome": ERROR} for t, r in runs.items() if t not in seen]
     return pd.DataFrame(rows)
 
 
+def error_line(error: BaseException | None) -> str | None:
+    """The original exception of a failed trial, on one line (Ray wraps it in a RayTaskError)."""
+    if error is None:
+        return None
+    cause = getattr(error, "cause", None) or error
+    text = str(cause).strip().splitlines()
+    return f"{type(cause).__name__}: {text[-1] if text else ''}"[:300]
+
+
+def why_nothing(table: pd.DataFrame, final_metric: str) -> str:
+    """One line saying why no trial won: the outcomes, and the first error."""
+    if table.empty:
+        return "no trial ran"
+    counts = ", ".join(f"{n} {o}" for o, n in table["outcome"].value_counts().items())
+    if table["outcome"].isin([COMPLETED, STOPPED]).any():
+        return f"no finished trial has a finite {final_metric} ({counts})"
+    line = f"all {len(table)} trials failed or diverged ({counts})"
+    errors = table["error"].dropna() if "error" in table else pd.Series(dtype=object)
+    return line + (f"; first error: {errors.iloc[0]}" if len(errors) else "")
+
+
 def _outcome(result, sweep) -> str:
     if result.error is not None or sweep.metric not in result.metrics:
         return ERROR
+    if result.metrics.get(OOM):
+        return OOM
     if result.metrics.get("diverged"):
         return DIVERGED
     return COMPLETED if result.metrics.get("eval_period", 0) >= sweep.config.num_evals else STOPPED

@@ -21,7 +21,10 @@ from sweeper.outcomes import INTERRUPTED, close_trial_runs, mark_interrupted, tr
 from sweeper.registry import model_name, promote, tag_version
 from sweeper.spec import Sweep
 from sweeper.tasks import Inputs
-from sweeper.tracking import SWEEPS_DIR, Tracking, check_reachable, child_runs, default_tracking_uri, open_sweep
+from sweeper import resume
+from sweeper.resume import SweepState, experiment_path
+from sweeper.tracking import (SWEEPS_DIR, Tracking, check_reachable, child_runs, default_tracking_uri,
+                              drop_lost_trial_runs, open_sweep, reopen_sweep)
 from sweeper.trial import run_trial
 from sweeper.tuner import build_searcher, build_tuner, trial_resources
 
@@ -49,8 +52,21 @@ class SweepSummary:
 
 def run_sweep(sweep: Sweep, *, sweep_file: str, quick: bool, storage: str | None = None) -> SweepSummary:
     """`storage`: Tune's storage (a local path or s3://, gs:// URI; None = sweeps/ray_results here)."""
+    path = experiment_path(storage or str((SWEEPS_DIR / "ray_results").resolve()),
+                           f"{sweep.name}-{time.strftime('%Y%m%d-%H%M%S')}")
+    return _run(sweep, quick=quick, sweep_file=sweep_file, path=path, resumed=None)
+
+
+def resume_sweep(state: SweepState) -> SweepSummary:
+    """Continue an interrupted sweep (see sweeper.resume): the same Tune experiment, searcher state,
+    MLflow parent run and child runs; unfinished and errored trials go on from their checkpoints."""
+    return _run(resume.load_sweep(state), quick=state.quick, sweep_file=state.sweep_file, path=state.path,
+                resumed=state)
+
+
+def _run(sweep: Sweep, *, quick: bool, sweep_file: str, path: str, resumed: SweepState | None) -> SweepSummary:
     task = sweep.task
-    check_reachable(default_tracking_uri())
+    check_reachable(default_tracking_uri() if resumed is None else resumed.tracking_uri)
     task.check(sweep)
     # Before Ray starts: the heavy shared preparation (the data's decode pool forks only while the
     # process is single-threaded). Trials get what it made through Ray's object store.
@@ -61,30 +77,47 @@ def run_sweep(sweep: Sweep, *, sweep_file: str, quick: bool, storage: str | None
     for line in inputs.lines:
         print(line, flush=True)
 
-    # MLflow structure: the experiment and the sweep's parent run.
-    tracking = open_sweep(sweep.name, default_tracking_uri(), params=_sweep_params(sweep),
-                          tags={"sweeper.sweep_file": sweep_file, "sweeper.quick": str(quick),
-                                "sweeper.kind": type(sweep.config).__name__, **inputs.parent_tags},
-                          child_params=inputs.params, child_tags=inputs.tags)
+    # MLflow structure: the experiment and the sweep's parent run (the same one on a resume).
+    if resumed is None:
+        tracking = open_sweep(sweep.name, default_tracking_uri(), params=_sweep_params(sweep),
+                              tags={"sweeper.sweep_file": sweep_file, "sweeper.quick": str(quick),
+                                    "sweeper.kind": type(sweep.config).__name__, "sweeper.experiment_path": path,
+                                    **inputs.parent_tags},
+                              child_params=inputs.params, child_tags=inputs.tags)
+        state = SweepState(path, sweep.name, sweep_file, quick, resume.RUNNING, resume.now(), tracking.uri,
+                           tracking.experiment_id, tracking.parent_run_id)
+        resume.write_state(state, sweep)
+    else:
+        tracking = reopen_sweep(resumed.tracking_uri, resumed.experiment_id, resumed.parent_run_id,
+                                child_params=inputs.params, child_tags=inputs.tags)
+        state = resume.set_status(resumed, resume.RUNNING)
+        print(f"resuming {path}: MLflow parent run {tracking.parent_run_id}", flush=True)
     table = None
     try:
-        searcher = build_searcher(sweep)
-        results = _fit(sweep, inputs, tracking, searcher, available, storage or str(SWEEPS_DIR / "ray_results"))
+        tuner, searcher = _tuner(sweep, inputs, tracking, available, path, resumed is not None)
+        results = tuner.fit()
+        deleted = resumed and drop_lost_trial_runs(tracking, {Path(r.path).name for r in results if r.path})
+        if deleted:
+            print(f"{deleted} trial run(s) of trials Tune never saved before the driver died: deleted", flush=True)
         table = trial_table(results, child_runs(tracking), sweep, searcher.proposed_by)
         if len(searcher.finished) < max(len(results), sweep.num_samples):
             # Ctrl-C: Tune stopped and returned what it had. A half-run sweep registers nothing.
-            return _end_interrupted(sweep, tracking, mark_interrupted(table, searcher.finished),
-                                    results.experiment_path)
+            resume.set_status(state, resume.INTERRUPTED)
+            return _end_interrupted(sweep, tracking, mark_interrupted(table, searcher.finished), path)
         close_trial_runs(tracking, table)
         if task.final_metric is not None:
             table = _final_evaluation(sweep, table, results, inputs, tracking, available)
-        return _summarise(sweep, table, results, tracking, inputs, quick)
+        summary = _summarise(sweep, table, results, tracking, inputs, quick)
+        resume.set_status(state, resume.FINISHED)
+        return summary
     except KeyboardInterrupt:
         # A second Ctrl-C inside Tune, or one during the final evaluation.
-        _end_interrupted(sweep, tracking, table, None)
+        resume.set_status(state, resume.INTERRUPTED)
+        _end_interrupted(sweep, tracking, table, path)
         raise
     except BaseException:
         # A bug or an outage: the traceback stays with the sweep, not only on a closed terminal.
+        resume.set_status(state, resume.FAILED)
         client = tracking.client()
         client.log_text(tracking.parent_run_id, traceback.format_exc(), "error.txt")
         client.set_tag(tracking.parent_run_id, "sweeper.outcome", "error")
@@ -100,14 +133,26 @@ def _start_ray() -> None:
                  logging_level=logging.WARNING)
 
 
-def _fit(sweep: Sweep, inputs: Inputs, tracking, searcher, available, storage: str):
+def _tuner(sweep: Sweep, inputs: Inputs, tracking, available, path: str, restore: bool):
+    """(Tuner, its SweepSearch): a new experiment at `path`, or the one there restored."""
+    # Tune saves its experiment state every 10 s or more, and deletes a trial's checkpoints that
+    # fall out of the best `num_to_keep` at once: a driver killed in between leaves a state whose
+    # latest checkpoint is gone, and that trial cannot resume. Saving at every step closes the gap
+    # (the state is a few kB per trial).
+    os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "0")
     trainable = tune.with_parameters(
         run_trial, task=sweep.task, train_fn=sweep.trainable, base=sweep.config, shared=inputs.trial,
-        tracking=tracking, cpus=sweep.resources.cpus)
-    tuner = build_tuner(sweep, trainable, storage_path=storage,
-                        run_name=f"{sweep.name}-{time.strftime('%Y%m%d-%H%M%S')}", available=available,
-                        searcher=searcher)
-    return tuner.fit()
+        tracking=tracking, cpus=sweep.resources.cpus, metric=sweep.metric, mode=sweep.mode)
+    if not restore:
+        searcher = build_searcher(sweep)
+        storage, name = path.rsplit("/", 1)
+        return build_tuner(sweep, trainable, storage_path=storage, run_name=name, available=available,
+                           searcher=searcher), searcher
+    tuner = tune.Tuner.restore(path, tune.with_resources(trainable, trial_resources(sweep, available.get("GPU", 0))),
+                               resume_unfinished=True, resume_errored=True)
+    # The searcher Tune restores (from tuner.pkl, then its saved state) is not otherwise exposed;
+    # its record of who proposed what and which trials finished is needed for the trial table.
+    return tuner, tuner._local_tuner._tune_config.search_alg
 
 
 def _final_evaluation(sweep, table, results, inputs: Inputs, tracking, available) -> pd.DataFrame:

@@ -11,6 +11,8 @@ from __future__ import annotations
 from optuna.trial import TrialState
 from ray.tune.search.optuna import OptunaSearch
 
+from sweeper.outcomes import OOM
+
 WARM_START, STARTUP, TPE = "warm-start", "startup", "tpe"
 
 
@@ -38,6 +40,7 @@ class SweepSearch(OptunaSearch):
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False):
         self.finished.add(trial_id)
+        error = error or bool(result and result.get(OOM))  # out of GPU memory says nothing of the config
         if trial_id in self._completed_trials:
             return super().on_trial_complete(trial_id, result, error)
         if not error and result and not result.get("diverged") and result.get(self._time_attr, 0) < self._max_t:

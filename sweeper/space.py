@@ -3,11 +3,17 @@
 
 Validation sees the values a space can produce before Ray starts: every category and both bounds
 of a dict space; for a define-by-run space, a seeded set of random draws (which covers its branches).
+A space that can produce nothing (an empty choice, a range whose lower bound is not below its
+upper one, a non-finite bound) or a suggest call Optuna refuses is a SpaceError naming the key.
+ray.tune itself refuses a log range with a bound <= 0 when the file builds it (the loader then
+names the file and line).
 """
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
+import math
 import warnings
 from typing import Callable, Iterator
 
@@ -57,13 +63,11 @@ def warm_start_params(space, point) -> dict:
                 raise SpaceError(f"{key}={value!r} is outside the search space")
         return values
     trial = optuna.trial.FixedTrial(values)
-    try:
-        with warnings.catch_warnings():
-            # FixedTrial only warns about a value outside its range; we refuse it below.
-            warnings.filterwarnings("ignore", message=".*out of the range", category=UserWarning)
-            _no_constants(space(trial))
-    except ValueError as e:  # FixedTrial: the space suggested a name the point lacks
-        raise SpaceError(str(e).splitlines()[0]) from None
+    with warnings.catch_warnings():
+        # FixedTrial only warns about a value outside its range; we refuse it below.
+        warnings.filterwarnings("ignore", message=".*out of the range", category=UserWarning)
+        # A ValueError here: the space suggested a name the point lacks, or with bad arguments.
+        _no_constants(space(_NamedErrors(trial)))
     for name, value in trial.params.items():
         distribution = trial.distributions[name]
         if not _contains(distribution, value):
@@ -103,6 +107,27 @@ def _contains(distribution, value) -> bool:
         return False
 
 
+class _NamedErrors:
+    """A trial whose suggest_* calls name the parameter when Optuna refuses them (Optuna's own
+    message, e.g. "`low <= high` must hold", names only the numbers)."""
+
+    def __init__(self, trial):
+        self._trial = trial
+
+    def __getattr__(self, attr):
+        method = getattr(self._trial, attr)
+        if not attr.startswith("suggest_"):
+            return method
+
+        @functools.wraps(method)
+        def suggest(name, *args, **kwargs):
+            try:
+                return method(name, *args, **kwargs)
+            except ValueError as e:
+                raise SpaceError(f"space parameter {name!r}: {str(e).splitlines()[0]}") from None
+        return suggest
+
+
 def _no_constants(returned) -> None:
     # Ray would merge a returned dict into the config; fixed values belong in the Sweep's config.
     if returned is not None:
@@ -115,7 +140,7 @@ def _draws(space: Callable, n: int) -> list[dict]:
     draws = []
     for _ in range(n):
         trial = study.ask()
-        _no_constants(space(trial))
+        _no_constants(space(_NamedErrors(trial)))
         draws.append(dict(trial.params))
         study.tell(trial, 0.0)
     return draws
@@ -124,9 +149,16 @@ def _draws(space: Callable, n: int) -> list[dict]:
 def _corner_values(key: str, domain) -> list:
     """Values a ray.tune domain can produce that validation should see: every category, both bounds."""
     if hasattr(domain, "categories"):
+        if not domain.categories:
+            raise SpaceError(f"space.{key}: tune.choice([]) has nothing to choose from")
         return list(domain.categories)
     if hasattr(domain, "lower") and hasattr(domain, "upper"):
+        lower, upper = domain.lower, domain.upper
+        if not (math.isfinite(lower) and math.isfinite(upper)):
+            raise SpaceError(f"space.{key}: bounds must be finite, got [{lower}, {upper}]")
+        if not lower < upper:  # Optuna would refuse it only once the trials start
+            raise SpaceError(f"space.{key}: empty range, lower {lower} must be below upper {upper}")
         # ray.tune's randint upper bound is exclusive; floats never reach it either.
-        integer = isinstance(domain.upper, int) and isinstance(domain.lower, int)
-        return [domain.lower, domain.upper - 1 if integer else domain.upper]
+        integer = isinstance(upper, int) and isinstance(lower, int)
+        return [lower, upper - 1 if integer else upper]
     raise SpaceError(f"space.{key}: expected a ray.tune domain (tune.choice, tune.loguniform, ...), got {domain!r}")

@@ -8,13 +8,11 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import shutil
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from mlflow.entities import Metric, Param
+from mlflow.entities import Param
 from mlflow.tracking import MlflowClient
 
 from trainables.errors import BadInput
@@ -82,6 +80,30 @@ def open_sweep(name: str, uri: str, *, params: dict, tags: dict, child_params: d
     return Tracking(uri, experiment_id, run.info.run_id, tuple(child_tags.items()), tuple(child_params.items()))
 
 
+def reopen_sweep(uri: str, experiment_id: str, parent_run_id: str, *, child_params: dict,
+                 child_tags: dict) -> Tracking:
+    """Driver, on resume: the sweep's parent run RUNNING again; child runs a dead driver left
+    RUNNING are closed KILLED (each trial that goes on reopens its own)."""
+    client = MlflowClient(uri)
+    client.update_run(parent_run_id, status="RUNNING")
+    client.set_tag(parent_run_id, "sweeper.resumed_at", time.strftime("%Y-%m-%dT%H:%M:%S"))
+    tracking = Tracking(uri, experiment_id, parent_run_id, tuple(child_tags.items()), tuple(child_params.items()))
+    for run_id in child_runs(tracking).values():
+        if client.get_run(run_id).info.status == "RUNNING":
+            client.set_terminated(run_id, status="KILLED")
+    return tracking
+
+
+def drop_lost_trial_runs(tracking: Tracking, known_trial_ids: set) -> int:
+    """Delete (MLflow's soft delete) the child runs of trials Tune does not know: a driver killed
+    between a trial's start and Tune's next save of its state; on resume the searcher proposes
+    that trial again under a new id. Returns how many."""
+    lost = [run_id for trial_id, run_id in child_runs(tracking).items() if trial_id not in known_trial_ids]
+    for run_id in lost:
+        tracking.client().delete_run(run_id)
+    return len(lost)
+
+
 def trial_run_id(tracking: Tracking, trial_id: str, trial_name: str, params: dict) -> str:
     """Trial: its child run, found again by trial id on a retry, created on the first attempt."""
     client = tracking.client()
@@ -96,19 +118,6 @@ def trial_run_id(tracking: Tracking, trial_id: str, trial_name: str, params: dic
         **dict(tracking.child_tags), PARENT_TAG: tracking.parent_run_id, TRIAL_TAG: trial_id})
     _log_params(client, run.info.run_id, {**params, **dict(tracking.child_params)})
     return run.info.run_id
-
-
-def log_eval(tracking: Tracking, run_id: str, metrics: dict, grid_png: Path | None) -> None:
-    """Trial: one eval period's metrics at step = eval period, and its sample grid."""
-    client = tracking.client()
-    step = int(metrics["eval_period"])
-    now = int(time.time() * 1000)
-    client.log_batch(run_id, metrics=[Metric(k, float(v), now, step) for k, v in metrics.items()])
-    if grid_png is not None and grid_png.exists():
-        with tempfile.TemporaryDirectory() as tmp:
-            named = Path(tmp) / f"eval_{step:04d}.png"
-            shutil.copyfile(grid_png, named)
-            client.log_artifact(run_id, str(named), artifact_path="grids")
 
 
 def child_runs(tracking: Tracking) -> dict[str, str]:
@@ -127,5 +136,5 @@ def config_params(config) -> dict:
     return dataclasses.asdict(config)
 
 
-__all__ = ["Tracking", "open_sweep", "trial_run_id", "log_eval", "child_runs", "default_tracking_uri",
+__all__ = ["Tracking", "open_sweep", "trial_run_id", "child_runs", "default_tracking_uri",
            "config_params"]

@@ -1,4 +1,6 @@
 """The Ray adapter around a Ray-free training loop: config in, `tune.report` + MLflow out."""
+import math
+import os
 from contextlib import nullcontext
 from pathlib import Path
 
@@ -6,26 +8,55 @@ import ray
 import torch
 from ray import tune
 
-from sweeper.tracking import config_params, log_eval, trial_run_id
+from sweeper.delivery import RunLog, retrying
+from sweeper.outcomes import OOM
+from sweeper.tracking import config_params, trial_run_id
 from trainables.training.checkpoint import GRID_FILE
 
 
-def run_trial(sampled: dict, *, task, train_fn, base, shared: dict, tracking, cpus: float) -> None:
+def run_trial(sampled: dict, *, task, train_fn, base, shared: dict, tracking, cpus: float,
+              metric: str, mode: str) -> None:
     """Ray Tune function trainable; `tune.with_parameters` supplies everything after `sampled`.
     `train_fn(cfg, report, restore_from=..., **task.trial_kwargs(cfg, shared))` trains."""
     cfg = base.replace(**sampled).validate()
     torch.set_num_threads(max(1, int(cpus)))  # several trials share a machine; don't oversubscribe
+    # MLflow's client retries one failed call for minutes, which would stall training through an
+    # outage; here a failed call fails fast and RunLog retries it between eval periods.
+    os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = "1"
+    os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] = "20"
     context = tune.get_context()
-    run_id = trial_run_id(tracking, context.get_trial_id(), context.get_trial_name(), config_params(cfg))
+    run_id = retrying(lambda: trial_run_id(tracking, context.get_trial_id(), context.get_trial_name(),
+                                           config_params(cfg)), "open the trial's MLflow run")
     # Which machine a trial ran on (the latest node, when a retry moved it), for debugging a cluster sweep.
-    tracking.client().set_tag(run_id, "sweeper.node_id", ray.get_runtime_context().get_node_id())
+    retrying(lambda: tracking.client().set_tag(run_id, "sweeper.node_id", ray.get_runtime_context().get_node_id()),
+             "tag the trial's node")
+    run_log = RunLog(tracking, run_id, Path(context.get_trial_dir()) / "mlflow_spool")
+    last = {"eval_period": 0}
 
     def report(metrics: dict, directory) -> None:
-        log_eval(tracking, run_id, metrics, Path(directory) / GRID_FILE if directory else None)
-        checkpoint = tune.Checkpoint.from_directory(directory) if directory else None
-        tune.report(metrics, checkpoint=checkpoint)
+        last["eval_period"] = int(metrics["eval_period"])
+        run_log.log(metrics, Path(directory) / GRID_FILE if directory else None)
+        if directory:
+            run_log.keep_pending_in(directory)
+        tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(directory) if directory else None)
 
     kwargs = task.trial_kwargs(cfg, shared)
     checkpoint = tune.get_checkpoint()
     with (checkpoint.as_directory() if checkpoint else nullcontext()) as restore_from:
-        train_fn(cfg, report, restore_from=restore_from, **kwargs)
+        if restore_from:
+            run_log.adopt(restore_from)
+        try:
+            train_fn(cfg, report, restore_from=restore_from, **kwargs)
+        except torch.OutOfMemoryError as e:
+            # Retrying the same config on the same share of the GPU would run out again: the trial
+            # ends here as `oom` (searcher: FAILED), and the sweep goes on.
+            hint = _oom_hint(cfg, e)
+            retrying(lambda: tracking.client().set_tag(run_id, "sweeper.oom", hint), "tag the OOM")
+            tune.report({metric: math.inf if mode == "min" else -math.inf, "eval_period": last["eval_period"], OOM: True})
+    run_log.flush(wait=True)
+
+
+def _oom_hint(cfg, error: Exception) -> str:
+    share = tune.get_context().get_trial_resources().required_resources.get("GPU", 0)
+    return (f"out of GPU memory at batch_size={getattr(cfg, 'batch_size', '?')}, gpu_fraction={share}: lower "
+            f"batch_size or raise Sweep(resources=Resources(gpu_fraction=...)) ({str(error).splitlines()[0][:160]})")

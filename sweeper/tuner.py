@@ -40,6 +40,11 @@ def max_concurrent(sweep: Sweep, available: dict) -> int:
     return min(fits, n // 2 - n_startup + 1)
 
 
+def trial_dirname(trial) -> str:
+    """A trial's folder is its id, so the driver can tell which trials Tune knows (sweeper.resume)."""
+    return trial.trial_id
+
+
 def build_searcher(sweep: Sweep) -> SweepSearch:
     define_by_run = callable(sweep.space)
     n_startup = sweep.searcher.startup_trials(sweep.num_samples)
@@ -72,7 +77,8 @@ def build_tuner(sweep: Sweep, trainable, *, storage_path: str | Path, run_name: 
         tune_config=tune.TuneConfig(metric=sweep.metric, mode=sweep.mode,
                                     search_alg=searcher or build_searcher(sweep), scheduler=scheduler,
                                     num_samples=sweep.num_samples,
-                                    max_concurrent_trials=max_concurrent(sweep, available)),
+                                    max_concurrent_trials=max_concurrent(sweep, available),
+                                    trial_dirname_creator=trial_dirname),
         run_config=tune.RunConfig(
             # A URI (s3://, gs://) as given; a local path made absolute (Tune requires it).
             name=run_name, storage_path=storage_path if "://" in str(storage_path) else str(Path(storage_path).resolve()),

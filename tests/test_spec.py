@@ -163,8 +163,8 @@ def test_cli_refuses_a_searched_resolution_with_exit_2(tmp_path):
     result = _cli("run", str(space_file), cwd=tmp_path)
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [
-        f"sweeper: error: space.resolution: is prepared once per sweep (data, statistics, generators) and cannot "
-        f"be searched; fix it in the sweep's config (or --data / --set resolution=...) and run one sweep per value"]
+        "sweeper: error: space.resolution: is prepared once per sweep (data, statistics, generators) and cannot "
+        "be searched; fix it in the sweep's config (or --data / --set resolution=...) and run one sweep per value"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["space.py"]
 
 

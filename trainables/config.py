@@ -6,6 +6,8 @@ their units (`steps_per_eval`, `num_evals`, `fid_samples`).
 from __future__ import annotations
 
 import dataclasses
+import functools
+import math
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -28,17 +30,43 @@ class ConfigError(BadInput):
     """A bad configuration value; the message is one line naming the key."""
 
 
+def check_finite(config) -> None:
+    for f in dataclasses.fields(config):
+        value = getattr(config, f.name)
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ConfigError(f"{f.name}: must be a finite number, got {value}")
+
+
+def _finite_first(validate):
+    @functools.wraps(validate)
+    def checked(self):
+        check_finite(self)
+        return validate(self)
+    return checked
+
+
 class Config:
     """What a sweep needs of a trial's config (a frozen dataclass subclassing this): `validate()`
     returning self or raising ConfigError, `num_evals` (the trial's budget in eval periods, ASHA's
-    max_t) and `seed`. `replace` refuses unknown keys."""
+    max_t) and `seed`. `replace` refuses unknown keys.
+
+    Every subclass's `validate()` first refuses a NaN or infinite float field (naming the key), so
+    no kind of config has to remember it: NaN passes every `<`/`>` range check.
+    """
     # Keys the driver prepares for once per sweep (the data, its statistics, a generator): never
     # searched (sweeper.spec refuses it), since a trial with another value would silently use the
     # prepared one.
     PREPARED_KEYS: ClassVar[tuple[str, ...]] = ()
 
     def validate(self):
+        check_finite(self)
         return self
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        own = cls.__dict__.get("validate")
+        if own is not None:
+            cls.validate = _finite_first(own)
 
     def replace(self, **changes):
         unknown = sorted(set(changes) - field_names(type(self)))
@@ -111,8 +139,8 @@ class GANConfig(Config):
         for key in ("z_dim", "g_width", "d_width", "n_critic", "batch_size", "steps_per_eval", "num_evals"):
             at_least(key, getattr(self, key), 1)
         for key in ("fid_samples", "ref_samples", "final_fid_samples"):
-            at_least(key, getattr(self, key), 2)  # a covariance needs two samples
-        for key in ("gp_weight", "weight_decay", "instance_noise", "ema_start_kimg"):
+            at_least(key, getattr(self, key), 2, why="FID needs a covariance, KID pairs of images")
+        for key in ("gp_weight", "weight_decay", "instance_noise", "ema_start_kimg", "seed"):
             at_least(key, getattr(self, key), 0)
         for key in ("g_lr", "d_lr"):
             in_open_unit(key, getattr(self, key), low_inclusive=False)
@@ -135,9 +163,9 @@ def choice(key: str, value, allowed: tuple[str, ...]) -> None:
         raise ConfigError(f"{key}: unknown value {value!r} (choose from {', '.join(allowed)})")
 
 
-def at_least(key: str, value, low) -> None:
+def at_least(key: str, value, low, why: str = "") -> None:
     if value < low:
-        raise ConfigError(f"{key}: must be >= {low}, got {value}")
+        raise ConfigError(f"{key}: must be >= {low}{f' ({why})' if why else ''}, got {value}")
 
 
 def in_open_unit(key: str, value, low_inclusive: bool) -> None:

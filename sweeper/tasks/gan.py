@@ -2,7 +2,7 @@
 on the best checkpoints, the winner's generator registered as `<sweep>-generator`."""
 from __future__ import annotations
 
-import dataclasses
+import sys
 
 import numpy as np
 
@@ -36,10 +36,16 @@ class GANTask(Task):
         check_source(sweep.config.data)
 
     def prepare(self, sweep):
+        """The data, decoded once. Fewer than MIN_IMAGES usable images is a DatasetError (the FID
+        reference statistics need a covariance), raised before anything is cached or started;
+        fewer than the batch size or `ref_samples` trains, with a warning on stderr (see
+        `too_little_data`)."""
         # Once per sweep, before Ray starts (the decode pool forks only while the process is
         # single-threaded). Trials get the uint8 array through Ray's object store.
-        prepared = prepare(sweep.config.data, sweep.config.resolution, seed=sweep.config.seed)
+        prepared = prepare(sweep.config.data, sweep.config.resolution, seed=sweep.config.seed, min_images=MIN_IMAGES)
         print(prepared.summary(), flush=True)
+        for warning in too_little_data(len(prepared.data), sweep.config):
+            print(f"sweeper: warning: {warning}", file=sys.stderr, flush=True)
         return prepared
 
     def inputs(self, sweep, prepared, available: dict) -> Inputs:
@@ -97,6 +103,22 @@ class GANTask(Task):
         cfg = sweep.config
         return [f"FID per eval: {cfg.eval_extractor} extractor on {cfg.fid_samples} samples; fid_final on "
                 f"{cfg.final_fid_samples} samples against {cfg.ref_samples} real images"]
+
+
+MIN_IMAGES = 2  # the real images' feature covariance (FID) needs two
+
+
+def too_little_data(n: int, cfg: GANConfig) -> list[str]:
+    """What a dataset of `n` images quietly changes, though training still works: batches are drawn
+    with replacement (so they repeat images) and the reference statistics use every image there is."""
+    warnings = []
+    if n < cfg.batch_size:
+        warnings.append(f"data {cfg.data}: {n} images, fewer than batch_size {cfg.batch_size}: "
+                        f"every batch repeats images")
+    if n < cfg.ref_samples:
+        warnings.append(f"data {cfg.data}: {n} images, fewer than ref_samples {cfg.ref_samples}: "
+                        f"the FID reference statistics use all {n}")
+    return warnings
 
 
 def _local(shipped) -> str | None:

@@ -5,7 +5,7 @@ The cache key hashes the files' bytes, class names and names inside the source (
 the source, nor timestamps) with the resolution, so the same photos copied elsewhere or zipped hit
 the same entry, and a one-pixel edit misses it. Writes go to a temporary file renamed into place,
 under a file lock: two processes preparing the same data decode it once and both read one
-complete file.
+complete file. A source that fails (too few files, none decodable) leaves nothing in the cache.
 """
 
 from __future__ import annotations
@@ -72,8 +72,12 @@ def prepared_dir() -> Path:
 
 
 def prepare_files(path: str | os.PathLike, resolution: int, class_name: str | None = None, *,
-                  workers: int | None = None, progress: bool | None = None) -> Prepared:
-    """A folder, .zip or .tar(.gz) of images (layout rules in trainables.data.listing)."""
+                  workers: int | None = None, progress: bool | None = None, min_images: int = 1) -> Prepared:
+    """A folder, .zip or .tar(.gz) of images (layout rules in trainables.data.listing).
+
+    Fewer than `min_images` image files, or usable images once decoded, is a DatasetError raised
+    before anything is written to the cache.
+    """
     start = time.perf_counter()
     _check_resolution(resolution)
     path = Path(path)
@@ -87,6 +91,9 @@ def prepare_files(path: str | os.PathLike, resolution: int, class_name: str | No
             raise DatasetError(f"no class {class_name!r} in {path}; classes: {', '.join(classes) or '(none)'}")
         entries = [e for e in entries if e.cls == class_name]
     source = f"{path}:{class_name}" if class_name else str(path)
+    if len(entries) < min_images:  # said before reading a byte
+        raise DatasetError(f"{source}: {_images(len(entries))} (.png, .jpg, ...), at least {min_images} needed"
+                           if entries else f"no image files (.png, .jpg, ...) in {source}")
 
     # Fingerprint the content: one pass over the bytes (kept in memory for decoding while small).
     header = {"format": FORMAT, "resolution": resolution, "classes": classes, "class_name": class_name}
@@ -109,6 +116,9 @@ def prepare_files(path: str | os.PathLike, resolution: int, class_name: str | No
         images, ok, skipped, examples = _decode_all(items, entries, resolution, workers, progress, source, scratch)
         if not ok.any():
             raise DatasetError(f"no usable images in {source} (skipped: {_describe(skipped)})")
+        if ok.sum() < min_images:
+            raise DatasetError(f"{source}: {_images(int(ok.sum()))} usable, at least {min_images} needed "
+                               f"(skipped: {_describe(skipped)})")
         names = [e.name for e, good in zip(entries, ok) if good]
         return make_imageset(images[ok] if not ok.all() else images, labels[ok], classes, skipped), names, examples
 
@@ -134,16 +144,27 @@ def prepare_toy(n: int, resolution: int, seed: int = 0, class_name: str | None =
 
 def _cached(key: str, source: str, build, start: float) -> Prepared:
     path = prepared_dir() / f"{key}.arrow"
+    created = [p for p in (path.parent, *path.parents) if not p.exists()]
     path.parent.mkdir(parents=True, exist_ok=True)
-    with FileLock(str(path) + ".lock"):
-        # Whoever held the lock before us may just have written it.
-        if path.exists():
+    lock = FileLock(str(path) + ".lock")
+    try:
+        with lock:
+            # Whoever held the lock before us may just have written it.
+            if path.exists():
+                data, examples = load_prepared(path)
+                return Prepared(data, path, key, source, examples, True, time.perf_counter() - start)
+            with tempfile.TemporaryDirectory(dir=path.parent, prefix=".scratch-") as scratch:
+                _write(path, *build(Path(scratch)))
+            # Read back like any cache hit: the same memory-mapped, read-only arrays either way.
             data, examples = load_prepared(path)
-            return Prepared(data, path, key, source, examples, True, time.perf_counter() - start)
-        with tempfile.TemporaryDirectory(dir=path.parent, prefix=".scratch-") as scratch:
-            _write(path, *build(Path(scratch)))
-        # Read back like any cache hit: the same memory-mapped, read-only arrays either way.
-        data, examples = load_prepared(path)
+    except BaseException:
+        # Leave no trace of a failed build. Removing a lock file another process waits on is
+        # safe here: every write is a rename of a complete file, so two builders only duplicate work.
+        Path(lock.lock_file).unlink(missing_ok=True)
+        for folder in created:  # innermost first; only those this call made, and only if empty
+            with contextlib.suppress(OSError):
+                folder.rmdir()
+        raise
     return Prepared(data, path, key, source, examples, False, time.perf_counter() - start)
 
 
@@ -241,6 +262,10 @@ def _pool_context():
 def _check_resolution(resolution) -> None:
     if isinstance(resolution, bool) or not isinstance(resolution, int) or resolution < 1:
         raise DatasetError(f"resolution must be a positive integer, got {resolution!r}")
+
+
+def _images(n: int) -> str:
+    return f"{n} image{'s' if n != 1 else ''}"
 
 
 def _describe(skipped: dict[str, int]) -> str:

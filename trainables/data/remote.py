@@ -117,18 +117,11 @@ def fetch(dataset: RemoteDataset) -> Path:
     For "cifar10-python" this is the train split; the test split is written beside it
     (`<cache>/datasets/<name>/images/test`).
     """
-    home = cache_dir() / "datasets" / dataset.name
-    final = home / ("images" if dataset.layout == "cifar10-python" else "extracted")
+    home, final = _home(dataset)
     result = final / ("train" if dataset.layout == "cifar10-python" else dataset.root)
     if final.is_dir():  # only ever created by an atomic rename, so it is complete
         return result
-    if offline():
-        urls = " ".join(f.url for f in dataset.files)
-        raise DatasetError(
-            f"{dataset.name} is not in the cache ({home}) and SWEEPER_OFFLINE=1: unset SWEEPER_OFFLINE to "
-            f"download it from {urls} (or from a mirror set in SWEEPER_DATA_MIRROR), or download it "
-            "yourself and pass the archive path as --data"
-        )
+    check_fetchable(dataset)
     home.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(str(home.parent / f"{dataset.name}.lock")):
         if final.is_dir():  # another process fetched it while we waited for the lock
@@ -144,6 +137,24 @@ def fetch(dataset: RemoteDataset) -> Path:
             if not any(home.iterdir()):
                 home.rmdir()
     return result
+
+
+def check_fetchable(dataset: RemoteDataset) -> None:
+    """Raise DatasetError when `dataset` is not in the cache and SWEEPER_OFFLINE=1 forbids the download."""
+    home, final = _home(dataset)
+    if offline() and not final.is_dir():
+        urls = " ".join(f.url for f in dataset.files)
+        raise DatasetError(
+            f"{dataset.name} is not in the cache ({home}) and SWEEPER_OFFLINE=1: unset SWEEPER_OFFLINE to "
+            f"download it from {urls} (or from a mirror set in SWEEPER_DATA_MIRROR), or download it "
+            "yourself and pass the archive path as --data"
+        )
+
+
+def _home(dataset: RemoteDataset) -> tuple[Path, Path]:
+    """(the dataset's cache folder, its complete extracted tree inside)."""
+    home = cache_dir() / "datasets" / dataset.name
+    return home, home / ("images" if dataset.layout == "cifar10-python" else "extracted")
 
 
 def _build(dataset: RemoteDataset, home: Path, work: Path, final: Path) -> None:

@@ -13,13 +13,14 @@ TOY = "toy-faces"
 
 
 def prepare(source: str, resolution: int, *, toy_size: int = 4096, seed: int = 0, workers: int | None = None,
-            progress: bool | None = None) -> Prepared:
+            progress: bool | None = None, min_images: int = 1) -> Prepared:
     """"toy-faces[:class]", a known dataset name ("afhq-cat", "cifar10:dog", ...), or a folder,
     .zip or .tar(.gz) path, optionally followed by ":<class>".
 
     The ":<class>" suffix is only read as a class when the whole string is not itself an existing
     path, so a folder whose name contains a colon still loads whole. `toy_size` and `seed` apply
-    to toy-faces only.
+    to toy-faces only. Fewer than `min_images` usable images is a DatasetError, and then nothing
+    is cached.
     """
     kind, where, class_name = _parse(source)
     if kind == "toy":
@@ -28,7 +29,7 @@ def prepare(source: str, resolution: int, *, toy_size: int = 4096, seed: int = 0
         from trainables.data.remote import fetch
 
         where = fetch(where)
-    return prepare_files(where, resolution, class_name, workers=workers, progress=progress)
+    return prepare_files(where, resolution, class_name, workers=workers, progress=progress, min_images=min_images)
 
 
 def load_dataset(source: str, resolution: int, toy_size: int = 4096, seed: int = 0):
@@ -39,9 +40,14 @@ def check_source(source: str) -> None:
     """Raise DatasetError unless `source` names a dataset, without decoding or downloading anything.
 
     For validating a sweep before anything starts; a folder may still turn out to hold no usable
-    images, which only preparing it can tell.
+    images, which only preparing it can tell. A known dataset that is not in the cache while
+    SWEEPER_OFFLINE=1 is refused here already.
     """
     kind, where, class_name = _parse(source)
+    if kind == "named":
+        from trainables.data.remote import check_fetchable
+
+        check_fetchable(where)
     if kind == "toy" and class_name is not None and class_name not in TOY_CLASSES:
         raise DatasetError(f"toy-faces has no class {class_name!r}; classes: {', '.join(TOY_CLASSES)}")
     if kind == "files" and class_name is not None:
