@@ -111,8 +111,9 @@ def _run(args) -> int:
 
 def _resume(args) -> int:
     from sweeper import resume
-    from sweeper.cluster import storage_uri
+    from sweeper.cluster import check_storage, storage_uri
 
+    check_storage(args.storage)
     try:
         state = resume.resumable(storage_uri(args.storage), args.name)
     except resume.AlreadyFinished as e:

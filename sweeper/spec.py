@@ -114,6 +114,10 @@ class Sweep:
             raise SweepError(f"mode: {self.mode!r} is not 'min' or 'max'")
         if self.max_concurrent is not None and self.max_concurrent < 1:
             raise SweepError(f"max_concurrent: must be >= 1, got {self.max_concurrent}")
+        num_evals = getattr(self.config, "num_evals", None)
+        if type(num_evals) is not int or num_evals < 1:
+            raise SweepError(f"config.num_evals: {type(self.config).__name__} needs an int num_evals >= 1 (the trial's "
+                             f"budget in eval periods, ASHA's max_t), got {num_evals!r}")
         if self.final.top_k < 1:
             raise SweepError(f"final.top_k: must be >= 1, got {self.final.top_k}")
         _config_or_error(self.config, {}, "config")

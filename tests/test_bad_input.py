@@ -121,6 +121,10 @@ CASES = [
      ["--storage results", "is a file"]),
     ("storage-env-under-a-file", {"space.py": GOOD, "results": "not a folder"}, ["space.py"],
      {"SWEEPER_STORAGE": "results/sweeps"}, ["SWEEPER_STORAGE=results/sweeps", "is a file"]),
+    # resume (argv starting with "resume" is that command, not run's FILE)
+    ("resume-of-nothing", {}, ["resume"], {}, ["resume: no sweep in", "ray_results"]),
+    ("resume-unknown-name", {}, ["resume", "nosuchsweep"], {}, ["no sweep named 'nosuchsweep'"]),
+    ("resume-bad-storage", {}, ["resume", "--storage", "foo://x"], {}, ["--storage foo://x", "unknown scheme"]),
 ]
 
 
@@ -153,7 +157,7 @@ def test_bad_input_is_one_line_exit_2_before_anything_starts(workdir, monkeypatc
         monkeypatch.setenv(key, value.format(port=_free_port()))
     before = _everything(root)
 
-    code = sweeper.cli.main(["run", *argv])
+    code = sweeper.cli.main(argv if argv[:1] == ["resume"] else ["run", *argv])
 
     err = capsys.readouterr().err
     assert code == 2, err

@@ -1,0 +1,148 @@
+"""A long sweep survives its processes dying: one trial process SIGKILLed mid-run is retried from its
+checkpoint; then the driver and everything it started are SIGKILLed, and `python -m sweeper resume`
+finishes the same sweep: one parent run, one child run per trial, every eval period logged once."""
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from mlflow.tracking import MlflowClient
+
+NUM_SAMPLES, NUM_EVALS = 3, 8
+SPACE = f'''
+from ray import tune
+
+from sweeper import Sweep
+from trainables.config import GANConfig
+
+sweep = Sweep(
+    name="resilient",
+    config=GANConfig(data="toy-faces", loss="bce", resolution=32, g_width=8, d_width=8, batch_size=16,
+                     steps_per_eval=10, num_evals={NUM_EVALS}, fid_samples=64, ref_samples=64,
+                     final_fid_samples=64, eval_extractor="proxy"),
+    space={{"g_lr": tune.loguniform(1e-4, 1e-3)}},
+    num_samples={NUM_SAMPLES}, scheduler=None, max_concurrent=2,
+)
+'''
+
+
+def _env():
+    env = {**os.environ, "SWEEPER_OFFLINE": "1"}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    return env
+
+
+def _fids(db: Path) -> int:
+    if not db.exists():
+        return 0
+    with sqlite3.connect(db) as connection:
+        try:
+            return connection.execute("select count(*) from metrics where key = 'fid'").fetchone()[0]
+        except sqlite3.OperationalError:  # tables not created yet
+            return 0
+
+
+def _wait_for_fids(db: Path, n: int, sweep) -> None:
+    deadline = time.monotonic() + 300
+    while _fids(db) < n:
+        assert sweep.poll() is None, sweep.communicate()
+        assert time.monotonic() < deadline, f"fewer than {n} fids logged in 300 s"
+        time.sleep(1)
+
+
+def _session(sid: int) -> dict[int, str]:
+    """pid -> command line of every process in session `sid` (the driver's, and what Ray started)."""
+    found = {}
+    for entry in Path("/proc").iterdir():
+        try:
+            stat = (entry / "stat").read_text()
+            fields = stat[stat.rindex(")") + 2:].split()
+            if entry.name.isdigit() and int(fields[3]) == sid:
+                found[int(entry.name)] = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except (OSError, ValueError):
+            continue
+    return found
+
+
+@pytest.fixture(scope="module")
+def resumed(tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("resume")
+    (workdir / "space.py").write_text(SPACE)
+    db = workdir / "sweeps" / "mlflow.db"
+    with (workdir / "first.log").open("w") as log:
+        sweep = subprocess.Popen([sys.executable, "-m", "sweeper", "run", "space.py"], cwd=workdir, env=_env(),
+                                 stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        try:
+            # A trial process killed outright (as a lost spot instance or the OOM killer would).
+            _wait_for_fids(db, 2, sweep)
+            trials = [pid for pid, cmd in _session(sweep.pid).items() if cmd.startswith("ray::ImplicitFunc")]
+            assert trials, _session(sweep.pid)
+            os.kill(trials[0], signal.SIGKILL)
+            # Then the driver with everything it started, as a crashed machine would.
+            _wait_for_fids(db, _fids(db) + 4, sweep)
+        finally:
+            for pid in _session(sweep.pid):
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+            sweep.wait()
+    killed_at = _fids(db)
+    result = subprocess.run([sys.executable, "-m", "sweeper", "resume"], cwd=workdir, env=_env(),
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return workdir, result, killed_at, MlflowClient(f"sqlite:///{db}")
+
+
+def _runs(client):
+    runs = client.search_runs([client.get_experiment_by_name("resilient").experiment_id])
+    return ([r for r in runs if "mlflow.parentRunId" not in r.data.tags],
+            [r for r in runs if "mlflow.parentRunId" in r.data.tags])
+
+
+def test_resume_finishes_the_same_sweep_in_the_same_runs(resumed):
+    workdir, result, killed_at, client = resumed
+    assert killed_at < NUM_SAMPLES * NUM_EVALS, "the sweep finished before it was killed: nothing was resumed"
+    assert "resuming " in result.stdout and "best trial:" in result.stdout
+    parents, children = _runs(client)
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    assert parents[0].data.tags["sweeper.resumed_at"]
+    assert len(children) == NUM_SAMPLES
+    for child in children:
+        assert child.info.status == "FINISHED" and child.data.tags["sweeper.outcome"] == "completed"
+        for key in ("fid", "kimg", "eval_period"):
+            steps = [m.step for m in client.get_metric_history(child.info.run_id, key)]
+            assert steps == list(range(1, NUM_EVALS + 1)), (key, steps)  # in order, none twice, no gap
+        grids = [a.path for a in client.list_artifacts(child.info.run_id, "grids")]
+        assert len(grids) == NUM_EVALS
+    assert client.get_model_version_by_alias("resilient-generator", "best").run_id in {c.info.run_id for c in children}
+    (state,) = workdir.glob("sweeps/ray_results/*/sweeper.json")
+    assert json.loads(state.read_text())["status"] == "finished"
+    again = subprocess.run([sys.executable, "-m", "sweeper", "resume", "resilient"], cwd=workdir, env=_env(),
+                           capture_output=True, text=True, timeout=120)
+    assert again.returncode == 0 and "finished; nothing to resume" in again.stdout, again.stdout + again.stderr
+
+
+def test_the_killed_trial_was_retried_from_its_checkpoint(resumed):
+    """Tune's own record: the trial it counts a failure for restarted (iterations_since_restore 1)
+    at an eval period past 1, and ran period 1 only once: it went on from a checkpoint."""
+    workdir, _, _, client = resumed
+    (experiment,) = workdir.glob("sweeps/ray_results/*/")
+    state = json.loads(sorted(experiment.glob("experiment_state-*.json"))[-1].read_text())
+    failures = {json.loads(trial)["trial_id"]: json.loads(runtime)["num_failures"]
+                for trial, runtime in state["trial_data"]}
+    failed = [trial_id for trial_id, n in failures.items() if n >= 1]
+    assert failed, failures
+    for trial_id in failed:
+        rows = pd.read_csv(experiment / trial_id / "progress.csv")
+        assert (rows["eval_period"] == 1).sum() == 1, rows[["eval_period", "iterations_since_restore"]]
+        assert ((rows["iterations_since_restore"] == 1) & (rows["eval_period"] > 1)).any()
+        # And its MLflow run: every period once, though one may have run twice around the kill.
+        (child,) = [c for c in _runs(client)[1] if c.data.tags["sweeper.trial_id"] == trial_id]
+        assert [m.step for m in client.get_metric_history(child.info.run_id, "fid")] == list(range(1, NUM_EVALS + 1))
