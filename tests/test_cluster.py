@@ -3,15 +3,14 @@
 `MLFLOW_TRACKING_URI` pointing at a real `mlflow server` on 127.0.0.1; trials log over HTTP."""
 import os
 import signal
-import socket
 import subprocess
 import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 from mlflow.tracking import MlflowClient
+
+from conftest import free_port, wait_until_up
 
 REPO = Path(__file__).resolve().parents[1]
 NAME = "cluster"
@@ -54,7 +53,7 @@ def cluster(tmp_path_factory):
 def mlflow_server(tmp_path_factory):
     """A real `mlflow server` with its own sqlite store; it stores the artifacts it is sent."""
     root = tmp_path_factory.mktemp("mlflow_server")
-    port = _free_port()
+    port = free_port()
     log = root / "server.log"  # a file, not a pipe nobody reads: a full pipe would block the server
     with log.open("wb") as out:
         server = subprocess.Popen(
@@ -75,7 +74,7 @@ def mlflow_server(tmp_path_factory):
 @pytest.fixture(scope="module")
 def cluster_sweep(mlflow_server, cluster, tmp_path_factory):
     uri, artifacts, server, log = mlflow_server
-    _wait_until_up(f"{uri}/health", server, log)
+    wait_until_up(f"{uri}/health", server, log)
     workdir = tmp_path_factory.mktemp("cluster_sweep")
     env = {**os.environ, "RAY_ADDRESS": cluster.address, "MLFLOW_TRACKING_URI": uri, "SWEEPER_OFFLINE": "1",
            "SWEEPER_CACHE": str(tmp_path_factory.getbasetemp() / "cache")}
@@ -144,22 +143,3 @@ def test_a_cluster_with_local_defaults_is_refused_before_anything_starts(tmp_pat
     assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1
     assert result.stderr.startswith(message), result.stderr
     assert list(tmp_path.iterdir()) == []
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _wait_until_up(url: str, process, log: Path, timeout_s: float = 120) -> None:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        assert process.poll() is None, log.read_text()[-2000:]
-        try:
-            with urllib.request.urlopen(url, timeout=5):
-                return
-        except OSError:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.5)
