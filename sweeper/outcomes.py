@@ -9,6 +9,7 @@ import pandas as pd
 from sweeper.tracking import Tracking
 
 COMPLETED, STOPPED, DIVERGED, ERROR, INTERRUPTED = "completed", "stopped-early", "diverged", "error", "interrupted"
+NO_WINNER = "no-winner"  # a sweep (parent run) that ended without a trial to register
 OOM = "oom"  # out of GPU memory: not retried (the same share would run out again); FAILED
 RUN_STATUS = {ERROR: "FAILED", OOM: "FAILED", INTERRUPTED: "KILLED"}  # every other outcome ends FINISHED
 

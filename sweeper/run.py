@@ -17,7 +17,7 @@ import ray
 from ray import tune
 
 from sweeper import final
-from sweeper.outcomes import INTERRUPTED, close_trial_runs, mark_interrupted, trial_table
+from sweeper.outcomes import COMPLETED, ERROR, INTERRUPTED, NO_WINNER, close_trial_runs, mark_interrupted, trial_table
 from sweeper.registry import model_name, promote, tag_version
 from sweeper.spec import Sweep
 from sweeper.tasks import Inputs
@@ -120,7 +120,7 @@ def _run(sweep: Sweep, *, quick: bool, sweep_file: str, path: str, resumed: Swee
         resume.set_status(state, resume.FAILED)
         client = tracking.client()
         client.log_text(tracking.parent_run_id, traceback.format_exc(), "error.txt")
-        client.set_tag(tracking.parent_run_id, "sweeper.outcome", "error")
+        client.set_tag(tracking.parent_run_id, "sweeper.outcome", ERROR)
         client.set_terminated(tracking.parent_run_id, status="FAILED")
         raise
 
@@ -209,6 +209,7 @@ def _summarise(sweep, table, results, tracking, inputs: Inputs, quick) -> SweepS
         final_value=metrics.get(final_metric), best_config=dict(_result(results, winner).config) if winner else None,
         metrics=metrics, lines=lines, **registered)
     _log_parent_artifacts(tracking, table, summary)
+    client.set_tag(tracking.parent_run_id, "sweeper.outcome", COMPLETED if winner is not None else NO_WINNER)
     client.set_terminated(tracking.parent_run_id, status="FINISHED")
     return summary
 

@@ -65,7 +65,7 @@ def fit(cfg, report, restore_from=None):
     raise ZeroDivisionError("the model divided by zero")
 
 
-sweep = Sweep("broken", Broken(), trainable=fit, metric="loss", mode="min", max_failures=1,
+sweep = Sweep("broken", Broken(), trainable=fit, metric="loss", mode="min", max_failures=1, scheduler=None,
               space={"x": tune.uniform(0, 1)}, num_samples=3)
 '''
 
@@ -130,3 +130,39 @@ def test_a_sweep_where_every_trial_fails_ends_cleanly_with_one_line_why(tmp_path
     assert len(children) == 3
     assert all(c.info.status == "FAILED" and c.data.tags["sweeper.outcome"] == "error" for c in children)
     assert client.search_registered_models() == []
+
+
+FORCED = '''
+import sys
+
+import sweeper.run
+from sweeper.cli import main
+
+
+def forced(*args, **kwargs):
+    raise RuntimeError("forced failure after the trials")
+
+
+sweeper.run.close_trial_runs = forced  # an internal failure, once the parent run exists
+sys.exit(main(["run", "quadratic.py"]))
+'''
+
+QUADRATIC = BROKEN.replace('raise ZeroDivisionError("the model divided by zero")', "").replace('"broken"', '"forced"')
+
+
+def test_an_internal_failure_keeps_its_traceback_printed_and_in_the_parent_run(tmp_path):
+    (tmp_path / "quadratic.py").write_text(QUADRATIC)
+    (tmp_path / "forced.py").write_text(FORCED)
+    env = {**os.environ, "SWEEPER_OFFLINE": "1"}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    result = subprocess.run([sys.executable, "forced.py"], cwd=tmp_path, env=env, capture_output=True, text=True,
+                            timeout=600)
+    assert result.returncode == 1, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "Traceback (most recent call last)" in result.stderr
+    assert "RuntimeError: forced failure after the trials" in result.stderr
+    assert "sweeper: internal error" in result.stderr and "sweeper: error:" not in result.stderr
+    client = MlflowClient(f"sqlite:///{tmp_path / 'sweeps' / 'mlflow.db'}")
+    (parent,), _ = _children(client, "forced")
+    assert parent.info.status == "FAILED" and parent.data.tags["sweeper.outcome"] == "error"
+    kept = client.download_artifacts(parent.info.run_id, "error.txt", str(tmp_path))
+    assert "RuntimeError: forced failure after the trials" in open(kept).read()
