@@ -197,7 +197,9 @@ def _report(summary) -> str:
 def _storage_option(experiment_path: str) -> str:
     from sweeper.cluster import storage_uri
 
-    storage = experiment_path.rsplit("/", 1)[0]
+    from sweeper.resume import split_experiment_path
+
+    storage = split_experiment_path(experiment_path)[0]
     return "" if storage == storage_uri(None) else f" --storage {storage}"
 
 

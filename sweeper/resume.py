@@ -40,7 +40,16 @@ class SweepState:
 
 
 def experiment_path(storage: str, run_name: str) -> str:
-    return f"{storage.rstrip('/')}/{run_name}"
+    """`<storage>/<run_name>`, keeping a URI's query (`s3://b/p?endpoint_override=...`) at the end."""
+    base, sep, query = storage.partition("?")
+    return f"{base.rstrip('/')}/{run_name}{sep}{query}"
+
+
+def split_experiment_path(path: str) -> tuple[str, str]:
+    """(storage, run name): the inverse of experiment_path."""
+    base, sep, query = path.partition("?")
+    storage, run_name = base.rsplit("/", 1)
+    return storage + sep + query, run_name
 
 
 def write_state(state: SweepState, sweep) -> None:
@@ -79,14 +88,14 @@ def sweeps_in(storage: str) -> list[SweepState]:
                 fields = json.loads(f.readall())
         except (OSError, ValueError):
             continue  # not a sweeper experiment (or one from before resume existed)
-        fields["path"] = storage.rstrip("/") + "/" + entry.base_name
+        fields["path"] = experiment_path(storage, entry.base_name)
         states.append(SweepState(**fields))
     return sorted(states, key=lambda s: s.started)
 
 
 def resumable(storage: str, name: str | None) -> SweepState:
     """The latest sweep (of that name, or of that experiment folder) that can be resumed."""
-    known = [s for s in sweeps_in(storage) if name is None or name in (s.name, s.path.rsplit("/", 1)[-1])]
+    known = [s for s in sweeps_in(storage) if name is None or name in (s.name, split_experiment_path(s.path)[1])]
     if not known:
         what = f"no sweep named {name!r}" if name else "no sweep"
         raise BadInput(f"resume: {what} in {storage} (pass --storage where it ran)")

@@ -145,7 +145,7 @@ def _tuner(sweep: Sweep, inputs: Inputs, tracking, available, path: str, restore
         tracking=tracking, cpus=sweep.resources.cpus, metric=sweep.metric, mode=sweep.mode)
     if not restore:
         searcher = build_searcher(sweep)
-        storage, name = path.rsplit("/", 1)
+        storage, name = resume.split_experiment_path(path)
         return build_tuner(sweep, trainable, storage_path=storage, run_name=name, available=available,
                            searcher=searcher), searcher
     tuner = tune.Tuner.restore(path, tune.with_resources(trainable, trial_resources(sweep, available.get("GPU", 0))),

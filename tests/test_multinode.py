@@ -217,6 +217,10 @@ def test_checkpoints_are_in_the_bucket_and_nothing_is_local(multinode):
     s3 = boto3.client("s3", endpoint_url=f"http://127.0.0.1:{multinode['s3_port']}", **_boto_auth())
     keys = [o["Key"] for o in s3.list_objects_v2(Bucket="sweeps", Prefix="tune/")["Contents"]]
     assert sum(k.endswith("checkpoint.pt") for k in keys) >= 2
+    # What `sweeper resume --storage s3://...` reads, beside Tune's own state in the bucket.
+    (state_key,) = [k for k in keys if k.endswith("/sweeper.json")]
+    assert json.loads(s3.get_object(Bucket="sweeps", Key=state_key)["Body"].read())["status"] == "finished"
+    assert state_key.replace("sweeper.json", "sweep.pkl") in keys and state_key.replace("sweeper.json", "tuner.pkl") in keys
     local = [p for p in multinode["root"].rglob("sweeps") if p.is_dir()]
     assert local == []  # no driver-local sweeps/ (store, artifacts, ray_results) on any node
 
