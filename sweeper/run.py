@@ -116,13 +116,22 @@ def _run(sweep: Sweep, *, quick: bool, sweep_file: str, path: str, resumed: Swee
         _end_interrupted(sweep, tracking, table, path)
         raise
     except BaseException:
-        # A bug or an outage: the traceback stays with the sweep, not only on a closed terminal.
+        _record_failure(tracking, state, traceback.format_exc())
+        raise
+
+
+def _record_failure(tracking: Tracking, state: SweepState, trace: str) -> None:
+    """A bug or an outage: the traceback stays with the sweep, not only on a closed terminal. Best
+    effort (the store may be what failed); the original error is what the user must see."""
+    try:
         resume.set_status(state, resume.FAILED)
         client = tracking.client()
-        client.log_text(tracking.parent_run_id, traceback.format_exc(), "error.txt")
+        client.log_text(tracking.parent_run_id, trace, "error.txt")
         client.set_tag(tracking.parent_run_id, "sweeper.outcome", ERROR)
         client.set_terminated(tracking.parent_run_id, status="FAILED")
-        raise
+    except Exception as e:  # noqa: BLE001
+        log.warning("could not record the failure in MLflow (%s); `sweeper resume` can finish the sweep",
+                    str(e).splitlines()[0] if str(e) else type(e).__name__)
 
 
 def _start_ray() -> None:
