@@ -1,5 +1,8 @@
 """DCGAN and SNGAN-ResNet generators/discriminators: shapes, block structure, width cap, spectral
 norm, dropout and which resolutions each architecture accepts. Widths stay tiny to keep CPU time low."""
+import re
+from pathlib import Path
+
 import pytest
 import torch
 from torch import nn
@@ -7,7 +10,7 @@ from torch.nn.utils import parametrize
 
 from trainables.config import RESOLUTIONS, ConfigError, GANConfig
 from trainables.models import build_models
-from trainables.models.dcgan import MAX_WIDTH, DCGANDiscriminator, DCGANGenerator
+from trainables.models.dcgan import DCGANDiscriminator, DCGANGenerator
 from trainables.models.resnet import ResNetDiscriminator, ResNetGenerator
 
 Z = 8
@@ -32,8 +35,28 @@ def weighted_layers(model: nn.Module) -> list[nn.Module]:
 ARCH_RESOLUTIONS = [(arch, r) for arch, rs in RESOLUTIONS.items() for r in rs]
 
 
+README = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+
+
+def _documented_resolutions() -> dict[str, tuple[int, ...]]:
+    """The README's config table: "| `data`, `resolution` | ...; `dcgan` 32, 64, ... px; `resnet` ... |"."""
+    row = next(line for line in README.splitlines() if line.startswith("| `data`, `resolution` |"))
+    return {arch: tuple(int(r) for r in re.findall(r"\d+", sizes))
+            for arch, sizes in re.findall(r"`(\w+)` ([\d, ]+)", row)}
+
+
 def test_supported_resolutions_are_the_documented_ones():
-    assert RESOLUTIONS == {"dcgan": (32, 64, 128, 256, 512), "resnet": (32, 64, 128)}
+    # What validation accepts (RESOLUTIONS, and hence ARCH_RESOLUTIONS, which the shape tests build
+    # and the refusal tests avoid) is what the README promises, architecture by architecture.
+    assert _documented_resolutions() == RESOLUTIONS
+    for arch in RESOLUTIONS:
+        accepted = []
+        for r in (8, 16, 32, 48, 64, 96, 128, 256, 512, 1024):
+            try:
+                accepted.append(GANConfig(arch=arch, resolution=r).validate().resolution)
+            except ConfigError:
+                pass
+        assert tuple(accepted) == _documented_resolutions()[arch], arch
 
 
 @pytest.mark.parametrize("arch,resolution", ARCH_RESOLUTIONS)
@@ -92,6 +115,7 @@ def test_dcgan_spatial_sizes_go_through_4x4():
 
 @pytest.mark.parametrize("arch,resolution", [("dcgan", 512), ("resnet", 128)])
 def test_widths_are_capped_at_max_width(arch, resolution):
+    documented_cap = int(re.search(r"widths double away from the image, capped at (\d+)", README).group(1))
     torch.manual_seed(0)
     G, D = build_models(GANConfig(arch=arch, resolution=resolution, z_dim=Z, g_width=64, d_width=64).validate())
     for model in (G, D):
@@ -100,9 +124,14 @@ def test_widths_are_capped_at_max_width(arch, resolution):
                                                  else (m.in_channels, m.out_channels))]
         if arch == "resnet" and model is G:
             channels.remove(G.project.out_features)  # 4*4*width: the Linear's flat output, not channels
-        assert max(channels) == MAX_WIDTH  # the cap is reached ...
-        # ... and never exceeded (64 * 2**6 = 4096 without it).
-    assert MAX_WIDTH == 512
+        # The documented cap is reached and never exceeded (64 * 2**6 = 4096 at 512 px without it).
+        assert max(channels) == documented_cap
+    if arch == "dcgan":
+        # Layer by layer: doubling away from the image, stopping at the cap (G mirrors D).
+        d_out = [m.out_channels for m in D.modules() if isinstance(m, nn.Conv2d)]
+        g_out = [m.out_channels for m in G.modules() if isinstance(m, nn.ConvTranspose2d)]
+        assert d_out == [64, 128, 256, 512, 512, 512, 512, 1]
+        assert g_out == [512, 512, 512, 512, 256, 128, 64, 3]
 
 
 # --- (d) spectral norm ------------------------------------------------------------------------------

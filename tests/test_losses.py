@@ -4,6 +4,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from trainables.config import LOSSES as CONFIG_LOSSES
 from trainables.losses import (LOSSES, bce_d, bce_g, gradient_penalty, hinge_d, hinge_g, lsgan_d, lsgan_g,
                                wgan_d, wgan_g)
 
@@ -59,12 +60,35 @@ def test_lsgan_losses_against_hand_computed_values():
     assert math.isclose(lsgan_g(fake).item(), 0.25, rel_tol=1e-6)
 
 
-def test_loss_table_names_every_objective():
-    assert set(LOSSES) == {"bce", "wgan-gp", "hinge", "lsgan"}
-    assert LOSSES["bce"] == (bce_d, bce_g)
-    assert LOSSES["wgan-gp"] == (wgan_d, wgan_g)
-    assert LOSSES["hinge"] == (hinge_d, hinge_g)
-    assert LOSSES["lsgan"] == (lsgan_d, lsgan_g)
+# Each objective the config accepts, written out independently of trainables.losses with torch's own
+# primitives: (D loss, G loss) as functions of D's logits on reals and fakes.
+REFERENCE_OBJECTIVES = {
+    "bce": (lambda r, f: F.binary_cross_entropy_with_logits(r, torch.ones_like(r))
+            + F.binary_cross_entropy_with_logits(f, torch.zeros_like(f)),
+            lambda f: F.binary_cross_entropy_with_logits(f, torch.ones_like(f))),  # non-saturating
+    "wgan-gp": (lambda r, f: f.mean() - r.mean(), lambda f: -f.mean()),  # the penalty is added by the step
+    "hinge": (lambda r, f: torch.clamp(1 - r, min=0).mean() + torch.clamp(1 + f, min=0).mean(),
+              lambda f: -f.mean()),
+    "lsgan": (lambda r, f: 0.5 * F.mse_loss(r, torch.ones_like(r)) + 0.5 * F.mse_loss(f, torch.zeros_like(f)),
+              lambda f: 0.5 * F.mse_loss(f, torch.ones_like(f))),
+}
+
+
+def test_every_configurable_loss_maps_to_its_own_objective():
+    # The names the config accepts are exactly the table's (a loss the config allows but the table
+    # lacks would fail only inside a trial) ...
+    assert set(CONFIG_LOSSES) == set(LOSSES) == set(REFERENCE_OBJECTIVES)
+    # ... and each name looks up its own objective: logits on which the four objectives all differ,
+    # so a swapped or copied table entry shows.
+    real, fake = torch.tensor([1.5, -0.3, 0.2]), torch.tensor([-1.2, 0.7, 2.5])
+    for name, (d_loss, g_loss) in LOSSES.items():
+        ref_d, ref_g = REFERENCE_OBJECTIVES[name]
+        assert torch.allclose(d_loss(real, fake), ref_d(real, fake), rtol=1e-6), name
+        assert torch.allclose(g_loss(fake), ref_g(fake), rtol=1e-6), name
+        for other, (other_d, other_g) in REFERENCE_OBJECTIVES.items():
+            if other != name:
+                assert not (torch.allclose(d_loss(real, fake), other_d(real, fake), rtol=1e-3)
+                            and torch.allclose(g_loss(fake), other_g(fake), rtol=1e-3)), (name, other)
 
 
 def test_gradient_penalty_of_a_linear_critic_is_exact():

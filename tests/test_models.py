@@ -43,10 +43,23 @@ def test_every_allowed_combination_takes_two_steps():
     batches = DeviceBatches(images, torch.device("cpu"))
     for cfg in configs:
         run = build_training(cfg, torch.device("cpu"))
-        before = [p.detach().clone() for p in run.G.parameters()]
-        losses = torch.stack([train_step(cfg, run.G, run.D, run.opt_g, run.opt_d, batches) for _ in range(2)])
-        assert torch.isfinite(losses).all(), cfg
-        assert any(not torch.equal(a, b) for a, b in zip(before, run.G.parameters())), cfg
+        g_before = [p.detach().clone() for p in run.G.parameters()]
+        d_before = {name: p.detach().clone() for name, p in run.D.named_parameters()}
+        losses = []
+        for _ in range(2):
+            losses.append(train_step(cfg, run.G, run.D, run.opt_g, run.opt_d, batches))
+            # G's update froze D (requires_grad False) and must have given it back: D trains on.
+            assert all(p.requires_grad for p in run.D.parameters()), cfg
+            assert all(p.requires_grad for p in run.G.parameters()), cfg
+        assert torch.isfinite(torch.stack(losses)).all(), cfg
+        assert any(not torch.equal(a, b) for a, b in zip(g_before, run.G.parameters())), cfg
+        # D was updated too: its weights moved (every conv/linear weight gets a gradient from the D loss).
+        d_after = dict(run.D.named_parameters())
+        assert d_after.keys() == d_before.keys()
+        moved = {name for name, p in d_after.items() if not torch.equal(p, d_before[name])}
+        weights = {name for name in d_after if name.endswith(("weight", "weight.original"))
+                   and d_after[name].dim() > 1}
+        assert weights and weights <= moved, (cfg, sorted(weights - moved))
 
 
 def test_batches_are_scaled_and_sampled_from_the_data():

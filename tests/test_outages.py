@@ -16,6 +16,8 @@ from mlflow.tracking import MlflowClient
 
 from conftest import free_port, wait_until_up
 
+pytestmark = pytest.mark.slow  # real sweeps (killed, resumed, failing): minutes
+
 NUM_SAMPLES, NUM_EVALS, OUTAGE_S = 3, 30, 30
 SPACE = f'''
 from ray import tune

@@ -14,6 +14,8 @@ import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
 
+pytestmark = pytest.mark.slow  # real sweeps (killed, resumed, failing): minutes
+
 NUM_SAMPLES, NUM_EVALS = 3, 8
 SPACE = f'''
 from ray import tune

@@ -1,5 +1,6 @@
-"""Every shipped search-space file: it passes --dry-run, and each seed project's published
-configuration trains on CPU under the --quick budget (one short eval period, 32 px)."""
+"""Every shipped search-space file: it passes --dry-run (in-process through the CLI's main; once as
+a command), and each seed project's published configuration trains on CPU under the --quick budget
+(one short eval period, 32 px)."""
 import os
 import subprocess
 import sys
@@ -8,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from sweeper.cli import main
 from sweeper.loader import load_sweep
 from sweeper.refstats import reference_stats
 from trainables.data import load_dataset
@@ -26,25 +28,42 @@ def test_every_seed_project_has_a_file():
 
 
 @pytest.mark.parametrize("path", GAN_SPACES + SEEDS, ids=lambda p: p.stem)
-def test_dry_run(path, tmp_path):
-    result = subprocess.run([sys.executable, "-m", "sweeper", "run", str(path), "--quick", "--dry-run"],
-                            cwd=tmp_path, env={**os.environ, "SWEEPER_OFFLINE": "1"},
-                            capture_output=True, text=True, timeout=120)
-    assert result.returncode == 0, result.stderr
-    assert "resolution = 32" in result.stdout and "warm start:\n  {" in result.stdout
+def test_dry_run(path, tmp_path, monkeypatch, capsys):
+    # In-process through the CLI's own entry point (main), in an empty working directory.
+    monkeypatch.chdir(tmp_path)
+    assert main(["run", str(path), "--quick", "--dry-run"]) == 0, capsys.readouterr().err
+    out = capsys.readouterr().out
+    assert "resolution = 32" in out and "warm start:\n  {" in out
     assert list(tmp_path.iterdir()) == []
 
 
-def test_classifier_dry_run_without_generators_names_the_missing_store(tmp_path):
+def test_classifier_dry_run_without_generators_names_the_missing_store(tmp_path, monkeypatch, capsys):
     # Its dry run with registered generators is in test_classifier_sweep.py.
-    result = subprocess.run([sys.executable, "-m", "sweeper", "run", str(REPO / "search_spaces" / "classifier.py"),
-                             "--set", "data=toy-faces", "--set", "test_data=", "--dry-run"], cwd=tmp_path, env={**os.environ, "SWEEPER_OFFLINE": "1"},
-                            capture_output=True, text=True, timeout=120)
-    assert result.returncode == 2
-    assert result.stderr.strip().splitlines() == [
+    monkeypatch.chdir(tmp_path)
+    code = main(["run", str(REPO / "search_spaces" / "classifier.py"), "--set", "data=toy-faces",
+                 "--set", "test_data=", "--dry-run"])
+    assert code == 2
+    assert capsys.readouterr().err.strip().splitlines() == [
         f"sweeper: error: generators.cat: models:/cats-generator@best does not resolve: no MLflow store at "
         f"{tmp_path.resolve() / 'sweeps' / 'mlflow.db'} (run the generator sweeps first, or set MLFLOW_TRACKING_URI)"]
     assert list(tmp_path.iterdir()) == []  # nothing created, not even an empty store
+
+
+@pytest.mark.slow
+def test_dry_run_as_a_command(tmp_path):
+    # Once through `python -m sweeper` in a fresh process: the module entry point, its exit codes
+    # (0, and 2 for bad input) and nothing written; every file's dry run is checked in-process above.
+    env = {**os.environ, "SWEEPER_OFFLINE": "1"}
+    ok = subprocess.run([sys.executable, "-m", "sweeper", "run", str(REPO / "search_spaces" / "wgangp.py"),
+                         "--quick", "--dry-run"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    assert ok.returncode == 0, ok.stderr
+    assert "resolution = 32" in ok.stdout and "warm start:\n  {" in ok.stdout
+    bad = subprocess.run([sys.executable, "-m", "sweeper", "run", str(REPO / "search_spaces" / "wgangp.py"),
+                          "--quick", "--dry-run", "--set", "resolution=48"], cwd=tmp_path, env=env,
+                         capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1, bad.stderr
+    assert bad.stderr.startswith("sweeper: error: ") and "resolution" in bad.stderr
+    assert list(tmp_path.iterdir()) == []
 
 
 def _seed_configs():

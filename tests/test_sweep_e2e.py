@@ -1,5 +1,6 @@
 """The README's quick start, end to end: a real Ray Tune sweep with Optuna and ASHA, real GAN
 training on toy-faces, real FID, everything landing in a real MLflow sqlite store."""
+import json
 import os
 import signal
 import sqlite3
@@ -12,6 +13,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 REPO = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.slow  # real sweeps: a few minutes on two CPU cores
 
 
 @pytest.fixture(scope="module")
@@ -24,11 +26,11 @@ def quick_sweep(tmp_path_factory):
         cwd=workdir, env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
     client = MlflowClient(f"sqlite:///{workdir / 'sweeps' / 'mlflow.db'}")
-    return result, client
+    return result, client, workdir
 
 
 def test_prints_the_best_trial_and_how_to_open_the_ui(quick_sweep):
-    result, _ = quick_sweep
+    result, _, _ = quick_sweep
     assert "best trial:" in result.stdout and "fid" in result.stdout
     assert "python -m sweeper ui" in result.stdout and "mlflow.db" in result.stdout
 
@@ -42,7 +44,7 @@ def _runs(client):
 
 
 def test_mlflow_holds_a_parent_run_and_nested_trial_runs(quick_sweep):
-    _, client = quick_sweep
+    _, client, _ = quick_sweep
     parents, children = _runs(client)
     assert len(parents) == 1 and parents[0].info.status == "FINISHED"
     assert len(children) >= 4
@@ -60,7 +62,7 @@ def test_mlflow_holds_a_parent_run_and_nested_trial_runs(quick_sweep):
 
 
 def test_asha_stops_some_trials_early(quick_sweep):
-    _, client = quick_sweep
+    _, client, _ = quick_sweep
     _, children = _runs(client)
     outcomes = [c.data.tags["sweeper.outcome"] for c in children]
     assert "stopped-early" in outcomes and "completed" in outcomes, outcomes
@@ -72,7 +74,7 @@ MODEL = "wgangp-quick-generator"  # --quick sweeps register apart from real ones
 
 
 def test_quick_sweeps_register_apart_and_best_is_the_lowest_fid_final(quick_sweep):
-    _, client = quick_sweep
+    _, client, _ = quick_sweep
     _, children = _runs(client)
     assert [m.name for m in client.search_registered_models()] == [MODEL]
     final = {c.info.run_id: c.data.metrics["fid_final"] for c in children if "fid_final" in c.data.metrics}
@@ -87,7 +89,7 @@ def test_quick_sweeps_register_apart_and_best_is_the_lowest_fid_final(quick_swee
 
 
 def test_fid_final_is_the_standard_fid_and_every_fid_names_its_extractor_and_samples(quick_sweep):
-    result, client = quick_sweep
+    result, client, _ = quick_sweep
     parents, children = _runs(client)
     parent = parents[0]
     assert parent.data.tags["sweeper.fid_final_extractor"] == "inception-v3-compat"
@@ -103,7 +105,7 @@ def test_fid_final_is_the_standard_fid_and_every_fid_names_its_extractor_and_sam
 
 
 def test_warm_starts_run_their_full_budget_and_tpe_proposes_half_the_trials(quick_sweep):
-    _, client = quick_sweep
+    _, client, _ = quick_sweep
     _, children = _runs(client)
     origins = [c.data.tags["sweeper.proposed_by"] for c in children]
     assert origins.count("warm-start") == 2 and origins.count("tpe") >= len(children) / 2, origins
@@ -112,21 +114,55 @@ def test_warm_starts_run_their_full_budget_and_tpe_proposes_half_the_trials(quic
             assert len(client.get_metric_history(child.info.run_id, "fid")) == 4  # max_t, never stopped
 
 
-def test_registered_generator_loads_and_generates_any_batch(quick_sweep):
+def test_best_holds_the_winning_trials_best_checkpoint_and_generates_any_batch(quick_sweep):
     import mlflow
     import torch
 
-    _, client = quick_sweep
+    from trainables.config import GANConfig, field_types
+    from trainables.training.checkpoint import CHECKPOINT_FILE, load_generator, load_generator_state
+
+    _, client, workdir = quick_sweep
+    version = client.get_model_version_by_alias(MODEL, "best")
+    run = client.get_run(version.run_id)
+    trial_id = run.data.tags["sweeper.trial_id"]
+    assert version.tags["sweeper.trial_id"] == trial_id
+    # The winner's best checkpoint, found independently of the sweep's own bookkeeping: the eval
+    # period of the lowest per-eval FID in the trial's MLflow history, among the checkpoints that
+    # Tune kept in the trial's directory (each checkpoint says which period it closed).
+    fids = client.get_metric_history(run.info.run_id, "fid")
+    best_period = min(fids, key=lambda m: m.value).step
+    assert int(version.tags["sweeper.eval_period"]) == best_period
+    trial_dirs = [d for d in (workdir / "sweeps" / "ray_results").glob("*/*") if d.is_dir() and trial_id in d.name]
+    assert len(trial_dirs) == 1, trial_dirs
+    kept = {torch.load(c / CHECKPOINT_FILE, map_location="cpu", weights_only=True)["progress"]["eval_period"]: c
+            for c in trial_dirs[0].glob("checkpoint_*")}
+    assert best_period in kept, sorted(kept)
+
+    # The registered program's weights are exactly that checkpoint's published (EMA) generator, and
+    # no other kept checkpoint's.
     mlflow.set_tracking_uri(client._tracking_client.tracking_uri)
     G = mlflow.pytorch.load_model(f"models:/{MODEL}@best")
-    z_dim = int(client.get_run(client.get_model_version_by_alias(MODEL, "best").run_id).data.params["z_dim"])
+    registered = G.state_dict()
+    for period, directory in sorted(kept.items()):
+        expected = load_generator_state(directory)
+        same = registered.keys() == expected.keys() and all(torch.equal(registered[k], expected[k]) for k in expected)
+        assert same == (period == best_period), (period, best_period)
+
+    # It generates what that checkpoint's generator generates in eval mode, for any batch size.
+    types = field_types(GANConfig)
+    cfg = GANConfig(**{k: (v == "True") if types[k] is bool else types[k](v)
+                       for k, v in run.data.params.items() if k in types})
+    reference = load_generator(cfg, kept[best_period]).eval()
     with torch.no_grad():
-        images = G(torch.randn(5, z_dim))
-    assert images.shape == (5, 3, 32, 32) and images.abs().max() <= 1
+        for n in (1, 5):
+            z = torch.randn(n, cfg.z_dim, generator=torch.Generator().manual_seed(n))
+            images = G(z)
+            assert images.shape == (n, 3, 32, 32)
+            assert torch.allclose(images, reference(z), rtol=0, atol=1e-6)
 
 
 def test_parent_run_compares_the_search_with_the_re_measured_baseline(quick_sweep):
-    result, client = quick_sweep
+    result, client, _ = quick_sweep
     parents, children = _runs(client)
     # The warm starts (seed 000 and seed 004's WGAN-GP) ran as trials with exactly their values.
     warm = [c for c in children if c.data.params["g_lr"] == "8e-05" and c.data.params["z_dim"] == "200"
@@ -161,7 +197,10 @@ def test_ctrl_c_ends_every_run_killed_registers_nothing_and_says_how_to_resume(t
     sweep.send_signal(signal.SIGINT)  # what Ctrl-C sends
     stdout, stderr = sweep.communicate(timeout=300)
     assert sweep.returncode == 130, stdout[-2000:] + stderr[-3000:]
-    assert "sweep interrupted: nothing registered" in stdout and "re-run the same command" in stdout
+    assert "sweep interrupted: nothing registered" in stdout
+    assert "continue it: python -m sweeper resume interrupted" in stdout
+    (state,) = tmp_path.glob("sweeps/ray_results/interrupted-*/sweeper.json")
+    assert json.loads(state.read_text())["status"] == "interrupted"  # what `resume` picks up
     client = MlflowClient(f"sqlite:///{db}")
     assert client.search_registered_models() == []
     runs = client.search_runs([client.get_experiment_by_name("interrupted").experiment_id])

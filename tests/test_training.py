@@ -79,11 +79,48 @@ def test_checkpoint_round_trip_restores_models_optimisers_and_rng(tmp_path):
         a, b = run.stateful()[name].state_dict(), other.stateful()[name].state_dict()
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), name
     for name in ("opt_g", "opt_d", "sched_g", "sched_d"):
-        assert str(run.stateful()[name].state_dict()) == str(other.stateful()[name].state_dict()), name
+        assert_same_state(run.stateful()[name].state_dict(), other.stateful()[name].state_dict(), name)
+    # Adam's moments were really compared, every element of them (str() of a state dict elides
+    # tensors over 1,000 elements, so comparing strings would miss a changed moment).
+    moments = [s["exp_avg_sq"] for s in other.opt_g.state_dict()["state"].values()]
+    assert any(m.numel() > 1000 for m in moments) and any(m.abs().sum() > 0 for m in moments)
     # The published generator is the EMA one, and it loads into a plain generator.
     plain = build_models(cfg)[0]
     plain.load_state_dict(load_generator_state(tmp_path))
     assert all(torch.equal(v, run.ema.module.state_dict()[k]) for k, v in plain.state_dict().items())
+
+
+def assert_same_state(a, b, where: str) -> None:
+    """Recursively equal state dicts: every tensor with torch.equal (dtype too), everything else with ==."""
+    assert type(a) is type(b), f"{where}: {type(a).__name__} vs {type(b).__name__}"
+    if isinstance(a, torch.Tensor):
+        assert a.dtype == b.dtype and torch.equal(a, b), where
+    elif isinstance(a, dict):
+        assert a.keys() == b.keys(), where
+        for key in a:
+            assert_same_state(a[key], b[key], f"{where}.{key}")
+    elif isinstance(a, (list, tuple)):
+        assert len(a) == len(b), where
+        for i, (x, y) in enumerate(zip(a, b)):
+            assert_same_state(x, y, f"{where}[{i}]")
+    else:
+        assert a == b, f"{where}: {a!r} != {b!r}"
+
+
+def test_assert_same_state_sees_one_changed_element_of_a_large_tensor():
+    state = {"state": {0: {"step": torch.tensor(3.0), "exp_avg": torch.zeros(2048)}},
+             "param_groups": [{"lr": 1e-4, "betas": (0.5, 0.999), "params": [0]}]}
+    changed = {"state": {0: {"step": torch.tensor(3.0), "exp_avg": torch.zeros(2048)}},
+               "param_groups": [{"lr": 1e-4, "betas": (0.5, 0.999), "params": [0]}]}
+    assert_same_state(state, changed, "opt")
+    changed["state"][0]["exp_avg"][1000] = 1e-3
+    assert str(state) == str(changed)  # what the string comparison used to see
+    with pytest.raises(AssertionError, match=r"opt\.state\.0\.exp_avg"):
+        assert_same_state(state, changed, "opt")
+    changed["state"][0]["exp_avg"][1000] = 0
+    changed["param_groups"][0]["betas"] = (0.5, 0.99)
+    with pytest.raises(AssertionError, match="betas"):
+        assert_same_state(state, changed, "opt")
 
 
 def test_divergence_ends_the_trial_cleanly(setup, tmp_path):
@@ -92,6 +129,11 @@ def test_divergence_ends_the_trial_cleanly(setup, tmp_path):
     # A penalty weight beyond float32's range turns the critic's loss, then its weights, into inf/NaN.
     wild = TINY.replace(gp_weight=1e39, num_evals=5)
     final = train_gan(wild, report, images=images, extractor=extractor, ref_stats=ref)
-    assert final["diverged"] == 1.0 and final["fid"] == float("inf")
-    assert len(report.metrics) < 5 and report.metrics[-1] is not None
+    assert final["diverged"] == 1.0 and final["fid"] == float("inf") and final["kid"] == float("inf")
+    # The diverged period is reported (what was returned) and is the last report: the run stopped.
+    assert len(report.metrics) < 5 and report.metrics[-1] == final
+    assert not (np.isfinite(final["loss_d"]) and np.isfinite(final["loss_g"]))
+    # Every period before it was healthy and says so.
+    assert all(m["diverged"] == 0.0 and np.isfinite(m["loss_d"]) and np.isfinite(m["fid"])
+               for m in report.metrics[:-1])
     assert len(report.checkpoints) == len(report.metrics) - 1  # the broken state is not checkpointed

@@ -8,6 +8,8 @@ import sys
 import pytest
 from mlflow.tracking import MlflowClient
 
+pytestmark = pytest.mark.slow  # real sweeps (killed, resumed, failing): minutes
+
 CONCURRENT = 16
 STEPS = 12
 
