@@ -68,6 +68,17 @@ def _parser() -> argparse.ArgumentParser:
     prepare.add_argument("--resolution", type=int, required=True, help="square size in pixels")
     prepare.add_argument("--workers", type=int, help="decoding processes (default: all cores)")
     prepare.set_defaults(command=_prepare)
+    status = commands.add_parser("status", help="a sweep's trials (NAME's latest run; readable while it runs), "
+                                                "or with no NAME the sweeps the MLflow store knows")
+    status.add_argument("name", nargs="?", help="sweep name (its MLflow experiment)")
+    status.set_defaults(command=_status)
+    export = commands.add_parser("export", help="write a sweep's trials (or, with --steps, its eval periods) "
+                                                "to Parquet or CSV")
+    export.add_argument("name", help="sweep name (its MLflow experiment); its latest run is exported")
+    export.add_argument("-o", "--output", help="a .parquet (default: NAME-trials.parquet, NAME-steps.parquet "
+                                               "with --steps) or .csv file")
+    export.add_argument("--steps", action="store_true", help="one row per trial and eval period, every metric")
+    export.set_defaults(command=_export)
     ui = commands.add_parser("ui", help="open the MLflow UI on the sweep store (127.0.0.1)")
     ui.add_argument("--port", type=int, default=5000)
     ui.set_defaults(command=_ui)
@@ -201,6 +212,21 @@ def _storage_option(experiment_path: str) -> str:
 
     storage = split_experiment_path(experiment_path)[0]
     return "" if storage == storage_uri(None) else f" --storage {storage}"
+
+
+def _status(args) -> int:
+    from sweeper.report import status
+
+    print(status(args.name))
+    return 0
+
+
+def _export(args) -> int:
+    from sweeper.report import export
+
+    print(export(args.name, args.output or f"{args.name}-{'steps' if args.steps else 'trials'}.parquet",
+                 steps=args.steps))
+    return 0
 
 
 def _ui(args) -> int:

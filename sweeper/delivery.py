@@ -16,11 +16,13 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import shutil
 import time
 from pathlib import Path
 
+import PIL.Image
 from mlflow.entities import Metric
 
 from sweeper.tracking import Tracking
@@ -28,7 +30,8 @@ from sweeper.tracking import Tracking
 log = logging.getLogger("sweeper")
 
 SPOOL_IN_CHECKPOINT = "mlflow_spool"
-STEP_METRIC = "eval_period"  # logged at every step; its history says which steps arrived
+STEP_METRIC = "eval_period"
+IMAGE_KEY = "samples"  # the sample grid, as an MLflow image  # logged at every step; its history says which steps arrived
 MAX_BACKOFF_S = 60.0
 
 
@@ -37,6 +40,9 @@ class RunLog:
         self.tracking, self.run_id, self.spool, self.max_pending = tracking, run_id, Path(spool), max_pending
         self.spool.mkdir(parents=True, exist_ok=True)
         self.failures, self.next_try = 0, 0.0
+        # After a start (a predecessor may have died mid-delivery) or a failure: check the run before
+        # sending what might be there already.
+        self.unsure = True
         self.delivered = self._last_delivered_step(wait=True)
 
     def log(self, metrics: dict, grid_png: Path | None = None) -> None:
@@ -68,7 +74,7 @@ class RunLog:
 
     def _deliver_pending(self) -> None:
         try:
-            if self.failures:
+            if self.unsure:
                 self.delivered = max(self.delivered, self._last_delivered_step())
             for step in self.pending():
                 if step > self.delivered:
@@ -77,7 +83,7 @@ class RunLog:
                 (self.spool / f"{step:06d}.json").unlink()
                 (self.spool / f"{step:06d}.png").unlink(missing_ok=True)
         except Exception as e:  # any failure to reach the store: keep the step, retry later
-            self.failures += 1
+            self.failures, self.unsure = self.failures + 1, True
             self.next_try = time.monotonic() + min(MAX_BACKOFF_S, 2.0 ** min(self.failures, 6))
             if self.failures == 1:
                 log.warning("MLflow unreachable (%s); spooling eval periods in %s and retrying",
@@ -85,19 +91,27 @@ class RunLog:
             return
         if self.failures:
             log.warning("MLflow reachable again: spooled eval periods delivered")
-        self.failures = 0
+        self.failures, self.unsure = 0, False
 
     def _deliver(self, step: int) -> None:
         client = self.tracking.client()
         grid = self.spool / f"{step:06d}.png"
         if grid.exists():
+            # Twice: under a stable name (grids/eval_NNNN.png, for people and the sweep's summary)
+            # and as an MLflow image at its step, which the UI's image grid compares across trials.
             named = self.spool / "upload" / f"eval_{step:04d}.png"
             named.parent.mkdir(exist_ok=True)
             shutil.copyfile(grid, named)
             client.log_artifact(self.run_id, str(named), artifact_path="grids")
+            if not (self.unsure and self._image_logged(client, step)):  # each image uploads anew
+                with PIL.Image.open(grid) as image:
+                    client.log_image(self.run_id, image.convert("RGB"), key=IMAGE_KEY, step=step)
         metrics = json.loads((self.spool / f"{step:06d}.json").read_text())
         now = int(time.time() * 1000)
-        client.log_batch(self.run_id, metrics=[Metric(k, float(v), now, step) for k, v in metrics.items()])
+        client.log_batch(self.run_id, metrics=[Metric(k, float(v), now, step) for k, v in _loggable(metrics).items()])
+
+    def _image_logged(self, client, step: int) -> bool:
+        return any(f"{IMAGE_KEY}+step+{step}+" in a.path for a in client.list_artifacts(self.run_id, "images"))
 
     def _last_delivered_step(self, *, wait: bool = False) -> int:
         def read() -> int:
@@ -123,6 +137,15 @@ class RunLog:
                 if png.exists():
                     shutil.copyfile(png, self.spool / png.name)
                 shutil.copyfile(path, self.spool / path.name)
+
+
+def _loggable(metrics: dict) -> dict:
+    """What goes into MLflow: finite numbers only. An infinite FID would be stored as 1.8e308 and
+    flatten every chart; a diverged trial gets `diverged_at_period` instead (and its outcome tag)."""
+    kept = {k: v for k, v in metrics.items() if math.isfinite(float(v))}
+    if metrics.get("diverged"):
+        kept["diverged_at_period"] = metrics[STEP_METRIC]
+    return kept
 
 
 def retrying(call, what: str, *, timeout_s: float = 600.0):

@@ -241,6 +241,12 @@ def _register(sweep, table, results, tracking, inputs: Inputs, quick, winner) ->
     moved, why = promote(client, name, version, task.final_metric, task.final_mode)
     print(f"models:/{name}@best {why}", flush=True)
     client.set_tag(tracking.parent_run_id, "sweeper.registered_model", f"{name}/{version}")
+    # The run page's description: a link to the registered version (the UI lists only models logged
+    # by the run itself, and the winner was logged by its trial's run).
+    client.set_tag(tracking.parent_run_id, "mlflow.note.content",
+                   f"Winner: trial {winner}, {task.final_metric} {row[task.final_metric]:.4g} ({inputs.measured_on}). "
+                   f"Registered as [models:/{name}/{version}](#/models/{name}/versions/{version}); "
+                   f"@best {why}.")
     client.set_tag(tracking.parent_run_id, "sweeper.best_alias_decision", why)
     return {"model": name, "model_version": version, "alias_decision": why}
 

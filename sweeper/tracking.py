@@ -6,7 +6,6 @@ when Ray retries or resumes it, so a trial never has two runs.
 """
 from __future__ import annotations
 
-import dataclasses
 import os
 import time
 from dataclasses import dataclass
@@ -24,7 +23,12 @@ PARENT_TAG = "mlflow.parentRunId"
 
 def default_tracking_uri() -> str:
     """MLFLOW_TRACKING_URI when set (a cluster's `mlflow server`), else the local sqlite store."""
-    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{(SWEEPS_DIR / 'mlflow.db').resolve()}"
+    return os.environ.get("MLFLOW_TRACKING_URI") or local_tracking_uri()
+
+
+def local_tracking_uri() -> str:
+    """sweeper's own store, here: `sweeps/mlflow.db`."""
+    return f"sqlite:///{(SWEEPS_DIR / 'mlflow.db').resolve()}"
 
 
 def check_reachable(uri: str, timeout_s: float = 5.0) -> None:
@@ -74,10 +78,23 @@ def open_sweep(name: str, uri: str, *, params: dict, tags: dict, child_params: d
         experiment_id = client.create_experiment(name, artifact_location=location)
     else:
         experiment_id = experiment.experiment_id
+    # MLflow 3's UI opens an experiment of this kind on its runs view (model training), not on the
+    # GenAI traces overview.
+    client.set_experiment_tag(experiment_id, "mlflow.experimentKind", "custom_model_development")
+    if uri == local_tracking_uri():
+        _drop_empty_default_experiment(client)
     run = client.create_run(experiment_id, run_name=f"{name}-{time.strftime('%Y%m%d-%H%M%S')}",
                             tags={**tags, **child_tags})
     _log_params(client, run.info.run_id, {**params, **child_params})
     return Tracking(uri, experiment_id, run.info.run_id, tuple(child_tags.items()), tuple(child_params.items()))
+
+
+def _drop_empty_default_experiment(client: MlflowClient) -> None:
+    """The store creates a "Default" experiment (id 0) that sweeps never use; in sweeper's own local
+    store it only clutters the UI's list. Left alone while it has runs, and on any server."""
+    default = client.get_experiment("0")
+    if default.lifecycle_stage == "active" and not client.search_runs(["0"], max_results=1, run_view_type=3):
+        client.delete_experiment("0")
 
 
 def reopen_sweep(uri: str, experiment_id: str, parent_run_id: str, *, child_params: dict,
@@ -132,9 +149,4 @@ def _log_params(client: MlflowClient, run_id: str, params: dict) -> None:
     client.log_batch(run_id, params=[Param(k, str(v)) for k, v in sorted(params.items())])
 
 
-def config_params(config) -> dict:
-    return dataclasses.asdict(config)
-
-
-__all__ = ["Tracking", "open_sweep", "trial_run_id", "child_runs", "default_tracking_uri",
-           "config_params"]
+__all__ = ["Tracking", "open_sweep", "trial_run_id", "child_runs", "default_tracking_uri"]

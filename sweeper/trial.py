@@ -10,7 +10,7 @@ from ray import tune
 
 from sweeper.delivery import RunLog, retrying
 from sweeper.outcomes import OOM
-from sweeper.tracking import config_params, trial_run_id
+from sweeper.tracking import trial_run_id
 from trainables.training.checkpoint import GRID_FILE
 
 
@@ -26,7 +26,7 @@ def run_trial(sampled: dict, *, task, train_fn, base, shared: dict, tracking, cp
     os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] = "20"
     context = tune.get_context()
     run_id = retrying(lambda: trial_run_id(tracking, context.get_trial_id(), context.get_trial_name(),
-                                           config_params(cfg)), "open the trial's MLflow run")
+                                           task.run_params(cfg)), "open the trial's MLflow run")
     # Which machine a trial ran on (the latest node, when a retry moved it), for debugging a cluster sweep.
     retrying(lambda: tracking.client().set_tag(run_id, "sweeper.node_id", ray.get_runtime_context().get_node_id()),
              "tag the trial's node")

@@ -68,6 +68,10 @@ class Config:
         if own is not None:
             cls.validate = _finite_first(own)
 
+    def inapplicable_keys(self) -> set[str]:
+        """Fields this config has but does not use (betas of an sgd trial): not logged as params."""
+        return set()
+
     def replace(self, **changes):
         unknown = sorted(set(changes) - field_names(type(self)))
         if unknown:
@@ -125,6 +129,13 @@ class GANConfig(Config):
     # reproducibility and placement
     seed: int = 0
     device: str = "auto"
+
+    def inapplicable_keys(self) -> set[str]:
+        applies = {"beta1": self.optimizer in ("adam", "adamw"), "beta2": self.optimizer in ("adam", "adamw"),
+                   "momentum": self.optimizer in ("sgd", "rmsprop"), "gp_weight": self.loss == "wgan-gp",
+                   "lr_gamma": self.lr_schedule == "step", "label_smoothing": self.loss in SMOOTHABLE_LOSSES,
+                   "ema_start_kimg": self.ema_decay > 0}
+        return {key for key, used in applies.items() if not used}
 
     def validate(self) -> "GANConfig":
         for key, allowed in (("loss", LOSSES), ("arch", ARCHS), ("g_norm", G_NORMS), ("d_norm", D_NORMS),

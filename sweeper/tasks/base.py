@@ -11,6 +11,8 @@ re-measurement), and nothing is registered.
 """
 from __future__ import annotations
 
+import dataclasses
+
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -56,6 +58,12 @@ class Task:
     def inputs(self, sweep, prepared, available: dict) -> Inputs:
         """Driver, once Ray runs (`available` = Ray's cluster resources)."""
         return Inputs()
+
+    def run_params(self, cfg) -> dict:
+        """In the trial's process: the MLflow params of its run, the config fields that apply to it
+        (the GAN task adds the device and precision resolved on that machine)."""
+        skip = cfg.inapplicable_keys()
+        return {k: v for k, v in dataclasses.asdict(cfg).items() if k not in skip}
 
     def trial_kwargs(self, cfg, shared: dict) -> dict:
         """In the trial's process: the trainable's keyword arguments from the shared values (e.g. a

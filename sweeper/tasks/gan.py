@@ -71,6 +71,12 @@ class GANTask(Task):
             measured_on=f"{standard.name}, {cfg.final_fid_samples} generated vs {final_stats.n_samples} real images",
             lines=[_extractor_line(per_eval, standard, cfg)])
 
+    def run_params(self, cfg) -> dict:
+        # What ran, not what was asked: "auto" and bf16 resolve per machine (bf16 only on CUDA).
+        device = resolve_device(cfg.device)
+        return {**super().run_params(cfg), "device": device.type,
+                "mixed_precision": cfg.mixed_precision and device.type == "cuda"}
+
     def trial_kwargs(self, cfg, shared: dict) -> dict:
         extractor = extractor_by_name(shared["extractor"], resolve_device(cfg.device),
                                       weights_path=_local(shared["weights"]))
