@@ -196,12 +196,16 @@ def _report(summary) -> str:
                                   f"MLflow store: {summary.tracking.uri}"])
     config = ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in summary.best_config.items())
     measured_on = f"  ({summary.measured_on})" if summary.measured_on else ""
-    lines += [f"best trial: {summary.winner}  {summary.final_metric} {summary.final_value:.4g}{measured_on}",
+    row = summary.table[summary.table["trial_id"] == summary.winner].iloc[0]
+    per_eval = next((c for c in summary.table.columns if c.startswith("best_") and c != summary.final_metric), None)
+    also = f"; best per-eval {per_eval[5:]} {row[per_eval]:.4g}" if per_eval else ""
+    lines += [f"best trial: {summary.winner}  {summary.final_metric} {summary.final_value:.4g}{measured_on}{also}",
               f"best config: {config}", *summary.lines]
     if summary.model is not None:
         lines.append(f"registered model: models:/{summary.model}/{summary.model_version}; @best {summary.alias_decision}")
     lines += [f"MLflow store: {summary.tracking.uri}",
-              "open the UI: python -m sweeper ui   (then http://127.0.0.1:5000)"]
+              f"open the UI: python -m sweeper ui   (the runs: http://127.0.0.1:5000/#/experiments/"
+              f"{summary.tracking.experiment_id}/runs)"]
     return "\n".join(lines)
 
 

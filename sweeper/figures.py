@@ -1,6 +1,7 @@
 """What a person looks at in the MLflow UI of a sweep's parent run: the trial table (CSV + HTML),
 the metric curves of every trial, the sample grids of the best trials side by side, and which
-searched parameters mattered. Every function returns bytes (or a Figure, for tests); logging is the caller's."""
+searched parameters mattered. Every function returns bytes (or a Figure, for tests); logging is the caller's.
+Figures are matplotlib `Figure`s, not pyplot ones: no backend to pick, no global figure list to leak into."""
 from __future__ import annotations
 
 import html
@@ -9,18 +10,15 @@ import math
 import textwrap
 import warnings
 
-import matplotlib
+import numpy as np
+import optuna
+import pandas as pd
+from matplotlib import font_manager, ticker
+from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+from PIL import Image, ImageDraw, ImageFont
 
-matplotlib.use("Agg")  # no display on a cluster head node
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import optuna  # noqa: E402
-import pandas as pd  # noqa: E402
-from matplotlib import font_manager, ticker  # noqa: E402
-from matplotlib.lines import Line2D  # noqa: E402
-from PIL import Image, ImageDraw, ImageFont  # noqa: E402
-
-from sweeper.outcomes import COMPLETED, STOPPED  # noqa: E402
+from sweeper.outcomes import COMPLETED, INTERRUPTED, STOPPED
 
 IMPORTANCE_COLUMNS = {"param": str, "importance": float, "evaluator": str, "trials": int, "reason": str}
 
@@ -67,8 +65,9 @@ def trial_table_files(table: pd.DataFrame, metric: str, mode: str) -> dict[str, 
 def curves_figure(curves: dict, outcomes: dict, winner: str | None, metric: str, mode: str):
     """`metric` against kimg, one Line2D per trial (gid = trial id): completed solid, stopped early
     dashed and faded, diverged/failed dotted red ending in an x, the winner thick black on top."""
-    fig, ax = plt.subplots(figsize=(9, 5.5), dpi=110)
-    values, skipped, winner_label = [], [], "winner"
+    fig = Figure(figsize=(9, 5.5), dpi=110)
+    ax = fig.subplots()
+    values, skipped, winner_label = [], [], None
     for trial_id, frame in curves.items():
         data = pd.DataFrame() if frame is None else frame
         if metric not in data or "kimg" not in data:
@@ -84,13 +83,14 @@ def curves_figure(curves: dict, outcomes: dict, winner: str | None, metric: str,
         values.append(y)
         outcome = outcomes.get(trial_id)
         if trial_id == winner:
-            style = dict(color="black", lw=3, zorder=5, marker="o", ms=4)
+            style = {"color": "black", "lw": 3, "zorder": 5, "marker": "o", "ms": 4}
         elif outcome == COMPLETED:
-            style = dict(lw=1.3, alpha=0.9, zorder=3)
-        elif outcome == STOPPED:
-            style = dict(color="0.45", lw=1, ls="--", alpha=0.5, zorder=2)
-        else:  # diverged, error, oom, interrupted: what it measured before it stopped
-            style = dict(color="tab:red", lw=1, ls=":", alpha=0.7, marker="x", markevery=[-1], zorder=2)
+            style = {"lw": 1.3, "alpha": 0.9, "zorder": 3}
+        elif outcome in (STOPPED, INTERRUPTED):
+            style = {"color": "0.45", "lw": 1, "ls": "--", "alpha": 0.5, "zorder": 2}
+        else:  # diverged, error, oom: what it measured before it failed
+            style = {"color": "tab:red", "lw": 1, "ls": ":", "alpha": 0.7, "marker": "x", "markevery": [-1],
+                     "zorder": 2}
         if len(x) == 1:  # one eval (stopped at the first rung): a line of one point draws nothing
             style = {"marker": "o", "ms": 3, **style}
         ax.plot(x, y, gid=trial_id, **style)
@@ -104,10 +104,11 @@ def curves_figure(curves: dict, outcomes: dict, winner: str | None, metric: str,
             ax.yaxis.set_major_locator(ticker.LogLocator(subs=(1, 1.5, 2, 3, 4, 5, 7), numticks=30))
             ax.yaxis.set_major_formatter(ticker.FormatStrFormatter("%g"))
             ax.yaxis.set_minor_formatter(ticker.NullFormatter())
-    handles = [Line2D([], [], color="black", lw=3, label=winner_label)] * (winner_label != "winner") + [
-               Line2D([], [], lw=1.3, label="completed"),
-               Line2D([], [], color="0.45", lw=1, ls="--", label="stopped early (ASHA)"),
+    handles = [Line2D([], [], lw=1.3, label="completed"),
+               Line2D([], [], color="0.45", lw=1, ls="--", label="stopped early (ASHA) / interrupted"),
                Line2D([], [], color="tab:red", ls=":", marker="x", label="diverged / failed")]
+    if winner_label:
+        handles.insert(0, Line2D([], [], color="black", lw=3, label=winner_label))
     ax.legend(handles=handles, loc="upper right", fontsize=9)
     ax.set(xlabel="kimg (thousands of real images shown)", ylabel=metric,
            title=f"{metric} of {len(values)} trials ({'lower' if mode == 'min' else 'higher'} is better)")
@@ -120,11 +121,9 @@ def curves_figure(curves: dict, outcomes: dict, winner: str | None, metric: str,
     return fig
 
 
-def png(fig) -> bytes:
-    """The figure as PNG bytes; the figure is closed (pyplot keeps every open one alive)."""
+def png(fig: Figure) -> bytes:
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png")
-    plt.close(fig)
     return buffer.getvalue()
 
 
@@ -134,12 +133,20 @@ def fid_curves_png(curves: dict, outcomes: dict, winner: str | None, metric: str
 
 def grid_label(row: pd.Series, metric: str, params: list[str], final_metric: str | None = None) -> list[str]:
     """Label lines of a trial's tile: id, best per-eval metric (and the final one), searched params."""
-    value = f"best {metric} {fmt(float(row.get(f'best_{metric}', math.nan)))}"
-    final = row.get(final_metric) if final_metric else None
-    if final is not None and math.isfinite(float(final)):
-        value += f"  {final_metric} {fmt(float(final))}"
-    shown = [f"{p}={fmt(row[f'config.{p}'])}" for p in params if pd.notna(row.get(f"config.{p}"))]
+    value = f"best {metric} {fmt(_number(row.get(f'best_{metric}')))}"
+    if final_metric and math.isfinite(_number(row.get(final_metric))):
+        value += f"  {final_metric} {fmt(_number(row[final_metric]))}"
+    # A conditional param missing from this trial is NaN in the table.
+    shown = [f"{p}={fmt(v)}" for p in params
+             if (v := row.get(f"config.{p}")) is not None and not (isinstance(v, float) and math.isnan(v))]
     return [str(row["trial_id"]), value, "  ".join(shown)]
+
+
+def _number(value) -> float:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return math.nan
 
 
 def top_grids_png(tiles: list[tuple[bytes, list[str]]], gap: int = 12) -> bytes | None:
@@ -151,8 +158,8 @@ def top_grids_png(tiles: list[tuple[bytes, list[str]]], gap: int = 12) -> bytes 
     width, height = max(g.width for g in grids), max(g.height for g in grids)
     grids = [g if g.size == (width, height) else g.resize((width, height), Image.NEAREST) for g in grids]
     size = max(15, width // 18)  # about 20 characters of width: readable at the grid's own resolution
-    regular, bold = (ImageFont.truetype(font_manager.findfont(font_manager.FontProperties("DejaVu Sans", weight=w)), size)
-                     for w in ("normal", "bold"))
+    regular, bold = (ImageFont.truetype(font_manager.findfont(font_manager.FontProperties(
+        family="DejaVu Sans", weight=w)), size) for w in ("normal", "bold"))  # ships with matplotlib
     # (text, font) rows: the first line (the trial id) in bold, each line wrapped to the tile's width.
     labels = [[(w, bold if i == 0 else regular) for i, line in enumerate(lines)
                for w in _wrap(line, bold if i == 0 else regular, width)] for _, lines in tiles]
@@ -192,41 +199,50 @@ def param_importance(study: optuna.Study, params: list[str]) -> pd.DataFrame:
     rung peers, so they land below the top quantile, which is where they belong. Left out, most of
     an ASHA sweep (the poor configs) would be missing. A non-finite value (diverged) becomes the worst
     finite one: divergence is a result about the config. FAILED trials say nothing and are left out.
+    A warm start outside the searched range is left out (Optuna's density has no place for it).
     Every searched param gets a row; one that could not be rated has NaN and a `reason`. With fewer
     than 3 rated trials the frame is empty and `df.attrs["reason"]` says why.
     """
     evaluator = optuna.importance.PedAnovaImportanceEvaluator
-    rated = []
+    rated = []  # (trial, value)
     for trial in study.get_trials(deepcopy=False):
         steps = trial.intermediate_values
         if trial.state == optuna.trial.TrialState.COMPLETE:
             rated.append((trial, trial.value))
         elif trial.state == optuna.trial.TrialState.PRUNED and steps:
             rated.append((trial, steps[max(steps)]))
-    finite_values = [v for _, v in rated if v is not None and math.isfinite(v)]
-    if len(rated) < 3 or not finite_values:
+    finite_values = [v for _, v in rated if math.isfinite(v)]
+    worst = (max if study.direction == optuna.study.StudyDirection.MINIMIZE else min)(finite_values, default=0)
+    kept = []
+    for trial, value in rated if finite_values else []:
+        try:
+            kept.append(optuna.trial.create_trial(params=trial.params, distributions=trial.distributions,
+                                                  value=value if math.isfinite(value) else worst))
+        except ValueError:  # a warm start outside the searched range: no place on the param's density
+            continue
+    if len(kept) < 3:
         empty = pd.DataFrame({c: pd.Series(dtype=t) for c, t in IMPORTANCE_COLUMNS.items()})
-        empty.attrs["reason"] = (f"{len(rated)} rated trial(s) (complete or pruned with a value); "
-                                 f"importance needs 3 with at least one finite value")
+        empty.attrs["reason"] = (f"{len(kept)} rated trial(s) (complete, or pruned at its last value); "
+                                 f"importance needs 3, with a finite value among them")
         return empty
-    worst = max(finite_values) if study.direction == optuna.study.StudyDirection.MINIMIZE else min(finite_values)
     copy = optuna.create_study(direction=study.direction)
-    copy.add_trials([optuna.trial.create_trial(params=t.params, distributions=t.distributions,
-                                               value=v if v is not None and math.isfinite(v) else worst)
-                     for t, v in rated])
-    rows, present = {}, [p for p in params if any(p in t.params for t, _ in rated)]
+    copy.add_trials(kept)
+    rows, present = {}, []
     for p in params:
-        seen = [t.params[p] for t, _ in rated if p in t.params]
-        reason = ("in no rated trial" if not seen else "one value in every trial" if len(set(map(str, seen))) == 1
-                  else f"conditional: in {len(seen)} of {len(rated)} trials" if len(seen) < len(rated) else "")
-        rows[p] = [p, math.nan if not seen else 0.0, evaluator.__name__, len(rated), reason]
+        seen = [t.params[p] for t in kept if p in t.params]
+        varies = len(set(map(str, seen))) > 1
+        present += [p] * varies
+        reason = ("in no rated trial" if not seen else "one value in every trial" if not varies
+                  else f"conditional: in {len(seen)} of {len(kept)} trials" if len(seen) < len(kept) else "")
+        rows[p] = [p, math.nan if not seen else 0.0, evaluator.__name__, len(kept), reason]
+    # The top 10% (Optuna's default) but at least 2 trials, so the top density is not one point.
+    quantile, raw = min(1.0, max(0.1, 2 / len(kept))), {}
     try:
-        # The top 10% (Optuna's default) but at least 2 trials, so the top density is not one point.
-        quantile = min(1.0, max(0.1, 2 / len(rated)))
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # "few trials in a regime": the reason column says so
-            raw = optuna.importance.get_param_importances(
-                copy, evaluator=evaluator(target_quantile=quantile), params=present, normalize=False)
+            if present:
+                raw = optuna.importance.get_param_importances(
+                    copy, evaluator=evaluator(target_quantile=quantile), params=present, normalize=False)
         total = sum(raw.values())
         for p, value in raw.items():
             rows[p][1] = value / total if total > 0 else 0.0
@@ -239,7 +255,8 @@ def param_importance(study: optuna.Study, params: list[str]) -> pd.DataFrame:
 
 def importance_files(df: pd.DataFrame) -> dict[str, bytes]:
     """param_importance.csv and a horizontal bar chart, most important on top (the reason if none)."""
-    fig, ax = plt.subplots(figsize=(7, 1.2 + 0.45 * max(len(df), 2)), dpi=110)
+    fig = Figure(figsize=(7, 1.2 + 0.45 * max(len(df), 2)), dpi=110)
+    ax = fig.subplots()
     if df.empty:
         ax.axis("off")
         ax.text(0.5, 0.5, "\n".join(textwrap.wrap(df.attrs.get("reason", "no parameters"), 60)),

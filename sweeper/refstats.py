@@ -54,7 +54,7 @@ def reference_stats(images: np.ndarray, fingerprint: str, extractor, n_samples: 
     cached = _load(path, key, extractor.dims)
     if cached is not None:
         return RefStats(*cached, extractor.name, n, key, cache_hit=True)
-    feats = extract(extractor, _subset(images, n, seed))
+    feats = extract(extractor, _subset(images, n, seed), progress=f"reference statistics ({extractor.name}, {n} images)")
     mu, sigma = feature_stats(feats)
     keep = np.sort(np.random.default_rng(seed).permutation(len(feats))[:KID_FEATURES])
     features = feats[keep].astype(np.float32)

@@ -16,7 +16,7 @@ import pandas as pd
 import ray
 from ray import tune
 
-from sweeper import final
+from sweeper import console, final
 from sweeper.outcomes import COMPLETED, ERROR, INTERRUPTED, NO_WINNER, close_trial_runs, mark_interrupted, trial_table
 from sweeper.registry import model_name, promote, tag_version
 from sweeper.spec import Sweep
@@ -149,6 +149,7 @@ def _tuner(sweep: Sweep, inputs: Inputs, tracking, available, path: str, restore
     # latest checkpoint is gone, and that trial cannot resume. Saving at every step closes the gap
     # (the state is a few kB per trial).
     os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "0")
+    console.use_classic_reporter()
     trainable = tune.with_parameters(
         run_trial, task=sweep.task, train_fn=sweep.trainable, base=sweep.config, shared=inputs.trial,
         tracking=tracking, cpus=sweep.resources.cpus, metric=sweep.metric, mode=sweep.mode)

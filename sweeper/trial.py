@@ -1,4 +1,5 @@
 """The Ray adapter around a Ray-free training loop: config in, `tune.report` + MLflow out."""
+import logging
 import math
 import os
 from contextlib import nullcontext
@@ -20,6 +21,8 @@ def run_trial(sampled: dict, *, task, train_fn, base, shared: dict, tracking, cp
     `train_fn(cfg, report, restore_from=..., **task.trial_kwargs(cfg, shared))` trains."""
     cfg = base.replace(**sampled).validate()
     torch.set_num_threads(max(1, int(cpus)))  # several trials share a machine; don't oversubscribe
+    # Ray Train logs every checkpoint's full path; the console has a line per eval period already.
+    logging.getLogger("ray.train").setLevel(logging.WARNING)
     # MLflow's client retries one failed call for minutes, which would stall training through an
     # outage; here a failed call fails fast and RunLog retries it between eval periods.
     os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = "1"

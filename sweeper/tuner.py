@@ -6,6 +6,7 @@ import optuna
 from ray import tune
 from ray.tune.schedulers import FIFOScheduler
 
+from sweeper import console
 from sweeper.scheduler import WarmStartASHA
 from sweeper.search import SweepSearch
 from sweeper.spec import Sweep
@@ -40,6 +41,11 @@ def max_concurrent(sweep: Sweep, available: dict) -> int:
     return min(fits, n // 2 - n_startup + 1)
 
 
+def shown_metrics(sweep: Sweep) -> tuple[str, ...]:
+    """The sweep's metric first, then the others its kind of trial reports that a person compares."""
+    return (sweep.metric, *(m for m in sweep.task.shown_metrics if m != sweep.metric))
+
+
 def trial_dirname(trial) -> str:
     """A trial's folder is its id, so the driver can tell which trials Tune knows (sweeper.resume)."""
     return trial.trial_id
@@ -47,6 +53,7 @@ def trial_dirname(trial) -> str:
 
 def build_searcher(sweep: Sweep) -> SweepSearch:
     define_by_run = callable(sweep.space)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # not a line per study created
     n_startup = sweep.searcher.startup_trials(sweep.num_samples)
     # constant_liar: trials in flight count as bad results, so parallel proposals spread out;
     # multivariate + group model the parameters jointly, per branch of a conditional space.
@@ -71,6 +78,7 @@ def build_tuner(sweep: Sweep, trainable, *, storage_path: str | Path, run_name: 
         warm_points=[sweep.warm_start_params(i) for i in range(len(sweep.warm_start))],
         time_attr=TIME_ATTR, max_t=sweep.config.num_evals,
         grace_period=sweep.scheduler.grace_period, reduction_factor=sweep.scheduler.reduction_factor)
+    shown = shown_metrics(sweep)
     return tune.Tuner(
         tune.with_resources(trainable, trial_resources(sweep, available.get("GPU", 0))),
         param_space={} if callable(sweep.space) else dict(sweep.space),
@@ -87,4 +95,6 @@ def build_tuner(sweep: Sweep, trainable, *, storage_path: str | Path, run_name: 
             checkpoint_config=tune.CheckpointConfig(
                 num_to_keep=2, checkpoint_score_attribute=sweep.metric,
                 checkpoint_score_order=sweep.mode),
+            progress_reporter=console.status_table(shown, sorted(sweep.searched_keys()), sweep.num_samples),
+            callbacks=[console.EvalLines(shown, sweep.config.num_evals)],
             verbose=1))

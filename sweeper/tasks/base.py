@@ -42,6 +42,7 @@ class Task:
     final_metric: str | None = None  # what the final evaluation measures; None: there is none
     final_mode: str | None = None
     model_kind: str | None = None    # registered as `<sweep>-<model_kind>`; None: nothing registered
+    shown_metrics: tuple = ()        # on the console beside the sweep's metric (sweeper.console)
     quick = None                     # the `--quick` budget (a sweeper.spec.Quick)
 
     def trainable(self) -> Callable | None:

@@ -33,6 +33,7 @@ class ClassifierTask(Task):
     metric, mode = "val_acc", "max"
     final_metric, final_mode = "test_acc", "max"
     model_kind = "classifier"
+    shown_metrics = ("val_acc", "val_loss", "train_loss", "kimg")
     quick = Quick(num_samples=4, config=dict(batch_size=32, steps_per_eval=20, num_evals=3),
                   final=FinalEval(top_k=1))
 

@@ -25,6 +25,7 @@ class GANTask(Task):
     metric, mode = "fid", "min"
     final_metric, final_mode = "fid_final", "min"
     model_kind = "generator"
+    shown_metrics = ("fid", "kid", "kimg", "img_per_s")
     quick = Quick(num_samples=6, config=dict(
         resolution=32, g_width=16, d_width=16, batch_size=32, steps_per_eval=20, num_evals=4,
         fid_samples=512, ref_samples=512, final_fid_samples=256))

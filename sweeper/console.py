@@ -1,0 +1,51 @@
+"""What a sweep prints while it runs: Ray Tune's status table with the metrics and parameters a
+person compares, one compact line per finished eval period, and nothing else of Tune's.
+
+Tune's newer output engine chooses its own columns (the first four reported metrics) and prints
+every trial's whole config at its start; its classic CLIReporter takes the columns it is given
+and prints only the table, so sweeps use that one (`RAY_AIR_NEW_OUTPUT=0`).
+"""
+from __future__ import annotations
+
+import math
+import os
+
+from ray import tune
+from ray.tune import CLIReporter
+
+TABLE_EVERY_S = 60
+
+
+def use_classic_reporter() -> None:
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+
+
+def status_table(metrics: tuple[str, ...], searched: list[str], num_samples: int):
+    """Tune's live table: one row per trial with its state, searched parameters and `metrics`,
+    best first (Tune hands it the sweep's metric and mode)."""
+    return CLIReporter(metric_columns=["eval_period", *metrics], parameter_columns=sorted(searched),
+                       total_samples=num_samples, max_report_frequency=TABLE_EVERY_S,
+                       print_intermediate_tables=True, sort_by_metric=True, max_progress_rows=30)
+
+
+class EvalLines(tune.Callback):
+    """One line per finished eval period: trial, period, the shown metrics."""
+
+    def __init__(self, metrics: tuple[str, ...], num_evals: int):
+        self.metrics, self.num_evals = metrics, num_evals
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        if "eval_period" not in result:
+            return
+        shown = "  ".join(f"{_label(k)} {_number(result[k])}" for k in self.metrics if k in result)
+        print(f"{trial.trial_id}  period {int(result['eval_period'])}/{self.num_evals}  {shown}", flush=True)
+
+
+def _label(key: str) -> str:
+    return {"img_per_s": "img/s"}.get(key, key)
+
+
+def _number(value) -> str:
+    if not isinstance(value, (int, float)) or not math.isfinite(value):
+        return str(value)
+    return f"{value:,.0f}" if abs(value) >= 1000 else f"{value:.3g}" if abs(value) < 10 else f"{value:.1f}"
