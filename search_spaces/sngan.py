@@ -4,7 +4,7 @@ A define-by-run space (Optuna): betas only for adam/adamw, momentum only for sgd
 are searched for the ResNet only (Miyato et al. used 5 there, 1 with the DCGAN networks).
 Warm-started from seed 004's three spectral-norm configurations.
 """
-from seeds.seed004_gan_wgangp_sngan import published as seed004
+from trainables.seeds import seed004_gan_wgangp_sngan as seed004
 
 from sweeper import Sweep
 from sweeper.space import suggest_optimizer

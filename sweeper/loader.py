@@ -1,7 +1,7 @@
 """Import a search-space file and return the Sweep it defines.
 
 A search-space file runs like a script: its own directory is on sys.path while it loads, so it can
-import its neighbours (`from seeds.seed000_wgangp_cat128 import published`). It is imported as a
+import its neighbours (`from helpers import my_space`). It is imported as a
 real module kept in sys.modules, under a name only this process knows; so that trial processes
 (on this machine or a worker node without the file) can unpickle what it defines (a trainable, a
 define-by-run space), the module and the neighbours it imported travel by value, not by reference.

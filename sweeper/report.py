@@ -19,7 +19,12 @@ from mlflow.entities import Run
 from mlflow.tracking import MlflowClient
 
 from sweeper.delivery import STEP_METRIC
-from sweeper.tracking import PARENT_TAG, TRIAL_TAG, check_reachable, default_tracking_uri
+from sweeper.tracking import (
+    PARENT_TAG,
+    TRIAL_TAG,
+    check_reachable,
+    default_tracking_uri,
+)
 from trainables.errors import BadInput
 
 KIND_TAG, OUTCOME_TAG, PROPOSED_BY_TAG, BEST_TRIAL_TAG = (
@@ -28,7 +33,6 @@ KIND_TAG, OUTCOME_TAG, PROPOSED_BY_TAG, BEST_TRIAL_TAG = (
 # its search-space file, is not importable here: its params' types are inferred from their text).
 CONFIG_MODULES = ("trainables.config", "trainables.classifier.config")
 PAGE_SIZE = 1000
-FIXED_COLUMNS = ("trial_id", "run_id", "state", "proposed_by", "eval_periods")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -8,12 +8,9 @@ publish its betas; we use DCGAN's (0.5, 0.999). Real cats: `--data ../shared/dat
 from ray import tune
 
 from sweeper import Sweep
-from trainables.config import GANConfig
+from trainables.seeds import seed000_wgangp_cat128
 
-published = GANConfig(
-    data="toy-faces:cat", resolution=128, arch="dcgan", z_dim=200, g_width=64, d_width=64,
-    g_norm="batch", d_norm="instance", loss="wgan-gp", gp_weight=10.0, n_critic=5,
-    optimizer="adam", g_lr=8e-5, d_lr=1e-4, beta1=0.5, beta2=0.999, batch_size=64)
+published = seed000_wgangp_cat128
 
 sweep = Sweep(
     name="seed000-wgangp-cat128",

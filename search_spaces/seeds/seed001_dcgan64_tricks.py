@@ -8,13 +8,9 @@ noise on D's inputs (annealed to 0), bf16 mixed precision on GPU, and checkpoint
 from ray import tune
 
 from sweeper import Sweep
-from trainables.config import GANConfig
+from trainables.seeds import seed001_dcgan64_tricks
 
-published = GANConfig(
-    data="toy-faces", resolution=64, arch="dcgan", z_dim=100, g_width=64, d_width=64,
-    g_norm="batch", d_norm="batch", loss="bce", optimizer="adam", g_lr=2e-4, d_lr=2e-4,
-    beta1=0.5, beta2=0.999, batch_size=128, lr_schedule="linear-decay", label_smoothing=0.1,
-    d_dropout=0.3, instance_noise=0.1, mixed_precision=True)
+published = seed001_dcgan64_tricks
 
 sweep = Sweep(
     name="seed001-dcgan64-tricks",

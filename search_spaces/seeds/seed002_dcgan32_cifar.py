@@ -8,12 +8,9 @@ tutorial used 3x3. The file defaults to toy dogs so it runs anywhere; the publis
 from ray import tune
 
 from sweeper import Sweep
-from trainables.config import GANConfig
+from trainables.seeds import seed002_dcgan32_cifar
 
-published = GANConfig(
-    data="toy-faces:dog", resolution=32, arch="dcgan", z_dim=100, g_width=64, d_width=64,
-    g_norm="none", d_norm="none", d_dropout=0.4, loss="bce", optimizer="adam", g_lr=2e-4, d_lr=2e-4,
-    beta1=0.5, beta2=0.999, batch_size=128)
+published = seed002_dcgan32_cifar
 
 sweep = Sweep(
     name="seed002-dcgan32-cifar",

@@ -7,12 +7,9 @@ folder of dog photos.
 from ray import tune
 
 from sweeper import Sweep
-from trainables.config import GANConfig
+from trainables.seeds import seed003_lsgan_dog
 
-published = GANConfig(
-    data="toy-faces:dog", resolution=64, arch="dcgan", z_dim=100, g_width=64, d_width=64,
-    g_norm="batch", d_norm="batch", loss="lsgan", optimizer="adam", g_lr=2e-4, d_lr=2e-4,
-    beta1=0.5, beta2=0.999, batch_size=64)
+published = seed003_lsgan_dog
 
 sweep = Sweep(
     name="seed003-lsgan-dog",

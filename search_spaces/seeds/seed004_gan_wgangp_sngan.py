@@ -11,20 +11,10 @@ The sweep searches exactly the axes those five differ on, so its best trial is c
 from ray import tune
 
 from sweeper import Sweep
-from trainables.config import GANConfig
+from trainables.seeds import seed004_gan_wgangp_sngan
 
-base = GANConfig(data="toy-faces", resolution=64, arch="dcgan", z_dim=128, g_width=64, d_width=64,
-                 g_norm="batch", d_norm="none", loss="bce", optimizer="adam", g_lr=2e-4, d_lr=2e-4,
-                 beta1=0.5, beta2=0.999, batch_size=64)
-
-published = {
-    "gan": base,
-    "wgan-gp": base.replace(loss="wgan-gp", n_critic=5, g_lr=1e-4, d_lr=1e-4, beta1=0.0, beta2=0.9),
-    "sngan-bce": base.replace(d_norm="spectral"),
-    "sngan-hinge": base.replace(d_norm="spectral", loss="hinge"),
-    "sngan-resnet": base.replace(arch="resnet", d_norm="spectral", loss="hinge", n_critic=5,
-                                 beta1=0.0, beta2=0.9),
-}
+published = seed004_gan_wgangp_sngan
+base = published["gan"]
 
 sweep = Sweep(
     name="seed004-gan-wgangp-sngan",
