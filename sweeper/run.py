@@ -20,6 +20,7 @@ from sweeper import console, final
 from sweeper.outcomes import COMPLETED, ERROR, INTERRUPTED, NO_WINNER, close_trial_runs, mark_interrupted, trial_table
 from sweeper.registry import model_name, promote, tag_version
 from sweeper.spec import Sweep
+from sweeper.summary import log_summary
 from sweeper.tasks import Inputs
 from sweeper import resume
 from sweeper.resume import SweepState, experiment_path
@@ -103,11 +104,12 @@ def _run(sweep: Sweep, *, quick: bool, sweep_file: str, path: str, resumed: Swee
         if len(searcher.finished) < max(len(results), sweep.num_samples):
             # Ctrl-C: Tune stopped and returned what it had. A half-run sweep registers nothing.
             resume.set_status(state, resume.INTERRUPTED)
-            return _end_interrupted(sweep, tracking, mark_interrupted(table, searcher.finished), path)
+            return _end_interrupted(sweep, tracking, mark_interrupted(table, searcher.finished), path,
+                                    results, searcher)
         close_trial_runs(tracking, table)
         if task.final_metric is not None:
             table = _final_evaluation(sweep, table, results, inputs, tracking, available)
-        summary = _summarise(sweep, table, results, tracking, inputs, quick)
+        summary = _summarise(sweep, table, results, searcher, tracking, inputs, quick)
         resume.set_status(state, resume.FINISHED)
         return summary
     except KeyboardInterrupt:
@@ -199,7 +201,7 @@ def _final_evaluation(sweep, table, results, inputs: Inputs, tracking, available
     return table
 
 
-def _summarise(sweep, table, results, tracking, inputs: Inputs, quick) -> SweepSummary:
+def _summarise(sweep, table, results, searcher, tracking, inputs: Inputs, quick) -> SweepSummary:
     task, client = sweep.task, tracking.client()
     column, mode = task.winner_by(sweep)
     winner = final.winner(table, column, mode, measured=task.final_metric)
@@ -218,7 +220,7 @@ def _summarise(sweep, table, results, tracking, inputs: Inputs, quick) -> SweepS
         sweep.name, tracking, table, final_metric, inputs.measured_on, winner=winner,
         final_value=metrics.get(final_metric), best_config=dict(_result(results, winner).config) if winner else None,
         metrics=metrics, lines=lines, **registered)
-    _log_parent_artifacts(tracking, table, summary)
+    log_summary(tracking, sweep, table, results, searcher, winner, extra={"summary.json": _summary_json(summary)})
     client.set_tag(tracking.parent_run_id, "sweeper.outcome", COMPLETED if winner is not None else NO_WINNER)
     client.set_terminated(tracking.parent_run_id, status="FINISHED")
     return summary
@@ -252,11 +254,13 @@ def _register(sweep, table, results, tracking, inputs: Inputs, quick, winner) ->
     return {"model": name, "model_version": version, "alias_decision": why}
 
 
-def _end_interrupted(sweep, tracking, table, experiment_path) -> SweepSummary:
-    """Every run still open ends KILLED (finished trials keep their outcome); nothing is registered."""
+def _end_interrupted(sweep, tracking, table, experiment_path, results=None, searcher=None) -> SweepSummary:
+    """Every run still open ends KILLED (finished trials keep their outcome); nothing is registered;
+    the parent gets the trial table and figures of what ran."""
     client = tracking.client()
     if table is not None:
         close_trial_runs(tracking, table)
+        log_summary(tracking, sweep, table, results, searcher, winner=None)
     for trial_id, run_id in child_runs(tracking).items():
         if client.get_run(run_id).info.status == "RUNNING":
             client.set_tag(run_id, "sweeper.outcome", INTERRUPTED)
@@ -275,15 +279,12 @@ def _row(table: pd.DataFrame, trial_id: str) -> pd.Series:
     return table[table["trial_id"] == trial_id].iloc[0]
 
 
-def _log_parent_artifacts(tracking: Tracking, table: pd.DataFrame, summary: SweepSummary) -> None:
-    with tempfile.TemporaryDirectory() as tmp:
-        table.to_parquet(Path(tmp) / "trials.parquet")
-        (Path(tmp) / "summary.json").write_text(json.dumps(
-            {"best_trial": summary.winner, summary.final_metric: summary.final_value,
-             "measured_on": summary.measured_on, **summary.metrics, "best_config": summary.best_config,
-             "model": summary.model, "model_version": summary.model_version,
-             "best_alias_decision": summary.alias_decision}, indent=2, default=str))
-        tracking.client().log_artifacts(tracking.parent_run_id, tmp)
+def _summary_json(summary: SweepSummary) -> bytes:
+    return json.dumps(
+        {"best_trial": summary.winner, summary.final_metric: summary.final_value,
+         "measured_on": summary.measured_on, **summary.metrics, "best_config": summary.best_config,
+         "model": summary.model, "model_version": summary.model_version,
+         "best_alias_decision": summary.alias_decision}, indent=2, default=str).encode()
 
 
 def _sweep_params(sweep: Sweep) -> dict:
