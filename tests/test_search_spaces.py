@@ -37,6 +37,18 @@ def test_dry_run(path, tmp_path, monkeypatch, capsys):
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.parametrize("path", GAN_SPACES + SEEDS, ids=lambda p: p.stem)
+def test_a_copied_example_runs_from_any_folder(path, tmp_path, monkeypatch, capsys):
+    """A user copies an example into their own folder and edits it: nothing beside the original
+    (the seeds/ folder) may be needed; its warm starts come from the installed package."""
+    copy = tmp_path / "mine" / path.name
+    copy.parent.mkdir()
+    copy.write_text(path.read_text())
+    monkeypatch.chdir(tmp_path)
+    assert main(["run", str(copy), "--quick", "--dry-run"]) == 0, capsys.readouterr().err
+    assert "warm start:\n  {" in capsys.readouterr().out
+
+
 def test_classifier_dry_run_without_generators_names_the_missing_store(tmp_path, monkeypatch, capsys):
     # Its dry run with registered generators is in test_classifier_sweep.py.
     monkeypatch.chdir(tmp_path)
