@@ -204,8 +204,7 @@ def _report(summary) -> str:
     if summary.model is not None:
         lines.append(f"registered model: models:/{summary.model}/{summary.model_version}; @best {summary.alias_decision}")
     lines += [f"MLflow store: {summary.tracking.uri}",
-              f"open the UI: python -m sweeper ui   (the runs: http://127.0.0.1:5000/#/experiments/"
-              f"{summary.tracking.experiment_id}/runs)"]
+              f"open the UI: python -m sweeper ui   (the runs: http://127.0.0.1:5000/{summary.runs_view})"]
     return "\n".join(lines)
 
 
@@ -234,6 +233,7 @@ def _export(args) -> int:
 
 
 def _ui(args) -> int:
+    from sweeper import report
     from sweeper.tracking import SWEEPS_DIR, default_tracking_uri, local_artifact_root
 
     uri = default_tracking_uri()
@@ -243,6 +243,11 @@ def _ui(args) -> int:
         SWEEPS_DIR.mkdir(parents=True, exist_ok=True)
         command += ["--default-artifact-root", local_artifact_root()]
     print(f"MLflow UI for {uri} on http://127.0.0.1:{args.port}", flush=True)
+    client, exists = report.connect(uri)
+    sweeps = report.known_sweeps(client) if exists else []
+    if sweeps:
+        print(f"sweep {sweeps[-1].name}: http://127.0.0.1:{args.port}/{report.save_runs_view(client, sweeps[-1])}",
+              flush=True)
     # MLflow 3 also starts a job runner (worker processes for its GenAI jobs) that sweeps never use.
     env = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", **os.environ}
     return subprocess.call(command, env=env)

@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import math
 import os
+import time
 
 from ray import tune
 from ray.tune import CLIReporter
 
-TABLE_EVERY_S = 60
+TABLE_EVERY_S = 300  # and once at the end: a short sweep prints one table, a night-long one a few dozen
 
 
 def use_classic_reporter() -> None:
@@ -23,9 +24,17 @@ def use_classic_reporter() -> None:
 def status_table(metrics: tuple[str, ...], searched: list[str], num_samples: int):
     """Tune's live table: one row per trial with its state, searched parameters and `metrics`,
     best first (Tune hands it the sweep's metric and mode)."""
-    return CLIReporter(metric_columns=["eval_period", *metrics], parameter_columns=sorted(searched),
+    return StatusTable(metric_columns=["eval_period", *metrics], parameter_columns=sorted(searched),
                        total_samples=num_samples, max_report_frequency=TABLE_EVERY_S,
                        print_intermediate_tables=True, sort_by_metric=True, max_progress_rows=30)
+
+
+class StatusTable(CLIReporter):
+    """CLIReporter without its first table (every trial PENDING, before anything happened)."""
+
+    def setup(self, *args, **kwargs):
+        super().setup(*args, **kwargs)
+        self._last_report_time = time.time()
 
 
 class EvalLines(tune.Callback):

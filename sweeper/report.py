@@ -8,6 +8,8 @@ params and tags).
 """
 from __future__ import annotations
 
+import json
+
 import dataclasses
 import importlib
 import math
@@ -364,3 +366,21 @@ def _is_number(value) -> bool:
 
 def _time(millis: int | None) -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(millis / 1000)) if millis else "-"
+
+
+VIEW_KEY = "sweeper"
+
+
+def save_runs_view(client: MlflowClient, sweep: SweepRecord) -> str:
+    """The sweep's runs table as MLflow's UI should open it, saved where its Share button saves a view
+    (an experiment tag the UI reads for `?viewStateShareKey=`): FID, KID, kimg and the searched
+    params as columns, the best final (else per-eval) metric first. The URL from MLflow's root is
+    returned. Column choices are otherwise kept only in the browser; this tag's format is MLflow's
+    own, undocumented (tests/test_ui_browser.py notices if it changes)."""
+    final, measured = final_metrics(sweep), {k for run in sweep.trials for k in run.data.metrics}
+    metrics = [k for k in dict.fromkeys([*final, sweep.metric, "kid", "kimg"]) if k in measured]
+    view = {"orderByKey": f"metrics.`{(final or [sweep.metric])[0]}`", "orderByAsc": sweep.mode == "min",
+            "selectedColumns": [f"metrics.`{k}`" for k in metrics] + [f"params.`{k}`" for k in sweep.searched]}
+    experiment_id = sweep.parent.info.experiment_id
+    client.set_experiment_tag(experiment_id, f"mlflow.sharedViewState.{VIEW_KEY}", json.dumps(view))
+    return f"#/experiments/{experiment_id}/runs?viewStateShareKey={VIEW_KEY}"

@@ -16,7 +16,7 @@ import pandas as pd
 import ray
 from ray import tune
 
-from sweeper import console, final
+from sweeper import console, final, report
 from sweeper.outcomes import COMPLETED, ERROR, INTERRUPTED, NO_WINNER, close_trial_runs, mark_interrupted, trial_table
 from sweeper.registry import model_name, promote, tag_version
 from sweeper.spec import Sweep
@@ -49,6 +49,7 @@ class SweepSummary:
     model: str | None = None
     model_version: str | None = None
     alias_decision: str | None = None
+    runs_view: str = ""  # the MLflow UI's runs table of this sweep, from the UI's root URL
 
 
 def run_sweep(sweep: Sweep, *, sweep_file: str, quick: bool, storage: str | None = None) -> SweepSummary:
@@ -223,7 +224,7 @@ def _summarise(sweep, table, results, searcher, tracking, inputs: Inputs, quick)
     log_summary(tracking, sweep, table, results, searcher, winner, extra={"summary.json": _summary_json(summary)})
     client.set_tag(tracking.parent_run_id, "sweeper.outcome", COMPLETED if winner is not None else NO_WINNER)
     client.set_terminated(tracking.parent_run_id, status="FINISHED")
-    return summary
+    return dataclasses.replace(summary, runs_view=report.save_runs_view(client, report.latest_sweep(client, sweep.name)))
 
 
 def _register(sweep, table, results, tracking, inputs: Inputs, quick, winner) -> dict:

@@ -45,6 +45,13 @@ def searched_keys(space) -> set[str]:
     return set(space)
 
 
+def always_searched_keys(space) -> set[str]:
+    """The keys every trial has (a define-by-run space's conditional keys left out)."""
+    if callable(space):
+        return set.intersection(*(set(d) for d in _draws(space, DRAWS)))
+    return set(space)
+
+
 def warm_start_params(space, point) -> dict:
     """The searched params a warm-start point stands for, as Optuna is to enqueue them.
 

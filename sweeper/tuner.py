@@ -9,6 +9,7 @@ from ray.tune.schedulers import FIFOScheduler
 from sweeper import console
 from sweeper.scheduler import WarmStartASHA
 from sweeper.search import SweepSearch
+from sweeper.space import always_searched_keys
 from sweeper.spec import Sweep
 
 TIME_ATTR = "eval_period"
@@ -95,6 +96,7 @@ def build_tuner(sweep: Sweep, trainable, *, storage_path: str | Path, run_name: 
             checkpoint_config=tune.CheckpointConfig(
                 num_to_keep=2, checkpoint_score_attribute=sweep.metric,
                 checkpoint_score_order=sweep.mode),
-            progress_reporter=console.status_table(shown, sorted(sweep.searched_keys()), sweep.num_samples),
+            # Tune's table looks every column up in every trial's config: only the keys all trials have.
+            progress_reporter=console.status_table(shown, sorted(always_searched_keys(sweep.space)), sweep.num_samples),
             callbacks=[console.EvalLines(shown, sweep.config.num_evals)],
             verbose=1))

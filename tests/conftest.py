@@ -1,6 +1,9 @@
 """Shared test setup: an isolated cache, no downloads, and small real datasets/extractors."""
+import os
 import shutil
 import socket
+import subprocess
+import sys
 import time
 import urllib.request
 from pathlib import Path
@@ -18,6 +21,23 @@ def _isolated_cache(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("SWEEPER_OFFLINE", "1")
     monkeypatch.delenv("SWEEPER_FID_WEIGHTS", raising=False)
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+
+
+@pytest.fixture(scope="session")
+def quick_sweep(tmp_path_factory):
+    """One finished `python -m sweeper run search_spaces/wgangp.py --quick` (a few minutes), shared by
+    every module that inspects a real sweep: (the command's result, a client on its store, its folder)."""
+    from mlflow.tracking import MlflowClient
+
+    workdir = tmp_path_factory.mktemp("quick_sweep")
+    env = {**os.environ, "SWEEPER_OFFLINE": "1", "SWEEPER_CACHE": str(workdir / "cache")}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    result = subprocess.run(
+        [sys.executable, "-m", "sweeper", "run", str(REPO / "search_spaces" / "wgangp.py"), "--quick"],
+        cwd=workdir, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
+    client = MlflowClient(f"sqlite:///{workdir / 'sweeps' / 'mlflow.db'}")
+    return result, client, workdir
 
 
 def shared_data(name: str) -> Path:

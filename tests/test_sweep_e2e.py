@@ -2,6 +2,7 @@
 training on toy-faces, real FID, everything landing in a real MLflow sqlite store."""
 import json
 import os
+import re
 import signal
 import sqlite3
 import subprocess
@@ -9,6 +10,7 @@ import sys
 import time
 from pathlib import Path
 
+import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
 
@@ -16,23 +18,36 @@ REPO = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow  # real sweeps: a few minutes on two CPU cores
 
 
-@pytest.fixture(scope="module")
-def quick_sweep(tmp_path_factory):
-    workdir = tmp_path_factory.mktemp("quick_sweep")
-    env = {**os.environ, "SWEEPER_OFFLINE": "1", "SWEEPER_CACHE": str(workdir / "cache")}
-    env.pop("MLFLOW_TRACKING_URI", None)
-    result = subprocess.run(
-        [sys.executable, "-m", "sweeper", "run", str(REPO / "search_spaces" / "wgangp.py"), "--quick"],
-        cwd=workdir, env=env, capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
-    client = MlflowClient(f"sqlite:///{workdir / 'sweeps' / 'mlflow.db'}")
-    return result, client, workdir
-
-
 def test_prints_the_best_trial_and_how_to_open_the_ui(quick_sweep):
     result, _, _ = quick_sweep
     assert "best trial:" in result.stdout and "fid" in result.stdout
     assert "python -m sweeper ui" in result.stdout and "mlflow.db" in result.stdout
+
+
+def test_the_console_of_a_quick_sweep_is_short_and_says_what_matters(quick_sweep):
+    result, client, _ = quick_sweep
+    # Lines as a terminal shows them: a progress bar's "\r" updates overwrite one line.
+    lines = (result.stdout + result.stderr).rstrip("\n").split("\n")
+    assert len(lines) <= 80, "\n".join(lines)
+    assert not any("Checkpoint successfully created" in line for line in lines)
+    period_lines = [line for line in lines if " period " in line and " fid " in line and "img/s" in line]
+    children = _runs(client)[1]
+    periods = sum(len(client.get_metric_history(c.info.run_id, "fid")) for c in children)
+    assert len(period_lines) == periods  # one line per finished eval period
+    assert all(re.search(rf"\|\s+{column}\s+\|", result.stdout) for column in ("fid", "kid", "kimg", "img_per_s"))
+    assert "#/experiments/" in result.stdout and "viewStateShareKey=sweeper" in result.stdout
+
+
+def test_the_parent_run_holds_the_trial_table_curves_grids_and_importance(quick_sweep):
+    _, client, workdir = quick_sweep
+    (parent,), children = _runs(client)
+    names = {a.path for a in client.list_artifacts(parent.info.run_id)}
+    assert {"trials.parquet", "trials.csv", "trials.html", "fid_curves.png", "top_grids.png",
+            "param_importance.csv", "param_importance.png", "summary.json"} <= names
+    importance = pd.read_csv(client.download_artifacts(parent.info.run_id, "param_importance.csv", str(workdir)))
+    assert set(importance["param"]) == set(parent.data.params["searched"].split(","))
+    html = Path(client.download_artifacts(parent.info.run_id, "trials.html", str(workdir))).read_text()
+    assert all(c.data.tags["sweeper.trial_id"] in html for c in children)
 
 
 def _runs(client):
@@ -167,7 +182,7 @@ def test_parent_run_compares_the_search_with_the_re_measured_baseline(quick_swee
     # The warm starts (seed 000 and seed 004's WGAN-GP) ran as trials with exactly their values.
     warm = [c for c in children if c.data.params["g_lr"] == "8e-05" and c.data.params["z_dim"] == "200"
             and c.data.params["d_norm"] == "instance"]
-    warm += [c for c in children if c.data.params["beta1"] == "0.0" and c.data.params["d_norm"] == "none"
+    warm += [c for c in children if c.data.params.get("beta1") == "0.0" and c.data.params["d_norm"] == "none"
              and c.data.params["z_dim"] == "128"]
     assert len(warm) == 2 and all(c.data.tags["sweeper.proposed_by"] == "warm-start" for c in warm)
     final = {c.info.run_id: c.data.metrics["fid_final"] for c in children if "fid_final" in c.data.metrics}
