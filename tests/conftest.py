@@ -1,5 +1,6 @@
 """Shared test setup: an isolated cache, no downloads, and small real datasets/extractors."""
 import os
+import contextlib
 import shutil
 import socket
 import subprocess
@@ -84,3 +85,34 @@ def wait_until_up(url: str, process, log: Path, timeout_s: float = 120) -> None:
             if time.monotonic() > deadline:
                 raise
             time.sleep(0.5)
+
+
+@contextlib.contextmanager
+def one_cpu_nodes(cache_dir: Path, workers: int):
+    """A `ray.cluster_utils.Cluster` on this machine: a head and `workers` worker nodes of one CPU
+    each (so trials of one CPU land on different nodes), yielding (cluster, worker nodes)."""
+    from ray._common.utils import reset_ray_address
+    from ray._private.utils import read_ray_address, write_ray_address
+    from ray.cluster_utils import Cluster
+
+    with pytest.MonkeyPatch.context() as env:
+        # The raylets (and so every trial worker) inherit this process's environment.
+        env.setenv("SWEEPER_CACHE", str(cache_dir))
+        env.setenv("SWEEPER_OFFLINE", "1")
+        env.delenv("MLFLOW_TRACKING_URI", raising=False)
+        env.delenv("RAY_ADDRESS", raising=False)
+        previous = read_ray_address()
+        cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False})
+        # Cluster writes its address to /tmp/ray/ray_current_cluster, where a plain ray.init() anywhere
+        # on this machine (another test run's sweep) would find it and join this cluster. The sweeps
+        # here are given RAY_ADDRESS, so put the file back as it was.
+        if previous:
+            write_ray_address(previous)
+        else:
+            reset_ray_address()
+        try:
+            nodes = [cluster.add_node(num_cpus=1) for _ in range(workers)]
+            cluster.wait_for_nodes()
+            yield cluster, nodes
+        finally:
+            cluster.shutdown()

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from conftest import free_port, wait_until_up
+from conftest import free_port, one_cpu_nodes, wait_until_up
 
 REPO = Path(__file__).resolve().parents[1]
 NAME = "cluster"
@@ -18,35 +18,12 @@ NAME = "cluster"
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
-    from ray._common.utils import reset_ray_address
-    from ray._private.utils import read_ray_address, write_ray_address
-    from ray.cluster_utils import Cluster
-
-    with pytest.MonkeyPatch.context() as env:
-        # The raylets (and so every trial worker) inherit this process's environment.
-        env.setenv("SWEEPER_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
-        env.setenv("SWEEPER_OFFLINE", "1")
-        env.delenv("MLFLOW_TRACKING_URI", raising=False)
-        env.delenv("RAY_ADDRESS", raising=False)
-        # One CPU per node and one per trial (Resources.cpus): two trials can only run at once on
-        # two different nodes. The driver holds no CPU resource, so it takes none from the trials, and
-        # Tune (one pending trial at a time with a searcher) places the second trial while the first
-        # holds its CPU for the whole of its training.
-        previous = read_ray_address()
-        cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False})
-        # Cluster writes its address to /tmp/ray/ray_current_cluster, where a plain ray.init() anywhere
-        # on this machine (another test run's sweep) would find it and join this cluster. The sweep
-        # here is given RAY_ADDRESS, so put the file back as it was.
-        if previous:
-            write_ray_address(previous)
-        else:
-            reset_ray_address()
-        try:
-            cluster.add_node(num_cpus=1)
-            cluster.wait_for_nodes()
-            yield cluster
-        finally:
-            cluster.shutdown()
+    # One CPU per node and one per trial (Resources.cpus): two trials can only run at once on
+    # two different nodes. The driver holds no CPU resource, so it takes none from the trials, and
+    # Tune (one pending trial at a time with a searcher) places the second trial while the first
+    # holds its CPU for the whole of its training.
+    with one_cpu_nodes(tmp_path_factory.getbasetemp() / "cache", workers=1) as (cluster, _):
+        yield cluster
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
 
-from conftest import free_port, wait_until_up
+from conftest import free_port, one_cpu_nodes, wait_until_up
 
 pytestmark = pytest.mark.slow  # real sweeps (killed, resumed, failing): minutes
 
@@ -60,29 +60,13 @@ def _fid_counts(client, name) -> list[int]:
 
 @pytest.fixture(scope="module")
 def outage_sweep(tmp_path_factory):
-    from ray._common.utils import reset_ray_address
-    from ray._private.utils import read_ray_address, write_ray_address
-    from ray.cluster_utils import Cluster
-
     root = tmp_path_factory.mktemp("outages")
     (root / "space.py").write_text(SPACE)
     port = free_port()
     uri = f"http://127.0.0.1:{port}"
     server = _start_server(root, port)
-    with pytest.MonkeyPatch.context() as env:
-        env.setenv("SWEEPER_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
-        env.setenv("SWEEPER_OFFLINE", "1")
-        env.delenv("MLFLOW_TRACKING_URI", raising=False)
-        env.delenv("RAY_ADDRESS", raising=False)
-        previous = read_ray_address()
-        cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False})
-        if previous:  # see tests/test_cluster.py: keep other sweeps on this machine off this cluster
-            write_ray_address(previous)
-        else:
-            reset_ray_address()
+    with one_cpu_nodes(tmp_path_factory.getbasetemp() / "cache", workers=2) as (cluster, workers):
         try:
-            workers = [cluster.add_node(num_cpus=1) for _ in range(2)]
-            cluster.wait_for_nodes()
             wait_until_up(f"{uri}/health", server, root / "server.log")
             client = MlflowClient(uri)
             sweep_env = {**os.environ, "RAY_ADDRESS": cluster.address, "MLFLOW_TRACKING_URI": uri}
@@ -107,7 +91,6 @@ def outage_sweep(tmp_path_factory):
             yield client, root, removed, surviving, outage
         finally:
             _stop(server)
-            cluster.shutdown()
 
 
 def _trials(client):
