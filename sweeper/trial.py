@@ -2,6 +2,7 @@
 import logging
 import math
 import os
+import tempfile
 from contextlib import nullcontext
 from pathlib import Path
 
@@ -33,7 +34,9 @@ def run_trial(sampled: dict, *, task, train_fn, base, shared: dict, tracking, cp
     # Which machine a trial ran on (the latest node, when a retry moved it), for debugging a cluster sweep.
     retrying(lambda: tracking.client().set_tag(run_id, "sweeper.node_id", ray.get_runtime_context().get_node_id()),
              "tag the trial's node")
-    run_log = RunLog(tracking, run_id, Path(context.get_trial_dir()) / "mlflow_spool")
+    # Not in the trial's folder: Tune copies that to storage while the spool's files come and go.
+    run_log = RunLog(tracking, run_id, Path(tempfile.gettempdir()) / "sweeper-spool" / context.get_experiment_name()
+                     / context.get_trial_id())
     last = {"eval_period": 0}
 
     def report(metrics: dict, directory) -> None:
