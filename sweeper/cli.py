@@ -134,10 +134,8 @@ def _resume(args) -> int:
 
 
 def _resume_state(state) -> int:
-    from sweeper.run import resume_sweep
-    from sweeper.tracking import check_reachable
+    from sweeper.run import resume_sweep  # checks the sweep's tracking server before anything else
 
-    check_reachable(state.tracking_uri)
     return _finish(resume_sweep(state))
 
 
