@@ -14,6 +14,7 @@ import logging
 import math
 
 import pandas as pd
+import pyarrow.fs
 import ray
 import torch
 
@@ -37,7 +38,9 @@ def candidates(table: pd.DataFrame, metric: str, mode: str, top_k: int) -> list[
 
 def best_checkpoint(result, metric: str, mode: str):
     """(checkpoint, the metrics it was reported with) of a trial's best kept checkpoint."""
-    kept = [(c, m) for c, m in result.best_checkpoints if math.isfinite(m.get(metric, math.nan))]
+    # A resumed trial's record can name a checkpoint Tune deleted just before its driver was killed.
+    kept = [(c, m) for c, m in result.best_checkpoints if math.isfinite(m.get(metric, math.nan))
+            and c.filesystem.get_file_info(c.path).type == pyarrow.fs.FileType.Directory]
     if not kept:
         return None, None
     return (min if mode == "min" else max)(kept, key=lambda cm: cm[1][metric])

@@ -12,6 +12,7 @@ from ray import tune
 
 from sweeper.delivery import RunLog, retrying
 from sweeper.outcomes import OOM
+from sweeper.resume import surviving_checkpoint
 from sweeper.tracking import trial_run_id
 from trainables.training.checkpoint import GRID_FILE
 
@@ -47,7 +48,7 @@ def run_trial(sampled: dict, *, task, train_fn, base, shared: dict, tracking, cp
         tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(directory) if directory else None)
 
     kwargs = task.trial_kwargs(cfg, shared)
-    checkpoint = tune.get_checkpoint()
+    checkpoint = surviving_checkpoint(tune.get_checkpoint())
     with (checkpoint.as_directory() if checkpoint else nullcontext()) as restore_from:
         if restore_from:
             run_log.adopt(restore_from)

@@ -148,3 +148,21 @@ def test_the_killed_trial_was_retried_from_its_checkpoint(resumed):
         # And its MLflow run: every period once, though one may have run twice around the kill.
         (child,) = [c for c in _runs(client)[1] if c.data.tags["sweeper.trial_id"] == trial_id]
         assert [m.step for m in client.get_metric_history(child.info.run_id, "fid")] == list(range(1, NUM_EVALS + 1))
+
+
+@pytest.mark.parametrize("left, expected", [(["checkpoint_000001", "checkpoint_000003"], "checkpoint_000003"),
+                                            ([], None)])
+def test_a_restarted_trial_whose_checkpoint_tune_deleted_takes_the_newest_left(tmp_path, left, expected):
+    """Tune deletes a checkpoint as the next one registers and saves its state later: a driver
+    killed in between names a checkpoint that is gone (CI saw a trial fail on it three times)."""
+    from ray import tune
+
+    from sweeper.resume import surviving_checkpoint
+
+    for name in left + ["not_a_checkpoint"]:
+        (tmp_path / name).mkdir()
+    named = tune.Checkpoint.from_directory(tmp_path / "checkpoint_000002")
+    found = surviving_checkpoint(named)
+    assert (found and Path(found.path).name) == expected
+    (tmp_path / "checkpoint_000002").mkdir()
+    assert surviving_checkpoint(named).path == named.path
