@@ -3,9 +3,13 @@
 Measures, and prints (no asserts):
   1. prepare throughput (images/s): decode the JPEG folder and write the Arrow cache, with all
      workers and with workers=1;
-  2. seconds to load the prepared set back from the cache, in this process and in a fresh Python;
+  2. seconds to load the prepared set back from the cache, in this process and in a fresh Python,
+     and a cache hit's seconds before (the content key: every file read and hashed) and after the
+     stat index (the key from the folder's listing: nothing read), side by side;
   3. batch sampling: DeviceBatches.sample vs a torchvision ImageFolder + DataLoader pipeline over
-     the same files, in batches/s and images/s, and their ratio.
+     the same files, in batches/s and images/s, and their ratio;
+  4. the same before/after cache-hit pair on a synthetic folder of --synthetic tiny PNGs, to show
+     how both scale with the number of files.
 
 Run from the repository root: python bench/data.py  (options: --help)
 """
@@ -13,6 +17,7 @@ import argparse
 import os
 import shlex
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -28,11 +33,80 @@ sys.path.insert(0, str(ROOT))  # this checkout's trainables, not whichever one t
 
 
 def timed_prepare(resolution, workers):
+    return timed_prepare_of(DATA, resolution, workers)
+
+
+def timed_prepare_of(source, resolution, workers):
     from trainables.data import prepare
 
     start = time.perf_counter()
-    p = prepare(str(DATA), resolution, workers=workers, progress=False)
+    p = prepare(str(source), resolution, workers=workers, progress=False)
     return p, time.perf_counter() - start
+
+
+def hit_pair(what, source, resolution, repeats, report, cold=False):
+    """Cache-hit seconds before (content key) and after (stat index), alternating so that a
+    neighbour's load on the shared machine falls on both alike. Both use today's listing code:
+    "before" is today's prepare without its index record, which is what the index saves. `cold`: the source files' data
+    is evicted from the OS page cache before each hit, as after a reboot or when the dataset is
+    larger than memory (their metadata, which only stat reads, may stay cached)."""
+    before, after = [], []
+    for _ in range(repeats):
+        for index, times in ((False, before), (True, after)):
+            if cold:
+                evict_from_page_cache(source)
+            times.append(hit_seconds(source, resolution, index))
+    before, after = statistics.median(before), statistics.median(after)
+    how = ", file data not in page cache" if cold else ""
+    report(f"   cache hit of {what}{how}, content key (before)", f"{before * 1e3:.0f} ms", "", f"(median of {repeats})")
+    report(f"   cache hit of {what}{how}, stat index (after)", f"{after * 1e3:.0f} ms", "", f"(median of {repeats})")
+    report("   ratio content key / stat index", f"{before / after:.1f}x")
+
+
+def evict_from_page_cache(folder):
+    # Per file, no root needed and nothing else on the machine is touched (unlike drop_caches).
+    for f in Path(folder).rglob("*"):
+        if f.is_file():
+            fd = os.open(f, os.O_RDONLY)
+            try:
+                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+            finally:
+                os.close(fd)
+
+
+def hit_seconds(source, resolution, index):
+    """Seconds of one cache hit (asserted) of an already prepared source, with the stat index or
+    without it: its records removed first, so the key is computed from the content as before the
+    index existed (that prepare then records the listing again, for the next `index` hit)."""
+    from trainables.data import prepare
+    from trainables.data.stat_index import index_dir
+
+    if not index:
+        shutil.rmtree(index_dir(), ignore_errors=True)
+    elif not list(index_dir().glob("*.json")):
+        raise SystemExit("bench/data.py: no stat index record after a prepare (files modified just now?)")
+    start = time.perf_counter()
+    p = prepare(str(source), resolution, progress=False)
+    seconds = time.perf_counter() - start
+    assert p.from_cache, "expected a cache hit"
+    return seconds
+
+
+def synthetic_folder(root, n):
+    """n distinct 16x16 noise PNGs in two classes, aged an hour: the stat index does not record
+    files modified in the last seconds (see trainables.data.stat_index.RACY_NS)."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    old = time.time_ns() - 3600 * 10**9
+    for cls in ("cat", "dog"):
+        (root / cls).mkdir(parents=True)
+    for i in range(n):
+        f = root / ("cat", "dog")[i % 2] / f"{i:06d}.png"
+        Image.fromarray(rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)).save(f)
+        os.utime(f, ns=(old, old))
+    return root
 
 
 def cold_load_seconds(resolution):
@@ -92,6 +166,8 @@ def main():
     parser.add_argument("--batches", type=int, default=200)
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--device", default=None, help="default: cuda if available, else cpu")
+    parser.add_argument("--repeats", type=int, default=5, help="cache hits timed per figure (median)")
+    parser.add_argument("--synthetic", type=int, default=20000, help="tiny files for section 4 (0: skip it)")
     args = parser.parse_args()
     if not (DATA / "train").is_dir():
         sys.exit(f"bench/data.py: real photos not found at {DATA} (expected train/cat/*.jpg); nothing measured")
@@ -126,12 +202,16 @@ def run(args, cache):
     report(f"1. prepare {n} images, workers={w}", f"{secs:.2f} s", f"{n / secs:.0f} images/s",
            f"(from_cache={p.from_cache}, {p.path.stat().st_size / 2**20:.0f} MiB Arrow file)")
     # Both load figures see the just-written Arrow file in the OS page cache (dropping it needs
-    # root): the fresh Python only removes the warm interpreter. A cache hit still lists, reads
-    # and hashes every source file (the cache key is their content); the images are memory-mapped.
+    # root): the fresh Python only removes the warm interpreter. A cache hit lists and stats the
+    # source files and takes the content key from the stat index (the photos are old files, so
+    # the first prepare recorded their listing); the images are memory-mapped.
     cached, secs = timed_prepare(res, w)
     report("2. load from cache, in process", f"{secs * 1e3:.0f} ms", "", f"(from_cache={cached.from_cache})")
     imports, secs = cold_load_seconds(res)
     report("   load from cache, fresh Python", f"{secs * 1e3:.0f} ms", f"+ {imports:.2f} s import")
+    hit_pair(f"{n} photos", DATA, res, args.repeats, report)
+    if hasattr(os, "posix_fadvise"):
+        hit_pair(f"{n} photos", DATA, res, args.repeats, report, cold=True)
     # workers=1 gets its own empty cache so it decodes instead of hitting the entry above.
     os.environ["SWEEPER_CACHE"] = tempfile.mkdtemp(dir=cache)
     p1, secs = timed_prepare(res, 1)
@@ -150,6 +230,15 @@ def run(args, cache):
     report(f"   ImageFolder + DataLoader({w} workers) to {device}", f"{args.batches / secs:.1f} batches/s",
            f"{theirs:.0f} images/s")
     report("   ratio DeviceBatches / DataLoader", f"{ours / theirs:.2f}x")
+
+    if args.synthetic:
+        folder = synthetic_folder(Path(cache) / "synthetic", args.synthetic)
+        p, secs = timed_prepare_of(folder, 16, w)
+        report(f"4. prepare {len(p.data)} synthetic 16x16 PNGs, workers={w}", f"{secs:.2f} s",
+               f"{len(p.data) / secs:.0f} images/s")
+        hit_pair(f"{len(p.data)} tiny files", folder, 16, args.repeats, report)
+        if hasattr(os, "posix_fadvise"):
+            hit_pair(f"{len(p.data)} tiny files", folder, 16, args.repeats, report, cold=True)
 
     print("\n| measurement | time or rate | throughput |\n|---|---|---|")
     for row in rows:

@@ -13,9 +13,9 @@ from __future__ import annotations
 import os
 import tarfile
 import zipfile
-from dataclasses import dataclass
+from collections.abc import Iterator
 from pathlib import Path, PurePosixPath
-from typing import Iterator
+from typing import NamedTuple
 
 from trainables.data.decode import EXTENSIONS, Unreadable
 from trainables.data.imageset import DatasetError
@@ -24,11 +24,10 @@ SPLITS = frozenset({"train", "test", "val", "valid", "validation"})
 ARCHIVE_SUFFIXES = (".zip", ".tar", ".tar.gz", ".tgz")
 
 
-@dataclass(frozen=True)
-class Entry:
+class Entry(NamedTuple):  # a tuple, not a dataclass: built once per file on every listing
     cls: str
     name: str  # path inside the source after the layout rules, e.g. "cat/flickr_cat_000002.jpg"
-    member: object  # what the reader needs: a Path, a zip member name or a TarInfo
+    member: object  # what the reader needs: a file's path (str), a zip member name or a TarInfo
 
 
 class Listing:
@@ -62,12 +61,25 @@ class Listing:
                 for i in order:
                     yield i, _guarded(lambda m: tf.extractfile(m).read(), entries[i].member)
 
+    def stats(self, entries: list[Entry]) -> list[tuple[int, int]] | None:
+        """(size, mtime_ns) of the file holding each entry, from stat alone (nothing is opened): its
+        own file in a folder, the archive itself in a .zip or .tar. None if one cannot be stat'ed (a
+        dangling link, a file gone since listing): only reading it can tell what it holds."""
+        try:
+            if self.kind == "folder":
+                return [_size_and_mtime(e.member) for e in entries]
+            return [_size_and_mtime(self.path)] * len(entries)
+        except OSError:
+            return None
+
     def _files(self) -> list[tuple[tuple[str, ...], object]]:
         if self.kind == "folder":
             found = []
+            # Plain strings, no Path per file: a cache hit lists the folder every time, and
+            # pathlib made the listing of 5,000 files cost more than reading them once did.
             for dirpath, dirnames, filenames in os.walk(self.path):
                 rel = Path(dirpath).relative_to(self.path).parts
-                found += [((*rel, name), Path(dirpath, name)) for name in filenames]
+                found += [((*rel, name), os.path.join(dirpath, name)) for name in filenames]
             return found
         try:
             if self.kind == "zip":
@@ -99,9 +111,7 @@ def _stem(path: Path) -> str:
 
 
 def _arrange(files, top_name: str, strip_wrapper: bool) -> tuple[list[Entry], str]:
-    files = [(parts, m) for parts, m in files
-             if not any(p.startswith(".") or p == "__MACOSX" for p in parts)
-             and PurePosixPath(parts[-1]).suffix.lower() in EXTENSIONS]
+    files = [(parts, m) for parts, m in files if _visible_image(parts)]
     nested = files and all(len(parts) > 1 for parts, _ in files)
     if strip_wrapper and nested and len({parts[0] for parts, _ in files}) == 1:
         top_name = files[0][0][0]
@@ -115,9 +125,23 @@ def _arrange(files, top_name: str, strip_wrapper: bool) -> tuple[list[Entry], st
     return sorted(entries, key=lambda e: (e.cls, e.name)), top_name
 
 
-def _read_file(path: Path) -> bytes | str:
+def _visible_image(parts: tuple[str, ...]) -> bool:
+    last = parts[-1]
+    # last[last.rfind("."):] is os.path.splitext's extension for any name that is not hidden (at
+    # a third of its cost, which counts on every listing); hidden names fail the test after it.
+    return (last[last.rfind("."):].lower() in EXTENSIONS and "__MACOSX" not in parts
+            and not any(p.startswith(".") for p in parts))
+
+
+def _size_and_mtime(path: str | Path) -> tuple[int, int]:
+    st = os.stat(path)  # follows links, like reading does
+    return st.st_size, st.st_mtime_ns
+
+
+def _read_file(path: str) -> bytes | str:
     try:
-        return path.read_bytes()
+        with open(path, "rb") as f:
+            return f.read()
     except OSError:  # a dangling link, a file without read permission, a folder named x.jpg
         return Unreadable("unreadable").reason
 

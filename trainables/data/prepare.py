@@ -3,9 +3,11 @@ store the result as one Arrow IPC file in the cache; later loads memory-map that
 
 The cache key hashes the files' bytes, class names and names inside the source (never the path to
 the source, nor timestamps) with the resolution, so the same photos copied elsewhere or zipped hit
-the same entry, and a one-pixel edit misses it. Writes go to a temporary file renamed into place,
-under a file lock: two processes preparing the same data decode it once and both read one
-complete file. A source that fails (too few files, none decodable) leaves nothing in the cache.
+the same entry, and a one-pixel edit misses it. A source whose listing (names, sizes, mtimes) is
+unchanged since it was last hashed takes that key from trainables.data.stat_index without reading
+a file, so a cache hit costs a listing, not a read of the whole source. Writes go to a temporary
+file renamed into place, under a file lock: two processes preparing the same data decode it once
+and both read one complete file. A source that fails (too few files, none decodable) leaves nothing in the cache.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from filelock import FileLock
 from tqdm import tqdm
 
 from trainables.cache import cache_dir
+from trainables.data import stat_index
 from trainables.data.decode import decode_many
 from trainables.data.imageset import DatasetError, ImageSet, make_imageset
 from trainables.data.listing import Listing
@@ -83,6 +86,7 @@ def prepare_files(path: str | os.PathLike, resolution: int, class_name: str | No
     path = Path(path)
     if not path.exists():
         raise DatasetError(f"dataset not found: {path}")
+    listed_at_ns = time.time_ns()  # before any stat: see stat_index.store
     listing = Listing(path)
     classes = listing.classes
     entries = listing.entries
@@ -95,20 +99,17 @@ def prepare_files(path: str | os.PathLike, resolution: int, class_name: str | No
         raise DatasetError(f"{source}: {_images(len(entries))} (.png, .jpg, ...), at least {min_images} needed"
                            if entries else f"no image files (.png, .jpg, ...) in {source}")
 
-    # Fingerprint the content: one pass over the bytes (kept in memory for decoding while small).
+    # The content key, from the stat index when the listing is unchanged (no file opened), else
+    # from one pass over the bytes (kept in memory for decoding while small).
     header = {"format": FORMAT, "resolution": resolution, "classes": classes, "class_name": class_name}
-    key_hash = hashlib.sha256(json.dumps(header).encode())
-    raw, kept, digests = {}, 0, [""] * len(entries)
-    for i, data in listing.read(entries):
-        digests[i] = data if isinstance(data, str) else hashlib.sha256(data).hexdigest()
-        kept += 0 if isinstance(data, str) else len(data)
-        if raw is not None:
-            raw[i] = data
-            if kept > KEEP_BYTES:
-                raw = None  # too large to keep: decoding re-reads every file, so free these now
-    for entry, digest in zip(entries, digests):
-        key_hash.update(f"{entry.cls}\0{entry.name}\0{digest}\n".encode())
-    key = key_hash.hexdigest()
+    options = {"format": FORMAT, "resolution": resolution, "class_name": class_name}
+    stats = listing.stats(entries)
+    digest = stat_index.listing_digest(header, [e.name for e in entries], stats)
+    key = stat_index.lookup(path, options, digest)
+    from_index = key is not None and (prepared_dir() / f"{key}.arrow").exists()
+    raw = None  # no bytes in hand: if the entry vanishes before we load it, decoding reads the files
+    if not from_index:
+        key, raw = _content_key(listing, entries, header)
 
     def build(scratch: Path):
         items = sorted(raw.items()) if raw is not None else listing.read(entries)
@@ -122,7 +123,28 @@ def prepare_files(path: str | os.PathLike, resolution: int, class_name: str | No
         names = [e.name for e, good in zip(entries, ok) if good]
         return make_imageset(images[ok] if not ok.all() else images, labels[ok], classes, skipped), names, examples
 
-    return _cached(key, source, build, start)
+    prepared = _cached(key, source, build, start)
+    # Permissions are not in the listing: a file skipped as unreadable could be readable next time.
+    if not from_index and "unreadable" not in prepared.data.skipped:
+        stat_index.store(path, options, digest, key, stats, listed_at_ns)
+    return prepared
+
+
+def _content_key(listing: Listing, entries, header: dict) -> tuple[str, dict | None]:
+    """sha256 of the header and every entry's class, name and bytes; with the bytes by entry
+    index when they fit in KEEP_BYTES (else None: decoding reads the files again)."""
+    key_hash = hashlib.sha256(json.dumps(header).encode())
+    raw, kept, digests = {}, 0, [""] * len(entries)
+    for i, data in listing.read(entries):
+        digests[i] = data if isinstance(data, str) else hashlib.sha256(data).hexdigest()
+        kept += 0 if isinstance(data, str) else len(data)
+        if raw is not None:
+            raw[i] = data
+            if kept > KEEP_BYTES:
+                raw = None  # too large to keep: decoding re-reads every file, so free these now
+    for entry, digest in zip(entries, digests):
+        key_hash.update(f"{entry.cls}\0{entry.name}\0{digest}\n".encode())
+    return key_hash.hexdigest(), raw
 
 
 def prepare_toy(n: int, resolution: int, seed: int = 0, class_name: str | None = None) -> Prepared:
@@ -179,7 +201,11 @@ def load_prepared(path: Path) -> tuple[ImageSet, dict[str, list[str]]]:
     width = 3 * r * r
     images = np.frombuffer(chunk.buffers()[1], dtype=np.uint8, count=len(chunk) * width,
                            offset=chunk.offset * width).reshape(len(chunk), 3, r, r)
-    labels = table.column("label").to_numpy()
+    # Read like the images, not with to_numpy(): ChunkedArray.to_numpy imports pandas, ~0.4 s of
+    # the first cache hit in a fresh process (`sweeper data prepare`, a node's first trial).
+    label_chunk = table.column("label").chunk(0)
+    labels = np.frombuffer(label_chunk.buffers()[1], dtype=np.int64, count=len(label_chunk),
+                           offset=label_chunk.offset * 8)
     data = make_imageset(images, labels, meta["classes"], meta["skipped"], fingerprint=meta["fingerprint"])
     return data, meta["skipped_examples"]
 
