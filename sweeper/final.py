@@ -51,8 +51,9 @@ def measure(jobs: dict, *, task, shared: dict, resources: dict) -> dict:
     Ray tasks, each with one trial's resources (so they pack onto GPUs like the trials did). A task
     that fails is logged and left out."""
     shared_ref = ray.put(shared)
-    remote = ray.remote(_measure_checkpoint).options(
-        num_cpus=resources.get("cpu", 1), num_gpus=resources.get("gpu", 0), max_retries=1)
+    # max_calls=1: each worker exits after its checkpoint, so no idle worker keeps GPU memory.
+    remote = ray.remote(num_cpus=resources.get("cpu", 1), num_gpus=resources.get("gpu", 0), max_retries=1,
+                        max_calls=1)(_measure_checkpoint)
     futures = {trial_id: remote.remote(task, cfg, checkpoint, shared_ref, resources.get("cpu", 1))
                for trial_id, (cfg, checkpoint) in jobs.items()}
     measured = {}

@@ -1,4 +1,9 @@
-"""FID (and KID) reference statistics of the real data: computed once by the driver, cached by content."""
+"""FID (and KID) reference statistics of the real data: computed once per sweep, cached by content.
+
+A sweep computes them in a Ray task with a trial's resources (`reference_stats_in_task`), so the
+driver never loads the feature network onto a GPU of its own, outside Ray's accounting, for the
+whole sweep; `reference_stats` is the same computation in the calling process.
+"""
 
 from __future__ import annotations
 
@@ -8,8 +13,11 @@ import os
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
+import ray
+import torch
 
 from trainables.metrics import cache_dir, extract, feature_stats
 
@@ -31,12 +39,25 @@ class RefStats:
     n_samples: int  # images actually used (the request capped at the dataset size)
     key: str
     cache_hit: bool = False
+    computed_in: int | None = None  # pid of the process that ran the extractor; None on a cache hit
 
 
-def refstats_key(fingerprint: str, resolution: tuple[int, int], extractor_name: str, n_samples: int, seed: int) -> str:
+class ExtractorRecipe(Protocol):
+    """What a Ray task needs to build an extractor on its own node and device."""
+    name: str
+    dims: int
+    precision: str
+
+    def build(self): ...
+
+
+def refstats_key(fingerprint: str, resolution: tuple[int, int], extractor_name: str, n_samples: int, seed: int,
+                 precision: str = "fp32") -> str:
     """sha256 over the content that determines the statistics, never over a path."""
     fields = {"format": _FORMAT, "fingerprint": fingerprint, "resolution": list(resolution),
               "extractor": extractor_name, "n_samples": n_samples, "seed": seed}
+    if precision != "fp32":  # only then, so entries written before precision was a setting stay valid
+        fields["precision"] = precision
     return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()
 
 
@@ -46,20 +67,55 @@ def reference_stats(images: np.ndarray, fingerprint: str, extractor, n_samples: 
     Uses every image when n_samples >= len(images), else a subset drawn with `seed`. Cached at
     <cache>/refstats/<key>.npz; an unreadable or mismatched entry is recomputed and replaced.
     """
+    n, key, path, cached = _lookup(images, fingerprint, extractor, n_samples, seed)
+    if cached is not None:
+        return cached
+    mu, sigma, features = _compute(extractor, _subset(images, n, seed), seed)
+    _save_atomic(path, mu=mu, sigma=sigma, features=features, key=np.array(key))
+    return RefStats(mu, sigma, features, extractor.name, n, key, computed_in=os.getpid())
+
+
+def reference_stats_in_task(images: np.ndarray, fingerprint: str, recipe: ExtractorRecipe, n_samples: int, *,
+                            resources: dict, seed: int = 0) -> RefStats:
+    """`reference_stats`, but a miss is computed in a Ray task with `resources` (a trial's: {"cpu": n,
+    "gpu": fraction} where GPUs exist) that builds the extractor from `recipe` on its own device; only
+    the chosen images go to it. A hit reads the cache file and starts nothing. The driver writes the
+    cache entry (the task may run on a node without the driver's cache)."""
+    n, key, path, cached = _lookup(images, fingerprint, recipe, n_samples, seed)
+    if cached is not None:
+        return cached
+    cpus = resources.get("cpu", 1)
+    # max_calls=1: the worker exits after the task, so the network's GPU memory (and the CUDA
+    # context) is released before the trials start rather than kept by an idle pooled worker.
+    task = ray.remote(num_cpus=cpus, num_gpus=resources.get("gpu", 0), max_calls=1, max_retries=1)(_compute_in_task)
+    mu, sigma, features, pid = ray.get(task.remote(recipe, _subset(images, n, seed), seed, cpus))
+    _save_atomic(path, mu=mu, sigma=sigma, features=features, key=np.array(key))
+    return RefStats(mu, sigma, features, recipe.name, n, key, computed_in=pid)
+
+
+def _lookup(images: np.ndarray, fingerprint: str, extractor, n_samples: int, seed: int):
+    """(images to use, cache key, cache path, the cached RefStats or None)."""
     if images.ndim != 4 or len(images) < 2:
         raise ValueError(f"reference images must be uint8 [N>=2, 3, H, W], got shape {images.shape}")
     n = min(int(n_samples), len(images))
-    key = refstats_key(fingerprint, tuple(images.shape[2:]), extractor.name, n, seed)
+    precision = getattr(extractor, "precision", "fp32")
+    key = refstats_key(fingerprint, tuple(images.shape[2:]), extractor.name, n, seed, precision)
     path = cache_dir() / "refstats" / f"{key}.npz"
     cached = _load(path, key, extractor.dims)
-    if cached is not None:
-        return RefStats(*cached, extractor.name, n, key, cache_hit=True)
-    feats = extract(extractor, _subset(images, n, seed), progress=f"reference statistics ({extractor.name}, {n} images)")
+    return n, key, path, None if cached is None else RefStats(*cached, extractor.name, n, key, cache_hit=True)
+
+
+def _compute(extractor, images: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(mu, sigma, KID's seeded subset of the features as float32); `extract` goes batch by batch."""
+    feats = extract(extractor, images, progress=f"reference statistics ({extractor.name}, {len(images)} images)")
     mu, sigma = feature_stats(feats)
     keep = np.sort(np.random.default_rng(seed).permutation(len(feats))[:KID_FEATURES])
-    features = feats[keep].astype(np.float32)
-    _save_atomic(path, mu=mu, sigma=sigma, features=features, key=np.array(key))
-    return RefStats(mu, sigma, features, extractor.name, n, key, cache_hit=False)
+    return mu, sigma, feats[keep].astype(np.float32)
+
+
+def _compute_in_task(recipe: ExtractorRecipe, images: np.ndarray, seed: int, cpus: float):
+    torch.set_num_threads(max(1, int(cpus)))  # its share of the node, like a trial
+    return (*_compute(recipe.build(), images, seed), os.getpid())
 
 
 def _subset(images: np.ndarray, n: int, seed: int) -> np.ndarray:

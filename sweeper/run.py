@@ -17,6 +17,7 @@ import ray
 from ray import tune
 
 from sweeper import console, final, report
+from sweeper.footprint import resolve_gpu_fraction
 from sweeper.outcomes import COMPLETED, ERROR, INTERRUPTED, NO_WINNER, close_trial_runs, mark_interrupted, trial_table
 from sweeper.registry import model_name, promote, tag_version
 from sweeper.spec import Sweep
@@ -76,6 +77,9 @@ def _run(sweep: Sweep, *, quick: bool, sweep_file: str, path: str, resumed: Swee
     _start_ray()
     available = ray.cluster_resources()
     inputs = task.inputs(sweep, prepared, available)
+    # Resources(gpu_fraction="auto"): a trial's GPU memory measured once, before the sweep is
+    # recorded, so a resume (which loads the recorded sweep) packs its trials the same way.
+    sweep = resolve_gpu_fraction(sweep, inputs.trial, available)
     for line in inputs.lines:
         print(line, flush=True)
 

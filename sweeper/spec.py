@@ -43,9 +43,23 @@ class ASHA:
 
 @dataclass(frozen=True)
 class Resources:
-    """Per trial. `gpu_fraction` applies only where GPUs exist: 0.25 packs four trials per GPU."""
+    """Per trial. `gpu_fraction` applies only where GPUs exist: "auto" measures a trial's GPU memory
+    once before the trials start and packs as many per GPU as fit, at most 8 (sweeper.footprint);
+    a number is used as given (0.25 packs four trials per GPU, 2 gives each trial two GPUs)."""
     cpus: float = 1.0
-    gpu_fraction: float = 0.25
+    gpu_fraction: float | str = "auto"
+
+    def __post_init__(self):
+        if not (isinstance(self.cpus, (int, float)) and self.cpus > 0):
+            raise SweepError(f"resources.cpus: must be a number > 0, got {self.cpus!r}")
+        fraction = self.gpu_fraction
+        if fraction == "auto":
+            return
+        number = isinstance(fraction, (int, float)) and not isinstance(fraction, bool)
+        # Ray takes a fraction of one GPU, or whole GPUs.
+        if not (number and (0 < fraction <= 1 or (fraction > 1 and float(fraction).is_integer()))):
+            raise SweepError(f"resources.gpu_fraction: must be 'auto', a fraction in (0, 1] or a whole number of "
+                             f"GPUs, got {fraction!r}")
 
 
 @dataclass(frozen=True)

@@ -11,6 +11,7 @@ import torch
 from ray import tune
 
 from sweeper.delivery import RunLog, retrying
+from sweeper.footprint import memory_cap
 from sweeper.outcomes import OOM
 from sweeper.resume import surviving_checkpoint
 from sweeper.tracking import trial_run_id
@@ -23,6 +24,7 @@ def run_trial(sampled: dict, *, task, train_fn, base, shared: dict, tracking, cp
     `train_fn(cfg, report, restore_from=..., **task.trial_kwargs(cfg, shared))` trains."""
     cfg = base.replace(**sampled).validate()
     torch.set_num_threads(max(1, int(cpus)))  # several trials share a machine; don't oversubscribe
+    cap_gpu_memory(cfg)
     # Ray Train logs every checkpoint's full path; the console has a line per eval period already.
     logging.getLogger("ray.train").setLevel(logging.WARNING)
     # MLflow's client retries one failed call for minutes, which would stall training through an
@@ -63,7 +65,25 @@ def run_trial(sampled: dict, *, task, train_fn, base, shared: dict, tracking, cp
     run_log.flush(wait=True)
 
 
+def gpu_share() -> float:
+    """This trial's fraction of a GPU (its Tune resources); 0 without one."""
+    return float(tune.get_context().get_trial_resources().required_resources.get("GPU", 0))
+
+
+def cap_gpu_memory(cfg) -> float | None:
+    """Trials packed on one GPU each cap their own allocator to their share (less their CUDA
+    context), so a trial that outgrows it runs out of memory itself (and ends as `oom`) instead of
+    starving its neighbours. Returns the cap set, None where there is nothing to cap."""
+    if getattr(cfg, "device", "auto") == "cpu" or not torch.cuda.is_available():
+        return None
+    device = torch.device("cuda", torch.cuda.current_device())
+    cap = memory_cap(gpu_share(), torch.cuda.get_device_properties(device).total_memory)
+    if cap is not None:
+        torch.cuda.set_per_process_memory_fraction(cap, device)
+    return cap
+
+
 def _oom_hint(cfg, error: Exception) -> str:
-    share = tune.get_context().get_trial_resources().required_resources.get("GPU", 0)
+    share = gpu_share()
     return (f"out of GPU memory at batch_size={getattr(cfg, 'batch_size', '?')}, gpu_fraction={share}: lower "
             f"batch_size or raise Sweep(resources=Resources(gpu_fraction=...)) ({str(error).splitlines()[0][:160]})")

@@ -7,6 +7,7 @@ from ray import tune
 from ray.tune.schedulers import FIFOScheduler
 
 from sweeper import console
+from sweeper.footprint import AUTO, FALLBACK_GPU_FRACTION, RAY_UNITS
 from sweeper.scheduler import WarmStartASHA
 from sweeper.search import SweepSearch
 from sweeper.space import always_searched_keys
@@ -16,10 +17,13 @@ TIME_ATTR = "eval_period"
 
 
 def trial_resources(sweep: Sweep, gpus_available: float) -> dict:
-    """A GPU fraction per trial where GPUs exist (several trials per GPU), CPUs otherwise."""
+    """A GPU fraction per trial where GPUs exist (several trials per GPU), CPUs otherwise. The
+    fraction is the sweep's: a number, or "auto" once `sweeper.footprint.resolve_gpu_fraction` has
+    measured it (until then it counts as FALLBACK_GPU_FRACTION)."""
     resources = {"cpu": sweep.resources.cpus}
     if gpus_available > 0:
-        resources["gpu"] = sweep.resources.gpu_fraction
+        fraction = sweep.resources.gpu_fraction
+        resources["gpu"] = FALLBACK_GPU_FRACTION if fraction == AUTO else fraction
     return resources
 
 
@@ -35,11 +39,17 @@ def max_concurrent(sweep: Sweep, available: dict) -> int:
     if sweep.max_concurrent is not None:
         return sweep.max_concurrent
     need = trial_resources(sweep, available.get("GPU", 0))
-    fits = max(1, min(int(available.get(kind.upper(), 0) // amount) for kind, amount in need.items()))
+    fits = max(1, min(_how_many(available.get(kind.upper(), 0), amount) for kind, amount in need.items()))
     n, n_startup = sweep.num_samples, sweep.searcher.startup_trials(sweep.num_samples)
     if n_startup > n // 2:
         return fits
     return min(fits, n // 2 - n_startup + 1)
+
+
+def _how_many(available: float, amount: float) -> int:
+    """How many `amount`s Ray fits into `available`: counted in Ray's fixed-point unit (1e-4,
+    rounded), as Ray does; in floats 1 // 0.2 is 4."""
+    return round(available * RAY_UNITS) // max(1, round(amount * RAY_UNITS))
 
 
 def shown_metrics(sweep: Sweep) -> tuple[str, ...]:
@@ -87,6 +97,11 @@ def build_tuner(sweep: Sweep, trainable, *, storage_path: str | Path, run_name: 
                                     search_alg=searcher or build_searcher(sweep), scheduler=scheduler,
                                     num_samples=sweep.num_samples,
                                     max_concurrent_trials=max_concurrent(sweep, available),
+                                    # Every trial in a fresh process (Tune's default, stated because
+                                    # packing depends on it): a trial ASHA stops gives back its GPU
+                                    # memory when its process ends, and each trial sets its own
+                                    # memory cap (sweeper.trial) at start.
+                                    reuse_actors=False,
                                     trial_dirname_creator=trial_dirname),
         run_config=tune.RunConfig(
             # A URI (s3://, gs://) as given; a local path made absolute (Tune requires it).

@@ -116,6 +116,9 @@ class GANConfig(Config):
     ema_start_kimg: float = 0.0  # the EMA tracks G exactly until this many kimg
     diffaugment: str = ""  # comma-separated DiffAugment policy, e.g. "color,translation,cutout"
     mixed_precision: bool = True  # bf16 autocast on CUDA; always off on CPU
+    # Capture the whole train step as one CUDA graph (off until measured on a GPU; trains eagerly,
+    # with a logged reason, where it cannot: on a CPU, or with the dataset in host memory).
+    cuda_graph: bool = False
     # budget: one eval period = steps_per_eval G steps, then FID + checkpoint + report
     steps_per_eval: int = 500
     num_evals: int = 20
@@ -167,6 +170,11 @@ class GANConfig(Config):
         if self.label_smoothing > 0 and self.loss not in SMOOTHABLE_LOSSES:
             raise ConfigError(f"label_smoothing: needs a loss with a real-label target "
                               f"({', '.join(SMOOTHABLE_LOSSES)}), not {self.loss!r}")
+        if self.cuda_graph and self.optimizer == "sgd" and self.lr_schedule != "none":
+            # SGD has no capturable mode: it reads its lr on the host, so a graph would replay the
+            # first lr forever.
+            raise ConfigError(f"lr_schedule: {self.lr_schedule!r} is not supported with cuda_graph and optimizer "
+                              f"'sgd' (use lr_schedule 'none', another optimizer, or cuda_graph False)")
 
 
 def choice(key: str, value, allowed: tuple[str, ...]) -> None:

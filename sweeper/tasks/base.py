@@ -44,6 +44,9 @@ class Task:
     model_kind: str | None = None    # registered as `<sweep>-<model_kind>`; None: nothing registered
     shown_metrics: tuple = ()        # on the console beside the sweep's metric (sweeper.console)
     quick = None                     # the `--quick` budget (a sweeper.spec.Quick)
+    # Config changes that shorten the one eval period sweeper.footprint runs to measure a trial's
+    # GPU memory (Resources(gpu_fraction="auto")); num_evals is set to 1 anyway.
+    footprint_changes: dict = {}
 
     def trainable(self) -> Callable | None:
         """The default trainable of this config type; None: a Sweep must name one."""

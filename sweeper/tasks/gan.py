@@ -3,18 +3,20 @@ on the best checkpoints, the winner's generator registered as `<sweep>-generator
 from __future__ import annotations
 
 import sys
+from dataclasses import dataclass
 
 import numpy as np
 
 from sweeper.outcomes import baseline_gain
-from sweeper.refstats import reference_stats
+from sweeper.refstats import reference_stats_in_task
 from sweeper.registry import log_pt2_model
-from sweeper.shipped import ship
+from sweeper.shipped import ShippedFile, ship
 from sweeper.spec import Quick
 from sweeper.tasks.base import Inputs, Task
+from sweeper.tuner import trial_resources
 from trainables.config import GANConfig
 from trainables.data import check_source, prepare
-from trainables.metrics import RandomConvFeatures, extractor_by_name, load_extractor
+from trainables.metrics import extractor_by_name, proxy_spec, standard_spec
 from trainables.training.checkpoint import load_generator
 from trainables.training.evaluate import final_fid_kid
 from trainables.training.gan import resolve_device, train_gan
@@ -26,8 +28,12 @@ class GANTask(Task):
     final_metric, final_mode = "fid_final", "min"
     model_kind = "generator"
     shown_metrics = ("fid", "kid", "kimg", "img_per_s")
+    # The footprint probe (sweeper.footprint): 20 G steps reach the steady state (optimiser moments,
+    # cuDNN workspaces, a CUDA graph captured after its warm-up steps); the FID at the sweep's own
+    # fid_samples, whose batches set the evaluation's peak.
+    footprint_changes = {"steps_per_eval": 20}
     quick = Quick(num_samples=6, config=dict(
-        resolution=32, g_width=16, d_width=16, batch_size=32, steps_per_eval=20, num_evals=4,
+        resolution=32, g_width=16, d_width=16, batch_size=32, steps_per_eval=100, num_evals=8,
         fid_samples=512, ref_samples=512, final_fid_samples=256))
 
     def trainable(self):
@@ -51,18 +57,22 @@ class GANTask(Task):
 
     def inputs(self, sweep, prepared, available: dict) -> Inputs:
         cfg, dataset = sweep.config, prepared.data
-        # FID reference statistics, once per extractor: the per-eval one and the final (standard) one.
-        per_eval, standard = _extractors(cfg, available, resolve_device(cfg.device))
-        eval_stats = reference_stats(dataset.images, dataset.fingerprint, per_eval, cfg.ref_samples)
-        final_stats = eval_stats if standard is per_eval else reference_stats(
-            dataset.images, dataset.fingerprint, standard, cfg.ref_samples)
+        per_eval, standard = _extractors(cfg, available)
         # The weights travel by object store: a trial on another node never sees this machine's path.
-        weights = ship(getattr(standard, "weights_path", None))
+        weights = ship(standard.weights_path)
+        # FID reference statistics, once per extractor (the per-eval one and the final, standard one),
+        # each in a Ray task with a trial's resources: the driver never builds the network itself.
+        resources = trial_resources(sweep, available.get("GPU", 0))
+        stats = {spec: reference_stats_in_task(dataset.images, dataset.fingerprint,
+                                               TrialExtractor.of(spec, weights, cfg.device), cfg.ref_samples,
+                                               resources=resources)
+                 for spec in dict.fromkeys((per_eval, standard))}  # one pass where both are the same
+        eval_stats, final_stats = stats[per_eval], stats[standard]
         return Inputs(
             trial={"images": dataset.images, "ref_stats": eval_stats, "extractor": per_eval.name,
-                   "weights": weights if per_eval is standard else None},
+                   "weights": weights if per_eval == standard else None, "fid_precision": standard.precision},
             final={"final_stats": final_stats, "final_extractor": standard.name, "final_weights": weights},
-            tags={"sweeper.fid_extractor": per_eval.name},
+            tags={"sweeper.fid_extractor": per_eval.name, "sweeper.fid_precision": standard.precision},
             parent_tags={"sweeper.fid_final_extractor": standard.name,
                          "sweeper.dataset_fingerprint": dataset.fingerprint, "sweeper.dataset_cache_key": prepared.key},
             final_tags={"sweeper.fid_final_extractor": standard.name},
@@ -80,12 +90,13 @@ class GANTask(Task):
 
     def trial_kwargs(self, cfg, shared: dict) -> dict:
         extractor = extractor_by_name(shared["extractor"], resolve_device(cfg.device),
-                                      weights_path=_local(shared["weights"]))
+                                      weights_path=_local(shared["weights"]), precision=shared.get("fid_precision"))
         return {"images": shared["images"], "ref_stats": shared["ref_stats"], "extractor": extractor}
 
     def measure(self, cfg, checkpoint_dir: str, shared: dict) -> tuple[dict, dict]:
         features = extractor_by_name(shared["final_extractor"], resolve_device(cfg.device),
-                                     weights_path=_local(shared["final_weights"]))
+                                     weights_path=_local(shared["final_weights"]),
+                                     precision=shared.get("fid_precision"))
         return final_fid_kid(cfg, checkpoint_dir, features, shared["final_stats"]), {}
 
     def summarise(self, sweep, table) -> tuple[dict, list[str]]:
@@ -132,13 +143,33 @@ def _local(shipped) -> str | None:
     return shipped.local_path() if shipped is not None else None
 
 
-def _extractors(cfg: GANConfig, available: dict, device):
-    """(per eval, final): the standard extractor (or the offline fallback, with its warning) for
-    `fid_final`; the per-eval one is the same, or the random-conv proxy where it is asked for or
-    trials run without a GPU (the standard Inception runs at ~10-20 img/s on a CPU core)."""
-    standard = load_extractor(device)
+@dataclass(frozen=True)
+class TrialExtractor:
+    """An extractor as a trial's (or a Ray task's) process builds it: on that process's device, with
+    the weights fetched from the object store onto its node."""
+    name: str
+    dims: int
+    precision: str
+    weights: ShippedFile | None
+    device: str  # the config's device: "auto" = CUDA where the process was given a GPU
+
+    @classmethod
+    def of(cls, spec, weights: ShippedFile | None, device: str) -> TrialExtractor:
+        return cls(spec.name, spec.dims, spec.precision, weights if spec.weights_path else None, device)
+
+    def build(self):
+        return extractor_by_name(self.name, resolve_device(self.device), weights_path=_local(self.weights),
+                                 precision=self.precision)
+
+
+def _extractors(cfg: GANConfig, available: dict):
+    """(per eval, final) ExtractorSpecs, decided without building either network: the standard
+    extractor (or the offline fallback, with its warning) for `fid_final`; the per-eval one is the
+    same, or the random-conv proxy where it is asked for or trials run without a GPU (the standard
+    Inception runs at ~10-20 img/s on a CPU core). Precision: $SWEEPER_FID_PRECISION (default fp32)."""
+    standard = standard_spec()
     proxy = cfg.eval_extractor == "proxy" or (cfg.eval_extractor == "auto" and available.get("GPU", 0) == 0)
-    per_eval = RandomConvFeatures(seed=0, device=device) if proxy else standard
+    per_eval = proxy_spec(seed=0, precision=standard.precision) if proxy else standard
     return (standard if per_eval.name == standard.name else per_eval), standard
 
 

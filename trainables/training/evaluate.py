@@ -31,9 +31,11 @@ KID_SUBSETS = 10  # torch-fidelity uses 100 subsets of 1000 for a final number; 
 FINAL_SEED_OFFSET = 1_000_003  # fid_final draws other z than every per-eval FID (seed + 1)
 
 
-def fid_kid_of(G, n: int, z_dim: int, seed: int, extractor, ref_stats) -> dict:
-    """FID and KID of n samples of G against the real data, from one pass of feature extraction."""
-    feats = np.concatenate([extract(extractor, batch) for batch in generated_batches(G, n, z_dim, seed)])
+def fid_kid_of(G, n: int, z_dim: int, seed: int, extractor, ref_stats, batch_size: int = 250) -> dict:
+    """FID and KID of n samples of G against the real data, from one pass of feature extraction.
+    Only one batch of images exists at a time, on G's device; the features collect on the host."""
+    batches = generated_batches(G, n, z_dim, seed, batch_size)
+    feats = np.concatenate([extract(extractor, batch, batch_size) for batch in batches])
     mu, sigma = feature_stats(feats)
     return {"fid": frechet_distance(mu, sigma, ref_stats.mu, ref_stats.sigma),
             "kid": kernel_inception_distance(feats, ref_stats.features, subsets=KID_SUBSETS, seed=seed)}

