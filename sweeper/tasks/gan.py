@@ -33,7 +33,7 @@ class GANTask(Task):
     # fid_samples, whose batches set the evaluation's peak.
     footprint_changes = {"steps_per_eval": 20}
     quick = Quick(num_samples=6, config=dict(
-        resolution=32, g_width=16, d_width=16, batch_size=32, steps_per_eval=100, num_evals=8,
+        resolution=32, g_width=16, d_width=16, batch_size=32, steps_per_eval=100, num_evals=4,
         fid_samples=512, ref_samples=512, final_fid_samples=256))
 
     def trainable(self):
