@@ -77,14 +77,14 @@ def reference_stats(images: np.ndarray, fingerprint: str, extractor, n_samples: 
 
 def reference_stats_in_task(images: np.ndarray, fingerprint: str, recipe: ExtractorRecipe, n_samples: int, *,
                             resources: dict, seed: int = 0) -> RefStats:
-    """`reference_stats`, but a miss is computed in a Ray task with `resources` (a trial's: {"cpu": n,
-    "gpu": fraction} where GPUs exist; without a GPU, the CPUs of the largest node) that builds the extractor from `recipe` on its own device; only
+    """`reference_stats`, but a miss is computed in a Ray task with `resources` ({"cpu": n, "gpu":
+    fraction}; see `pass_resources`) that builds the extractor from `recipe` on its own device; only
     the chosen images go to it. A hit reads the cache file and starts nothing. The driver writes the
     cache entry (the task may run on a node without the driver's cache)."""
     n, key, path, cached = _lookup(images, fingerprint, recipe, n_samples, seed)
     if cached is not None:
         return cached
-    cpus = resources.get("cpu", 1) if resources.get("gpu") else _cpus_of_largest_node()
+    cpus = resources.get("cpu", 1)
     # max_calls=1: the worker exits after the task, so the network's GPU memory (and the CUDA
     # context) is released before the trials start rather than kept by an idle pooled worker.
     task = ray.remote(num_cpus=cpus, num_gpus=resources.get("gpu", 0), max_calls=1, max_retries=1)(_compute_in_task)
@@ -93,10 +93,14 @@ def reference_stats_in_task(images: np.ndarray, fingerprint: str, recipe: Extrac
     return RefStats(mu, sigma, features, recipe.name, n, key, computed_in=pid)
 
 
-def _cpus_of_largest_node() -> float:
-    """A CPU-only pass runs before any trial starts, so it may take a whole node: on a trial's one
-    CPU (one thread) Inception made the reference pass most of a 2-core quick sweep's time."""
-    return max((node["Resources"].get("CPU", 0) for node in ray.nodes() if node["Alive"]), default=0) or 1
+def pass_resources(trial: dict) -> dict:
+    """The reference pass's resources, given a trial's: the same where it gets a GPU (so it packs like
+    a trial and the driver pins none); without one, all the CPUs of the largest node, since it runs
+    before any trial starts (on a trial's one CPU, one thread, Inception made the pass most of a
+    2-core quick sweep's time)."""
+    if trial.get("gpu"):
+        return trial
+    return {"cpu": max((node["Resources"].get("CPU", 0) for node in ray.nodes() if node["Alive"]), default=0) or 1}
 
 
 def _lookup(images: np.ndarray, fingerprint: str, extractor, n_samples: int, seed: int):

@@ -146,8 +146,9 @@ def test_reference_stats_in_a_ray_task_equal_in_process_and_a_hit_starts_nothing
     remote = reference_stats_in_task(faces.images, faces.fingerprint, recipe, 200, resources={"cpu": 1})
     assert not remote.cache_hit and remote.computed_in not in (None, os.getpid())  # another process did it
     # Without a GPU the pass takes a whole node's CPUs (it runs before any trial does), not a trial's one.
-    from sweeper.refstats import _cpus_of_largest_node
-    assert _cpus_of_largest_node() == ray.cluster_resources()["CPU"] > 0
+    from sweeper.refstats import pass_resources
+    assert pass_resources({"cpu": 1}) == {"cpu": ray.cluster_resources()["CPU"]}
+    assert pass_resources({"cpu": 1, "gpu": 0.25}) == {"cpu": 1, "gpu": 0.25}
 
     with monkeypatch.context() as env:
         env.setenv("SWEEPER_CACHE", str(tmp_path / "other-cache"))

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from sweeper.outcomes import baseline_gain
-from sweeper.refstats import reference_stats_in_task
+from sweeper.refstats import pass_resources, reference_stats_in_task
 from sweeper.registry import log_pt2_model
 from sweeper.shipped import ShippedFile, ship
 from sweeper.spec import Quick
@@ -61,8 +61,9 @@ class GANTask(Task):
         # The weights travel by object store: a trial on another node never sees this machine's path.
         weights = ship(standard.weights_path)
         # FID reference statistics, once per extractor (the per-eval one and the final, standard one),
-        # each in a Ray task with a trial's resources: the driver never builds the network itself.
-        resources = trial_resources(sweep, available.get("GPU", 0))
+        # each in a Ray task (a trial's GPU share, or a whole node without GPUs): the driver never builds
+        # the network itself.
+        resources = pass_resources(trial_resources(sweep, available.get("GPU", 0)))
         stats = {spec: reference_stats_in_task(dataset.images, dataset.fingerprint,
                                                TrialExtractor.of(spec, weights, cfg.device), cfg.ref_samples,
                                                resources=resources)
