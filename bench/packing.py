@@ -1,7 +1,7 @@
 """Packing trials on one GPU: the aggregate training throughput of k trials running at once.
 
 For each k (1, 2, 4, 8 with --gpu; 1, 2 on the CPU) a real sweep runs through sweeper's own run
-path (`sweeper.run.run_sweep`: Ray Tune, the trial adapter with its memory cap, MLflow): k trials
+path (`sweeper.driver.run.run_sweep`: Ray Tune, the trial adapter with its memory cap, MLflow): k trials
 of one config, all at once (max_concurrent = k, FIFO: none stopped), each with gpu_fraction 1/k on
 a GPU (1 CPU each on the CPU). With --gpu a last sweep leaves the fraction "auto" (8 trials; what
 the footprint measurement picks is printed by the run).
@@ -73,7 +73,7 @@ def run_packed(k: int, size: dict, gpu: bool, auto: bool = False) -> dict:
     from ray import tune
 
     from sweeper import FinalEval, Resources, Sweep
-    from sweeper.run import run_sweep
+    from sweeper.driver.run import run_sweep
     from trainables.config import GANConfig
 
     config = GANConfig(resolution=size["resolution"], g_width=size["width"], d_width=size["width"],

@@ -44,7 +44,7 @@ def main() -> None:
         sys.exit(f"needs the CIFAR-10 cats at {DATA} (see ../shared/data/README.md)")
     os.chdir(tempfile.mkdtemp(prefix="sweep-efficiency-"))
     print(f"size: {size}; working directory {os.getcwd()}", flush=True)
-    from sweeper.loader import load_sweep
+    from sweeper.driver.loader import load_sweep
 
     shipped = load_sweep(ROOT / "search_spaces" / "wgangp.py")
     base = shipped.config.replace(
@@ -95,8 +95,8 @@ def _plain(value):
 
 
 def run_arm(arm: str, sweep, size: dict) -> dict:
-    from sweeper.run import run_sweep
-    from sweeper.spec import FinalEval
+    from sweeper.driver.run import run_sweep
+    from sweeper.definition import FinalEval
 
     sweep = sweep.with_(final=FinalEval(top_k=size["top_k"])).validate()
     start = time.perf_counter()

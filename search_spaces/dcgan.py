@@ -8,8 +8,7 @@ from trainables.seeds import seed001_dcgan64_tricks as seed001
 from trainables.seeds import seed002_dcgan32_cifar as seed002
 from trainables.seeds import seed003_lsgan_dog as seed003
 
-from sweeper import Sweep
-from sweeper.space import suggest_optimizer
+from sweeper import Sweep, suggest_optimizer
 from trainables.config import GANConfig
 
 

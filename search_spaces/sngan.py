@@ -6,8 +6,7 @@ Warm-started from seed 004's three spectral-norm configurations.
 """
 from trainables.seeds import seed004_gan_wgangp_sngan as seed004
 
-from sweeper import Sweep
-from sweeper.space import suggest_optimizer
+from sweeper import Sweep, suggest_optimizer
 from trainables.config import GANConfig
 
 

@@ -7,8 +7,7 @@ reports how far its best trial beats those baselines. `--quick` shrinks only the
 from trainables.seeds import seed000_wgangp_cat128 as seed000
 from trainables.seeds import seed004_gan_wgangp_sngan as seed004
 
-from sweeper import Sweep
-from sweeper.space import suggest_optimizer
+from sweeper import Sweep, suggest_optimizer
 from trainables.config import GANConfig
 
 

@@ -93,21 +93,22 @@ def _prepare(args) -> int:
 
 
 def _run(args) -> int:
-    from sweeper.cluster import check_placement, storage_uri
-    from sweeper.loader import load_sweep
-    from sweeper.tracking import check_reachable, default_tracking_uri
+    from sweeper.driver.cluster import check_placement, storage_uri
+    from sweeper.driver.loader import load_sweep
+    from sweeper.kinds import kind_of
+    from sweeper.tracking.runs import check_reachable, default_tracking_uri
 
     check_placement(args.storage, default_tracking_uri())
     check_reachable(default_tracking_uri())
     sweep = load_sweep(args.file).resolve(
         quick=args.quick, overrides=args.overrides, num_samples=args.num_samples, data=args.data, name=args.name)
-    sweep.task.check(sweep)
+    kind_of(sweep.config).check(sweep)
     if args.dry_run:
         print(describe(sweep, args.storage))
         return 0
 
-    from sweeper import resume
-    from sweeper.run import run_sweep  # imports Ray and MLflow: only when a sweep really runs
+    from sweeper.driver import resume
+    from sweeper.driver.run import run_sweep  # imports Ray and MLflow: only when a sweep really runs
 
     if args.resume:
         unfinished = [s for s in resume.sweeps_in(storage_uri(args.storage))
@@ -121,8 +122,8 @@ def _run(args) -> int:
 
 
 def _resume(args) -> int:
-    from sweeper import resume
-    from sweeper.cluster import check_storage, storage_uri
+    from sweeper.driver import resume
+    from sweeper.driver.cluster import check_storage, storage_uri
 
     check_storage(args.storage)
     try:
@@ -134,7 +135,7 @@ def _resume(args) -> int:
 
 
 def _resume_state(state) -> int:
-    from sweeper.run import resume_sweep  # checks the sweep's tracking server before anything else
+    from sweeper.driver.run import resume_sweep  # checks the sweep's tracking server before anything else
 
     return _finish(resume_sweep(state))
 
@@ -147,21 +148,21 @@ def _finish(summary) -> int:
 
 
 def describe(sweep, storage: str | None = None) -> str:
-    from sweeper.cluster import storage_uri
-    from sweeper.tracking import default_tracking_uri
+    from sweeper.driver.cluster import storage_uri
+    from sweeper.kinds import kind_of
+    from sweeper.tracking.runs import default_tracking_uri
 
-    searched = sweep.searched_keys()
-    fixed = {k: v for k, v in dataclasses.asdict(sweep.config).items() if k not in searched}
+    kind, searched = kind_of(sweep.config), sweep.searched_keys()
     lines = [f"sweep {sweep.name}: {sweep.num_samples} trials of {sweep.trainable.__name__}, "
              f"{sweep.mode}imising {sweep.metric}",
-             "fixed config:", *(f"  {k} = {v!r}" for k, v in fixed.items()),
+             "fixed config:", *(f"  {k} = {v!r}" for k, v in sweep.fixed_config().items()),
              "search space:", *_space_lines(sweep.space, searched),
-             "warm start:", *(f"  {sweep.warm_start_params(i)}" for i in range(len(sweep.warm_start))),
+             "warm start:", *(f"  {point}" for point in sweep.warm_points),
              f"searcher: {sweep.searcher}", f"scheduler: {sweep.scheduler} on eval_period, max {sweep.config.num_evals}",
              f"resources per trial: {sweep.resources}, at most {sweep.max_concurrent or 'what fits (capped for TPE)'} at once",
-             *sweep.task.describe(sweep),
+             *kind.describe(sweep),
              f"final evaluation: the top {sweep.final.top_k} trials of each group, "
-             f"{sweep.task.final_metric or 'none (the best ' + sweep.metric + ' picks the winner)'}",
+             f"{kind.final_metric or 'none (the best ' + sweep.metric + ' picks the winner)'}",
              f"mlflow: {default_tracking_uri()}", f"storage: {storage_uri(storage)}"]
     return "\n".join(lines)
 
@@ -188,7 +189,7 @@ def _report(summary) -> str:
             f"continue it: python -m sweeper resume {summary.sweep_name}{_storage_option(summary.experiment_path)}",
             f"MLflow store: {summary.tracking.uri}"])
     if summary.winner is None:
-        from sweeper.outcomes import why_nothing
+        from sweeper.tracking.outcomes import why_nothing
 
         return "\n".join(lines + [f"nothing registered: {why_nothing(summary.table, summary.final_metric)}",
                                   f"MLflow store: {summary.tracking.uri}"])
@@ -207,23 +208,23 @@ def _report(summary) -> str:
 
 
 def _storage_option(experiment_path: str) -> str:
-    from sweeper.cluster import storage_uri
+    from sweeper.driver.cluster import storage_uri
 
-    from sweeper.resume import split_experiment_path
+    from sweeper.driver.resume import split_experiment_path
 
     storage = split_experiment_path(experiment_path)[0]
     return "" if storage == storage_uri(None) else f" --storage {storage}"
 
 
 def _status(args) -> int:
-    from sweeper.report import status
+    from sweeper.tracking.report import status
 
     print(status(args.name))
     return 0
 
 
 def _export(args) -> int:
-    from sweeper.report import export
+    from sweeper.tracking.report import export
 
     print(export(args.name, args.output or f"{args.name}-{'steps' if args.steps else 'trials'}.parquet",
                  steps=args.steps))
@@ -231,8 +232,8 @@ def _export(args) -> int:
 
 
 def _ui(args) -> int:
-    from sweeper import report
-    from sweeper.tracking import SWEEPS_DIR, default_tracking_uri, local_artifact_root
+    from sweeper.tracking import report
+    from sweeper.tracking.runs import SWEEPS_DIR, default_tracking_uri, local_artifact_root
 
     uri = default_tracking_uri()
     command = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri,

@@ -10,8 +10,8 @@ import pytest
 from PIL import Image
 
 import sweeper.cli
-from sweeper.spec import Sweep
-from sweeper.tasks.gan import GAN
+from sweeper.definition import Sweep
+from sweeper.kinds.gan import GAN
 from trainables.config import GANConfig
 
 HEADER = "from ray import tune\nfrom sweeper import Sweep\nfrom trainables.config import GANConfig\n"

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 from torch.nn.utils.parametrizations import spectral_norm
 
-from sweeper.refstats import reference_stats
+from sweeper.kinds.refstats import reference_stats
 from trainables.config import D_NORMS, LOSSES, GANConfig
 from trainables.data import toy_faces
 from trainables.metrics import RandomConvFeatures

@@ -12,8 +12,8 @@ import pytest
 import ray
 import torch
 
-from sweeper.spec import Sweep
-from sweeper.tasks.gan import GAN
+from sweeper.definition import Sweep
+from sweeper.kinds.gan import GAN
 from trainables.config import GANConfig
 from trainables.data import toy_faces
 from trainables.metrics import (PRECISIONS, RandomConvFeatures, extract, feature_stats, fid_precision,

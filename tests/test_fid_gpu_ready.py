@@ -10,9 +10,9 @@ import pytest
 import ray
 import torch
 
-from sweeper.refstats import refstats_key, reference_stats, reference_stats_in_task
-from sweeper.spec import Sweep
-from sweeper.tasks.gan import GAN, TrialExtractor
+from sweeper.kinds.refstats import refstats_key, reference_stats, reference_stats_in_task
+from sweeper.definition import Sweep
+from sweeper.kinds.gan import GAN, TrialExtractor
 from trainables.config import GANConfig
 from trainables.data import toy_faces
 from trainables.metrics import (PRECISIONS, RandomConvFeatures, extract, feature_stats, fid_precision,
@@ -146,7 +146,7 @@ def test_reference_stats_in_a_ray_task_equal_in_process_and_a_hit_starts_nothing
     remote = reference_stats_in_task(faces.images, faces.fingerprint, recipe, 200, resources={"cpu": 1})
     assert not remote.cache_hit and remote.computed_in not in (None, os.getpid())  # another process did it
     # Without a GPU the pass takes a whole node's CPUs (it runs before any trial does), not a trial's one.
-    from sweeper.refstats import pass_resources
+    from sweeper.kinds.refstats import pass_resources
     assert pass_resources({"cpu": 1}) == {"cpu": ray.cluster_resources()["CPU"]}
     assert pass_resources({"cpu": 1, "gpu": 0.25}) == {"cpu": 1, "gpu": 0.25}
 

@@ -11,8 +11,8 @@ import torch
 from PIL import Image
 from torchvision.utils import save_image
 
-from sweeper import figures
-from sweeper.outcomes import COMPLETED, DIVERGED, ERROR, INTERRUPTED, STOPPED
+from sweeper.tracking import figures
+from sweeper.tracking.outcomes import COMPLETED, DIVERGED, ERROR, INTERRUPTED, STOPPED
 
 optuna.logging.set_verbosity(optuna.logging.ERROR)  # the failing trials are on purpose
 

@@ -8,10 +8,10 @@ import pytest
 import ray
 from ray import tune
 
-from sweeper import final
-from sweeper.outcomes import baseline_gain
-from sweeper.refstats import reference_stats
-from sweeper.tasks.gan import GAN
+from sweeper.driver import final
+from sweeper.tracking.outcomes import baseline_gain
+from sweeper.kinds.refstats import reference_stats
+from sweeper.kinds.gan import GAN
 from trainables.config import GANConfig
 from trainables.data import toy_faces
 from trainables.metrics import RandomConvFeatures
@@ -77,7 +77,7 @@ def test_winner_is_picked_by_the_re_measured_fid_not_the_per_eval_minimum(ray_lo
     chosen = final.candidates(table, "fid", "min", top_k=2)
     assert chosen == ["lucky", "good"]
     measured = {t: m for t, (m, _) in final.measure({"lucky": (CFG, lucky), "good": (good_cfg, good)},
-                                                   task=GAN, shared=_shared(extractor, ref), resources={"cpu": 1}).items()}
+                                                   kind=GAN, shared=_shared(extractor, ref), resources={"cpu": 1}).items()}
     table["fid_final"] = [measured["lucky"]["fid_final"], measured["good"]["fid_final"]]
     assert measured["good"]["fid_final"] < measured["lucky"]["fid_final"]
     assert final.winner(table, "fid_final", "min", measured="fid_final") == "good"
@@ -91,7 +91,7 @@ def test_a_checkpoint_that_cannot_be_measured_is_left_out_not_fatal(ray_local, t
     good = _checkpoint(CFG, data.images, extractor, ref, tmp_path, "good")
     (tmp_path / "broken").mkdir()  # a checkpoint directory whose file is gone
     broken = tune.Checkpoint.from_directory(str(tmp_path / "broken"))
-    measured = final.measure({"good": (CFG, good), "broken": (CFG, broken)}, task=GAN,
+    measured = final.measure({"good": (CFG, good), "broken": (CFG, broken)}, kind=GAN,
                              shared=_shared(extractor, ref), resources={"cpu": 1})
     assert set(measured) == {"good"} and math.isfinite(measured["good"][0]["fid_final"])
 

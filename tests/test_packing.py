@@ -14,12 +14,13 @@ import ray
 import torch
 from ray import tune
 
+from sweeper.kinds import complete
 from sweeper import ASHA, Resources, Sweep, SweepError
-from sweeper.footprint import (CONTEXT_BYTES, FALLBACK_GPU_FRACTION, HEADROOM, MAX_TRIALS_PER_GPU, LiveBytes,
+from sweeper.search.footprint import (CONTEXT_BYTES, FALLBACK_GPU_FRACTION, HEADROOM, MAX_TRIALS_PER_GPU, LiveBytes,
                                gpu_fraction_for, largest_sizes, measure_footprint, measure_on_gpus, memory_cap,
                                probe_configs, resolve_gpu_fraction, trials_per_gpu)
-from sweeper.loader import load_sweep
-from sweeper.tuner import build_searcher, build_tuner, max_concurrent, trial_resources
+from sweeper.driver.loader import load_sweep
+from sweeper.search.tuner import build_searcher, build_tuner, max_concurrent
 from trainables.config import Config, GANConfig
 
 GiB = 1 << 30
@@ -31,7 +32,7 @@ def _sweep(**changes):
                 space={"g_lr": tune.loguniform(1e-5, 1e-3), "z_dim": tune.randint(16, 257),
                        "batch_size": tune.choice([32, 128, 64])},
                 num_samples=64)
-    return Sweep(**{**base, **changes}).validate()
+    return complete(Sweep(**{**base, **changes})).validate()
 
 
 # --- the fraction ---------------------------------------------------------------------------------
@@ -84,10 +85,10 @@ def test_an_explicit_fraction_wins_and_a_cpu_cluster_measures_nothing():
     assert auto.resources.gpu_fraction == "auto"
     assert resolve_gpu_fraction(auto, shared={}, available={"CPU": 8}) is auto
     assert not ray.is_initialized()  # neither started a measurement
-    assert trial_resources(explicit, gpus_available=1) == {"cpu": 1.0, "gpu": 0.5}
-    assert trial_resources(auto, gpus_available=0) == {"cpu": 1.0}
-    assert trial_resources(auto, gpus_available=1) == {"cpu": 1.0, "gpu": FALLBACK_GPU_FRACTION}  # not measured
-    assert trial_resources(_sweep(resources=Resources(gpu_fraction=2)), gpus_available=4) == {"cpu": 1.0, "gpu": 2}
+    assert explicit.resources.per_trial(1) == {"cpu": 1.0, "gpu": 0.5}
+    assert auto.resources.per_trial(0) == {"cpu": 1.0}
+    assert auto.resources.per_trial(1) == {"cpu": 1.0, "gpu": FALLBACK_GPU_FRACTION}  # not measured
+    assert _sweep(resources=Resources(gpu_fraction=2)).resources.per_trial(4) == {"cpu": 1.0, "gpu": 2}
 
 
 @pytest.mark.parametrize("fraction", [0, -0.5, 1.5, "half", True, math.nan, math.inf])
@@ -132,7 +133,7 @@ def test_live_bytes_counts_each_storage_once_and_forgets_freed_ones():
 
 
 def _shared(resolution: int) -> dict:
-    from sweeper.refstats import RefStats
+    from sweeper.kinds.refstats import RefStats
     from trainables.metrics import RandomConvFeatures, extract, feature_stats
 
     images = np.random.default_rng(0).integers(0, 256, (64, 3, resolution, resolution), dtype=np.uint8)
@@ -144,7 +145,7 @@ def _shared(resolution: int) -> dict:
 
 
 def test_the_measured_footprint_grows_with_batch_and_resolution():
-    from sweeper.tasks.gan import GAN
+    from sweeper.kinds.gan import GAN
     from trainables.models import build_models
     from trainables.training.gan import train_gan
 
@@ -167,7 +168,7 @@ def test_the_measured_footprint_grows_with_batch_and_resolution():
 
 @pytest.mark.slow
 def test_auto_measures_the_footprint_in_a_ray_task_and_packs_by_it(capsys):
-    from sweeper.tasks.gan import GAN
+    from sweeper.kinds.gan import GAN
     from trainables.training.gan import train_gan
 
     config = GANConfig(resolution=32, batch_size=8, g_width=8, d_width=8, z_dim=16, steps_per_eval=2,
@@ -200,7 +201,7 @@ class Point(Config):
 
 
 def _packed_trial(config):
-    from sweeper.trial import gpu_share
+    from sweeper.trial.trainable import gpu_share
 
     share = gpu_share()
     for period in range(1, Point.num_evals + 1):
@@ -214,10 +215,10 @@ def test_packed_trials_see_their_share_and_a_stopped_trial_ends_its_process(tmp_
     ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
     ray.init(num_cpus=2, num_gpus=1, include_dashboard=False, address="local")  # a GPU Ray counts, not CUDA
     try:
-        sweep = Sweep("packed", Point(), trainable=_packed_trial, metric="loss", mode="min",
+        sweep = complete(Sweep("packed", Point(), trainable=_packed_trial, metric="loss", mode="min",
                       space={"x": tune.uniform(0.5, 1.0)}, warm_start=[{"x": 0.5}], num_samples=2,
                       max_concurrent=1, scheduler=ASHA(grace_period=1, reduction_factor=2),
-                      resources=Resources(gpu_fraction=0.5)).validate()
+                      resources=Resources(gpu_fraction=0.5))).validate()
         tuner = build_tuner(sweep, _packed_trial, storage_path=tmp_path, run_name="packed",
                             available={"CPU": 2, "GPU": 1}, searcher=build_searcher(sweep))
         results = list(tuner.fit())
@@ -251,7 +252,7 @@ cuda_only = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA
 
 @cuda_only
 def test_on_cuda_the_footprint_is_the_allocators_peak():
-    from sweeper.tasks.gan import GAN
+    from sweeper.kinds.gan import GAN
     from trainables.training.gan import train_gan
 
     small = GANConfig(resolution=32, batch_size=16, g_width=32, d_width=32, z_dim=16, steps_per_eval=2, fid_samples=2)

@@ -16,8 +16,9 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from conftest import shared_data
-from sweeper.loader import load_sweep
-from sweeper.refstats import reference_stats
+from sweeper.driver.loader import load_sweep
+from sweeper.kinds import kind_of
+from sweeper.kinds.refstats import reference_stats
 from trainables.metrics import RandomConvFeatures
 from trainables.training.gan import train_gan
 
@@ -32,8 +33,8 @@ def test_a_sweep_prepares_real_photos_and_trains_on_them(folder, suffix, count, 
     data = f"{shared_data(folder)}{suffix}"
     sweep = load_sweep(SPACE).resolve(quick=True, data=data, name="real")
     assert sweep.config.data == data and sweep.config.resolution == 32  # the parent run's `data` param
-    sweep.task.check(sweep)
-    prepared = sweep.task.prepare(sweep)  # what run_sweep does once, before Ray starts
+    kind_of(sweep.config).check(sweep)
+    prepared = kind_of(sweep.config).prepare(sweep)  # what run_sweep does once, before Ray starts
     assert f"{count} images at 32x32" in capsys.readouterr().out
 
     dataset = prepared.data
@@ -56,7 +57,7 @@ def test_a_sweep_prepares_real_photos_and_trains_on_them(folder, suffix, count, 
     assert np.isfinite(metrics["fid"]) and metrics["fid"] > 0
 
     # Prepared once: a second preparation (another trial, another sweep) reads the same cached array.
-    again = sweep.task.prepare(sweep)
+    again = kind_of(sweep.config).prepare(sweep)
     assert again.key == prepared.key and again.data.fingerprint == dataset.fingerprint
 
 

@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from sweeper.refstats import RefStats, reference_stats
+from sweeper.kinds.refstats import RefStats, reference_stats
 from trainables.data.toy_faces import toy_faces
 from trainables.metrics import RandomConvFeatures, cache_dir, extract, feature_stats
 

@@ -2,7 +2,7 @@
 import pytest
 from mlflow.tracking import MlflowClient
 
-from sweeper.registry import ALIAS, FOOTING_TAG, model_name, promote
+from sweeper.tracking.registry import ALIAS, FOOTING_TAG, model_name, promote
 
 FOOTING = {"sweeper.fid_final_extractor": "inception-v3-compat", "sweeper.data_fingerprint": "abc",
            "sweeper.resolution": "64", "sweeper.final_fid_samples": "10000", "sweeper.ref_samples": "5000"}

@@ -157,7 +157,7 @@ def test_a_restarted_trial_whose_checkpoint_tune_deleted_takes_the_newest_left(t
     killed in between names a checkpoint that is gone (CI saw a trial fail on it three times)."""
     from ray import tune
 
-    from sweeper.resume import surviving_checkpoint
+    from sweeper.trial.checkpoints import surviving_checkpoint
 
     for name in left + ["not_a_checkpoint"]:
         (tmp_path / name).mkdir()

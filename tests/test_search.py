@@ -8,9 +8,10 @@ import ray
 from optuna.trial import TrialState
 from ray import tune
 
+from sweeper.kinds import complete
 from sweeper import ASHA, TPE, Resources, Sweep
-from sweeper.search import STARTUP, TPE as PROPOSED_BY_TPE, WARM_START
-from sweeper.tuner import build_searcher, build_tuner, max_concurrent
+from sweeper.search.searcher import STARTUP, TPE as PROPOSED_BY_TPE, WARM_START
+from sweeper.search.tuner import build_searcher, build_tuner, max_concurrent
 from trainables.config import GANConfig
 
 NUM_EVALS = 4
@@ -21,7 +22,7 @@ def _sweep(**changes):
                 space={"g_lr": tune.loguniform(1e-5, 1e-3), "z_dim": tune.randint(16, 257)},
                 warm_start=[{"g_lr": 1e-5, "z_dim": 16}], num_samples=12,
                 scheduler=ASHA(grace_period=1, reduction_factor=2))
-    return Sweep(**{**base, **changes}).validate()
+    return complete(Sweep(**{**base, **changes})).validate()
 
 
 def test_concurrency_fits_the_resources_and_leaves_half_the_trials_to_tpe():

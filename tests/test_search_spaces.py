@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 from sweeper.cli import main
-from sweeper.loader import load_sweep
-from sweeper.refstats import reference_stats
+from sweeper.driver.loader import load_sweep
+from sweeper.kinds.refstats import reference_stats
 from trainables.data import load_dataset
 from trainables.metrics import RandomConvFeatures
 from trainables.training.gan import train_gan

@@ -4,7 +4,7 @@ import hashlib
 import pytest
 import ray
 
-from sweeper.shipped import ship
+from sweeper.kinds.shipped import ship
 
 
 @pytest.fixture(scope="module")

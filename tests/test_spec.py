@@ -7,9 +7,10 @@ from pathlib import Path
 import pytest
 from ray import tune
 
+from sweeper.kinds import complete
 from sweeper import Sweep, SweepError
-from sweeper.loader import load_sweep
-from sweeper.spec import parse_overrides
+from sweeper.driver.loader import load_sweep
+from sweeper.definition import parse_overrides
 from trainables.config import GANConfig
 
 REPO = Path(__file__).resolve().parents[1]
@@ -41,17 +42,17 @@ def test_quick_changes_only_the_budget():
 def test_space_values_are_validated_before_anything_runs():
     base = GANConfig(loss="wgan-gp")
     with pytest.raises(SweepError, match="space.d_norm: d_norm: 'batch' is not allowed"):
-        Sweep("s", base, space={"d_norm": tune.choice(["instance", "batch"])}).validate()
+        complete(Sweep("s", base, space={"d_norm": tune.choice(["instance", "batch"])})).validate()
     with pytest.raises(SweepError, match="space.lr: unknown config key"):
-        Sweep("s", base, space={"lr": tune.loguniform(1e-4, 1e-3)}).validate()
+        complete(Sweep("s", base, space={"lr": tune.loguniform(1e-4, 1e-3)})).validate()
     with pytest.raises(SweepError, match="space.g_lr: g_lr: must be in"):
-        Sweep("s", base, space={"g_lr": tune.uniform(0.5, 2.0)}).validate()
+        complete(Sweep("s", base, space={"g_lr": tune.uniform(0.5, 2.0)})).validate()
     with pytest.raises(SweepError, match="warm_start\\[0\\]: g_lr=0.01 is outside the search space"):
-        Sweep("s", base, space={"g_lr": tune.loguniform(1e-4, 1e-3)}, warm_start=[{"g_lr": 1e-2}]).validate()
+        complete(Sweep("s", base, space={"g_lr": tune.loguniform(1e-4, 1e-3)}, warm_start=[{"g_lr": 1e-2}])).validate()
     with pytest.raises(SweepError, match="warm_start\\[0\\]: d_norm='none' is outside the search space"):
-        Sweep("s", base, space={"d_norm": tune.choice(["layer"])}, warm_start=[{"d_norm": "none"}]).validate()
+        complete(Sweep("s", base, space={"d_norm": tune.choice(["layer"])}, warm_start=[{"d_norm": "none"}])).validate()
     with pytest.raises(SweepError, match="warm_start\\[0\\]: key 'beta1' is not in the search space"):
-        Sweep("s", base, space={"g_lr": tune.loguniform(1e-4, 1e-3)}, warm_start=[{"beta1": 0.0}]).validate()
+        complete(Sweep("s", base, space={"g_lr": tune.loguniform(1e-4, 1e-3)}, warm_start=[{"beta1": 0.0}])).validate()
 
 
 def _conditional(trial):
@@ -64,20 +65,20 @@ def _conditional(trial):
 
 def test_define_by_run_spaces_are_validated_on_every_branch():
     base = GANConfig(loss="wgan-gp")
-    sweep = Sweep("s", base, space=_conditional).validate()
+    sweep = complete(Sweep("s", base, space=_conditional)).validate()
     assert sweep.searched_keys() == {"optimizer", "beta1", "momentum"}
 
     def bad_branch(trial):
         if trial.suggest_categorical("loss", ["wgan-gp", "bce"]) == "wgan-gp":
             trial.suggest_categorical("d_norm", ["layer", "batch"])
     with pytest.raises(SweepError, match="space draw .*d_norm: 'batch' is not allowed with loss 'wgan-gp'"):
-        Sweep("s", base, space=bad_branch).validate()
+        complete(Sweep("s", base, space=bad_branch)).validate()
 
     def returns_constants(trial):
         trial.suggest_float("g_lr", 1e-4, 1e-3)
         return {"z_dim": 64}
     with pytest.raises(SweepError, match="must return None"):
-        Sweep("s", base, space=returns_constants).validate()
+        complete(Sweep("s", base, space=returns_constants)).validate()
 
 
 def test_warm_starts_are_points_of_the_space():
@@ -135,11 +136,9 @@ def test_dry_run_prints_the_resolved_sweep_without_starting_ray(tmp_path):
 
 
 def test_trials_get_a_gpu_fraction_only_where_gpus_exist():
-    from sweeper.tuner import trial_resources
-
     sweep = load_sweep(WGANGP)
-    assert trial_resources(sweep, gpus_available=0) == {"cpu": 1.0}
-    assert trial_resources(sweep, gpus_available=8) == {"cpu": 1.0, "gpu": 0.25}
+    assert sweep.resources.per_trial(0) == {"cpu": 1.0}
+    assert sweep.resources.per_trial(8) == {"cpu": 1.0, "gpu": 0.25}
 
 
 def _searches_resolution(trial):
@@ -153,7 +152,7 @@ def _searches_resolution(trial):
 ])
 def test_keys_that_define_the_data_cannot_be_searched(space, key):
     with pytest.raises(SweepError, match=f"space.{key}: is prepared once per sweep"):
-        Sweep("s", GANConfig(), space=space).validate()
+        complete(Sweep("s", GANConfig(), space=space)).validate()
 
 
 def test_cli_refuses_a_searched_resolution_with_exit_2(tmp_path):
@@ -176,7 +175,7 @@ def test_cli_refuses_a_searched_resolution_with_exit_2(tmp_path):
 ])
 def test_sweep_level_knobs_are_validated(changes, message):
     with pytest.raises(SweepError, match=message):
-        Sweep("s", **{"config": GANConfig(), **changes}).validate()
+        complete(Sweep("s", **{"config": GANConfig(), **changes})).validate()
 
 
 def test_quick_shrinks_the_final_evaluation_too():

@@ -260,7 +260,7 @@ def test_a_sweep_that_is_not_there_is_one_line_and_exit_2(sweep):
 
 
 def test_params_take_the_types_of_the_config_kind_the_parent_names():
-    from sweeper.report import config_field_types, inferred_type, typed
+    from sweeper.tracking.report import config_field_types, inferred_type, typed
 
     types = config_field_types("GANConfig")
     defaults = GANConfig()

@@ -11,7 +11,7 @@ from torch import nn
 from torch.nn.utils.parametrizations import spectral_norm
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
-from sweeper.refstats import reference_stats
+from sweeper.kinds.refstats import reference_stats
 from trainables.config import ConfigError, GANConfig
 from trainables.data import toy_faces
 from trainables.metrics import RandomConvFeatures

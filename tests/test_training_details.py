@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from sweeper.refstats import reference_stats
+from sweeper.kinds.refstats import reference_stats
 from trainables.config import GANConfig
 from trainables.data import toy_faces
 from trainables.metrics import RandomConvFeatures

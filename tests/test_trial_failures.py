@@ -137,7 +137,7 @@ def test_a_sweep_where_every_trial_fails_ends_cleanly_with_one_line_why(tmp_path
 FORCED = '''
 import sys
 
-import sweeper.run
+import sweeper.driver.run
 from sweeper.cli import main
 
 
@@ -145,7 +145,7 @@ def forced(*args, **kwargs):
     raise RuntimeError("forced failure after the trials")
 
 
-sweeper.run.close_trial_runs = forced  # an internal failure, once the parent run exists
+sweeper.driver.run.close_trial_runs = forced  # an internal failure, once the parent run exists
 sys.exit(main(["run", "quadratic.py"]))
 '''
 

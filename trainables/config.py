@@ -54,7 +54,7 @@ class Config:
     no kind of config has to remember it: NaN passes every `<`/`>` range check.
     """
     # Keys the driver prepares for once per sweep (the data, its statistics, a generator): never
-    # searched (sweeper.spec refuses it), since a trial with another value would silently use the
+    # searched (sweeper.definition.sweep refuses it), since a trial with another value would silently use the
     # prepared one.
     PREPARED_KEYS: ClassVar[tuple[str, ...]] = ()
 

@@ -1,6 +1,6 @@
 """The files a sweep's parent run gets when the sweep ends (finished or interrupted): the trial table
 (Parquet, CSV, HTML), the metric curves of every trial, the latest grids of the best five, and which
-searched parameters mattered (sweeper.figures draws them)."""
+searched parameters mattered (sweeper.tracking.figures draws them)."""
 from __future__ import annotations
 
 import logging
@@ -10,25 +10,25 @@ from pathlib import Path
 
 import pandas as pd
 
-from sweeper import figures
-from sweeper.tracking import Tracking
+from sweeper.tracking import figures
+from sweeper.tracking.runs import Tracking
 
 log = logging.getLogger("sweeper")
 TOP_GRIDS = 5
 
 
 def log_summary(tracking: Tracking, sweep, table: pd.DataFrame, results, searcher, winner: str | None,
-                extra: dict[str, bytes] = None) -> None:
+                final_metric: str | None, extra: dict[str, bytes] = None) -> None:
     """Write the files into the parent run, and the parameter importances as its metrics. A figure
-    that cannot be drawn is logged and left out: the sweep's results matter more than its pictures."""
+    that cannot be drawn is logged and left out: the sweep's results matter more than its pictures.
+    `final_metric`: the re-measured number that ranks the trials where it exists (None: none)."""
     client, files, metrics = tracking.client(), dict(extra or {}), {}
-    final_metric = sweep.task.final_metric
     ranking = final_metric if final_metric and final_metric in table else sweep.metric
     parts = {
         "trial table": lambda: files.update(figures.trial_table_files(table, ranking, sweep.mode)),
         "curves": lambda: files.update({f"{sweep.metric}_curves.png": figures.fid_curves_png(
             _curves(results, sweep.metric), _outcomes(table), winner, sweep.metric, sweep.mode)}),
-        "top grids": lambda: files.update(_top_grids(client, sweep, table, ranking)),
+        "top grids": lambda: files.update(_top_grids(client, sweep, table, ranking, final_metric)),
         "importance": lambda: _importance(searcher, sweep, files, metrics),
     }
     for what, part in parts.items():
@@ -61,7 +61,7 @@ def _outcomes(table: pd.DataFrame) -> dict[str, str]:
     return dict(zip(table["trial_id"], table["outcome"]))
 
 
-def _top_grids(client, sweep, table: pd.DataFrame, ranking: str) -> dict[str, bytes]:
+def _top_grids(client, sweep, table: pd.DataFrame, ranking: str, final_metric: str | None) -> dict[str, bytes]:
     """The latest sample grid of the five best trials, read back from their runs."""
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # not a bar per grid on the console
     tiles = []
@@ -72,7 +72,7 @@ def _top_grids(client, sweep, table: pd.DataFrame, ranking: str) -> dict[str, by
             continue
         with tempfile.TemporaryDirectory() as tmp:
             png = Path(client.download_artifacts(row["run_id"], grids[-1], tmp)).read_bytes()
-        tiles.append((png, figures.grid_label(row, sweep.metric, searched, sweep.task.final_metric)))
+        tiles.append((png, figures.grid_label(row, sweep.metric, searched, final_metric)))
     grid = figures.top_grids_png(tiles)
     return {"top_grids.png": grid} if grid else {}
 

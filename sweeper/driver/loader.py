@@ -7,7 +7,8 @@ real module kept in sys.modules, under a name only this process knows; so that t
 define-by-run space), the module and the neighbours it imported travel by value, not by reference.
 Like a script, it leaves no __pycache__ behind.
 
-Any error the file raises while loading is a SweepError naming the file and the line.
+Any error the file raises while loading is a SweepError naming the file and the line. The Sweep
+comes back completed by its kind (`sweeper.kinds.complete`).
 """
 import hashlib
 import importlib.machinery
@@ -18,7 +19,8 @@ from pathlib import Path
 
 from ray import cloudpickle
 
-from sweeper.spec import Sweep, SweepError
+from sweeper.definition import Sweep, SweepError
+from sweeper.kinds import complete
 
 
 def load_sweep(path) -> Sweep:
@@ -55,7 +57,7 @@ def load_sweep(path) -> Sweep:
     sweep = module.sweep
     if not isinstance(sweep, Sweep):
         raise SweepError(f"{path}: `sweep` is a {type(sweep).__name__}, expected Sweep(...)")
-    return sweep
+    return complete(sweep)
 
 
 def _where(path: Path, error: Exception) -> str:

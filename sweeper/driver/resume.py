@@ -16,12 +16,12 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import posixpath
 import time
 
 import pyarrow.fs
 from ray import cloudpickle, tune
 
+from sweeper.driver.moved import old_module_names
 from trainables.errors import BadInput
 
 log = logging.getLogger("sweeper")
@@ -70,9 +70,10 @@ def set_status(state: SweepState, status: str) -> SweepState:
     return state
 
 
-def load_sweep(state: SweepState):
+def recorded_sweep(state: SweepState):
+    """The Sweep as the driver recorded it when the sweep started (also one an older sweeper wrote)."""
     fs, path = pyarrow.fs.FileSystem.from_uri(state.path)
-    with fs.open_input_stream(f"{path}/{SWEEP_FILE}") as f:
+    with fs.open_input_stream(f"{path}/{SWEEP_FILE}") as f, old_module_names():
         return cloudpickle.loads(f.readall())
 
 
@@ -117,26 +118,6 @@ class AlreadyFinished(Exception):
     def __init__(self, state: SweepState):
         super().__init__(f"sweep {state.name} ({state.path}) finished; nothing to resume")
         self.state = state
-
-
-def surviving_checkpoint(checkpoint: tune.Checkpoint | None) -> tune.Checkpoint | None:
-    """The checkpoint Tune hands a restarted trial, or, where that one is gone, the trial's newest
-    checkpoint left (None: none is, and the trial starts over).
-
-    Tune deletes a checkpoint that falls out of `num_to_keep` the moment the next one registers,
-    and saves its experiment state afterwards: a driver killed in between leaves a state naming a
-    deleted checkpoint (seen in CI), and every retry of that trial would fail on it."""
-    if checkpoint is None:
-        return None
-    fs = checkpoint.filesystem
-    if fs.get_file_info(checkpoint.path).type == pyarrow.fs.FileType.Directory:
-        return checkpoint
-    trial_dir = posixpath.dirname(checkpoint.path.rstrip("/"))
-    left = sorted(info.path for info in fs.get_file_info(pyarrow.fs.FileSelector(trial_dir, allow_not_found=True))
-                  if info.type == pyarrow.fs.FileType.Directory and info.base_name.startswith("checkpoint_"))
-    log.warning("checkpoint %s is gone (deleted by Tune before a killed driver saved its state); %s",
-                checkpoint.path, f"resuming from {left[-1]}" if left else "the trial starts over")
-    return tune.Checkpoint(left[-1], filesystem=fs) if left else None  # checkpoint_NNNNNN: zero-padded
 
 
 def now() -> str:

@@ -18,7 +18,7 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from PIL import Image, ImageDraw, ImageFont
 
-from sweeper.outcomes import COMPLETED, INTERRUPTED, STOPPED
+from sweeper.tracking.outcomes import COMPLETED, INTERRUPTED, STOPPED
 
 IMPORTANCE_COLUMNS = {"param": str, "importance": float, "evaluator": str, "trials": int, "reason": str}
 

@@ -1,10 +1,10 @@
 """How many trials share one GPU: a trial's measured memory footprint picks the default GPU
 fraction (`Resources(gpu_fraction="auto")`), and every packed trial caps its own allocator to its
-share (sweeper.trial), so a plain `sweeper run` fills a GPU without trials running each other out
+share (sweeper.trial.trainable), so a plain `sweeper run` fills a GPU without trials running each other out
 of memory.
 
-The footprint is measured, not modelled: one eval period (the task's shortened budget, see
-`Task.footprint_changes`: a few steps, one FID batch) of the real trainable, with the real shared
+The footprint is measured, not modelled: one eval period (the kind's shortened budget, see
+`Kind.footprint_changes`: a few steps, one FID batch) of the real trainable, with the real shared
 inputs (the dataset the trial keeps on the device, the FID extractor), in a Ray task holding a whole
 GPU, read as `torch.cuda.max_memory_allocated`. It runs once per sweep, for the largest-footprint
 configs (`probe_configs`), before the Tuner starts; on a CPU-only cluster nothing is measured.
@@ -27,14 +27,11 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 from torch.utils.weak import WeakIdKeyDictionary
 
-from sweeper.space import DRAWS, _corner_values
+from sweeper.definition.options import AUTO, FALLBACK_GPU_FRACTION
+from sweeper.definition.space import DRAWS, _corner_values
 from trainables.config import ConfigError, field_types
 
 GiB = 1 << 30
-AUTO = "auto"
-# A fraction "auto" stands for until it is measured (a CPU-only cluster never measures it, and a
-# failed measurement falls back to it): four trials per GPU, the fixed default it replaced.
-FALLBACK_GPU_FRACTION = 0.25
 # The measured peak is of one config on an idle GPU; a trial needs more: allocator fragmentation
 # (reserved exceeds allocated by 10-20% in a long run), and searched choices the probe does not
 # take the largest of (norms, losses, optimisers: see `probe_configs`).
@@ -127,7 +124,7 @@ def probe_configs(sweep) -> list:
     searched sizes; duplicates once. A combination the config refuses keeps the point's own sizes."""
     sizes = largest_sizes(sweep)
     configs = []
-    for point in [{}] + [sweep.warm_start_params(i) for i in range(len(sweep.warm_start))]:
+    for point in [{}, *sweep.warm_points]:
         try:
             cfg = sweep.config.replace(**{**point, **sizes}).validate()
         except ConfigError:
@@ -182,11 +179,11 @@ def _stop(metrics, directory) -> None:
     raise _OnePeriod
 
 
-def measure_footprint(task, train_fn, cfg, shared: dict) -> Footprint:
-    """The peak memory of one eval period of `cfg` (shortened by `task.footprint_changes`) in this
+def measure_footprint(kind, train_fn, cfg, shared: dict) -> Footprint:
+    """The peak memory of one eval period of `cfg` (shortened by `kind.footprint_changes`) in this
     process, the trial's arguments built here as in a trial: the caching allocator's peak on CUDA,
     `LiveBytes` on the CPU."""
-    cfg = cfg.replace(num_evals=1, **task.footprint_changes)
+    cfg = cfg.replace(num_evals=1, **kind.footprint_changes)
     cuda = torch.cuda.is_available() and getattr(cfg, "device", "auto") != "cpu"
     meter = LiveBytes()
     if cuda:
@@ -194,7 +191,7 @@ def measure_footprint(task, train_fn, cfg, shared: dict) -> Footprint:
     out_of_memory = False
     with contextlib.nullcontext() if cuda else meter:
         try:
-            train_fn(cfg, _stop, restore_from=None, **task.trial_kwargs(cfg, shared))
+            train_fn(cfg, _stop, restore_from=None, **kind.trial_kwargs(cfg, shared))
         except _OnePeriod:
             pass
         except torch.OutOfMemoryError:
@@ -206,7 +203,7 @@ def measure_footprint(task, train_fn, cfg, shared: dict) -> Footprint:
     return Footprint(peak, props.total_memory, props.name, out_of_memory)
 
 
-def measure_on_gpus(sweep, shared: dict) -> list[tuple[object, Footprint]]:
+def measure_on_gpus(sweep, kind, shared: dict) -> list[tuple[object, Footprint]]:
     """(config, footprint) of each of `probe_configs(sweep)`, each measured in a Ray task holding a
     whole GPU (a fresh process: Ray ends a GPU task's worker after one call, so nothing cached
     carries over and its memory is released)."""
@@ -215,16 +212,16 @@ def measure_on_gpus(sweep, shared: dict) -> list[tuple[object, Footprint]]:
     remote = ray.remote(num_gpus=1, num_cpus=sweep.resources.cpus)(_probe)
     shared_ref = ray.put(shared)  # once, not once per config
     configs = probe_configs(sweep)
-    futures = [remote.remote(sweep.task, sweep.trainable, cfg, shared_ref, sweep.resources.cpus) for cfg in configs]
+    futures = [remote.remote(kind, sweep.trainable, cfg, shared_ref, sweep.resources.cpus) for cfg in configs]
     return list(zip(configs, ray.get(futures)))
 
 
-def _probe(task, train_fn, cfg, shared: dict, cpus: float) -> Footprint:
+def _probe(kind, train_fn, cfg, shared: dict, cpus: float) -> Footprint:
     torch.set_num_threads(max(1, int(cpus)))
-    return measure_footprint(task, train_fn, cfg, shared)
+    return measure_footprint(kind, train_fn, cfg, shared)
 
 
-def resolve_gpu_fraction(sweep, shared: dict, available: dict):
+def resolve_gpu_fraction(sweep, kind, shared: dict, available: dict):
     """The sweep with its GPU fraction decided: an explicit one as given; "auto" where the cluster
     has GPUs, from the measured footprints (the largest need on the smallest GPU wins); unchanged
     on a CPU-only cluster, where the fraction is unused. Prints one line saying what it picked."""
@@ -233,7 +230,7 @@ def resolve_gpu_fraction(sweep, shared: dict, available: dict):
     import ray
 
     try:
-        measured = measure_on_gpus(sweep, shared)
+        measured = measure_on_gpus(sweep, kind, shared)
     except ray.exceptions.RayTaskError as e:
         # The trials would fail the same way and say why; the sweep still starts.
         print(f"sweeper: warning: could not measure a trial's GPU memory ({str(e.cause).splitlines()[0][:200]}); "

@@ -6,12 +6,19 @@ import math
 
 import pandas as pd
 
-from sweeper.tracking import Tracking
+from sweeper.tracking.runs import Tracking
 
 COMPLETED, STOPPED, DIVERGED, ERROR, INTERRUPTED = "completed", "stopped-early", "diverged", "error", "interrupted"
 NO_WINNER = "no-winner"  # a sweep (parent run) that ended without a trial to register
 OOM = "oom"  # out of GPU memory: not retried (the same share would run out again); FAILED
 RUN_STATUS = {ERROR: "FAILED", OOM: "FAILED", INTERRUPTED: "KILLED"}  # every other outcome ends FINISHED
+OUTCOME_TAG = "sweeper.outcome"
+
+
+def end_run(client, run_id: str, outcome: str) -> None:
+    """A run (a trial's or the sweep's parent) ended with its outcome: the tag, then the status it implies."""
+    client.set_tag(run_id, OUTCOME_TAG, outcome)
+    client.set_terminated(run_id, status=RUN_STATUS.get(outcome, "FINISHED"))
 
 
 def finite(column: pd.Series) -> pd.Series:
@@ -19,9 +26,10 @@ def finite(column: pd.Series) -> pd.Series:
     return column.map(lambda v: isinstance(v, (int, float)) and math.isfinite(v))
 
 
-def trial_table(results, runs: dict, sweep, proposed_by: dict) -> pd.DataFrame:
+def trial_table(results, runs: dict, sweep, proposed_by: dict, group) -> pd.DataFrame:
     """One row per trial: id, MLflow run, outcome, how it was proposed, whether it is a warm start,
-    its group for the final evaluation, best and last metric, eval periods done, config."""
+    its group for the final evaluation (`group(cfg, warm_start)`, the kind's), best and last
+    metric, eval periods done, config."""
     rows, seen = [], set()
     for result in results:
         metrics = result.metrics or {}
@@ -35,7 +43,7 @@ def trial_table(results, runs: dict, sweep, proposed_by: dict) -> pd.DataFrame:
         warm_start = sweep.is_warm_start(result.config)
         rows.append({"trial_id": trial_id, "run_id": runs.get(trial_id), "outcome": _outcome(result, sweep),
                      "proposed_by": proposed_by.get(trial_id), "warm_start": warm_start,
-                     "group": sweep.task.group(sweep.trial_config(result.config), warm_start),
+                     "group": group(sweep.trial_config(result.config), warm_start),
                      f"best_{sweep.metric}": float(series.min() if sweep.mode == "min" else series.max()),
                      f"last_{sweep.metric}": float(series.iloc[-1]),
                      "eval_periods": int(metrics.get("eval_period", 0)), "kimg": float(metrics.get("kimg", 0)),
@@ -91,10 +99,9 @@ def close_trial_runs(tracking: Tracking, table: pd.DataFrame) -> None:
     for row in table.itertuples():
         if row.run_id is None or (isinstance(row.run_id, float) and math.isnan(row.run_id)):
             continue
-        client.set_tag(row.run_id, "sweeper.outcome", row.outcome)
         if isinstance(getattr(row, "proposed_by", None), str):
             client.set_tag(row.run_id, "sweeper.proposed_by", row.proposed_by)
-        client.set_terminated(row.run_id, status=RUN_STATUS.get(row.outcome, "FINISHED"))
+        end_run(client, row.run_id, row.outcome)
 
 
 def baseline_gain(table: pd.DataFrame, metric: str, mode: str) -> tuple[float | None, float | None]:

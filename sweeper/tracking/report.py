@@ -3,7 +3,7 @@
 Only MlflowClient calls (search_runs, get_metric_history) are used, so the same commands read the
 local sqlite store, a cluster's `mlflow server`, and a sweep that is still running (its trial runs
 are RUNNING, with the eval periods delivered so far). What a sweep's record holds: see
-sweeper.tracking (runs), sweeper.delivery (one step per eval period) and sweeper.run (parent
+sweeper.tracking.runs (runs), sweeper.trial.delivery (one step per eval period) and sweeper.driver.run (parent
 params and tags).
 """
 from __future__ import annotations
@@ -20,17 +20,17 @@ from pathlib import Path
 from mlflow.entities import Run
 from mlflow.tracking import MlflowClient
 
-from sweeper.delivery import STEP_METRIC
-from sweeper.tracking import (
+from sweeper.tracking.outcomes import OUTCOME_TAG
+from sweeper.tracking.runs import (
     PARENT_TAG,
+    STEP_METRIC,
     TRIAL_TAG,
     check_reachable,
     default_tracking_uri,
 )
 from trainables.errors import BadInput
 
-KIND_TAG, OUTCOME_TAG, PROPOSED_BY_TAG, BEST_TRIAL_TAG = (
-    "sweeper.kind", "sweeper.outcome", "sweeper.proposed_by", "sweeper.best_trial")
+KIND_TAG, PROPOSED_BY_TAG, BEST_TRIAL_TAG = "sweeper.kind", "sweeper.proposed_by", "sweeper.best_trial"
 # Where the config classes a parent's `sweeper.kind` names live (a sweep's own config, defined in
 # its search-space file, is not importable here: its params' types are inferred from their text).
 CONFIG_MODULES = ("trainables.config", "trainables.classifier.config")

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from ray.tune.schedulers import ASHAScheduler, TrialScheduler
 
-from sweeper.spec import same_params
+from sweeper.definition.space import same_params
 
 
 class WarmStartASHA(ASHAScheduler):

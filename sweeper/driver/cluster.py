@@ -13,8 +13,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from sweeper.spec import SweepError
-from sweeper.tracking import SWEEPS_DIR
+from sweeper.definition import SweepError
+from sweeper.tracking.runs import SWEEPS_DIR
 
 STORAGE_ENV = "SWEEPER_STORAGE"
 # The URI schemes Tune's storage understands (it opens them with pyarrow.fs.FileSystem.from_uri).

@@ -10,18 +10,18 @@ import ray
 import torch
 from ray import tune
 
-from sweeper.delivery import RunLog, retrying
-from sweeper.footprint import memory_cap
-from sweeper.outcomes import OOM
-from sweeper.resume import surviving_checkpoint
-from sweeper.tracking import trial_run_id
+from sweeper.trial.delivery import RunLog, retrying
+from sweeper.search.footprint import memory_cap
+from sweeper.tracking.outcomes import OOM
+from sweeper.trial.checkpoints import surviving_checkpoint
+from sweeper.tracking.runs import trial_run_id
 from trainables.training.checkpoint import GRID_FILE
 
 
-def run_trial(sampled: dict, *, task, train_fn, base, shared: dict, tracking, cpus: float,
+def run_trial(sampled: dict, *, kind, train_fn, base, shared: dict, tracking, cpus: float,
               metric: str, mode: str) -> None:
     """Ray Tune function trainable; `tune.with_parameters` supplies everything after `sampled`.
-    `train_fn(cfg, report, restore_from=..., **task.trial_kwargs(cfg, shared))` trains."""
+    `train_fn(cfg, report, restore_from=..., **kind.trial_kwargs(cfg, shared))` trains."""
     cfg = base.replace(**sampled).validate()
     torch.set_num_threads(max(1, int(cpus)))  # several trials share a machine; don't oversubscribe
     cap_gpu_memory(cfg)
@@ -33,7 +33,7 @@ def run_trial(sampled: dict, *, task, train_fn, base, shared: dict, tracking, cp
     os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] = "20"
     context = tune.get_context()
     run_id = retrying(lambda: trial_run_id(tracking, context.get_trial_id(), context.get_trial_name(),
-                                           task.run_params(cfg)), "open the trial's MLflow run")
+                                           kind.run_params(cfg)), "open the trial's MLflow run")
     # Which machine a trial ran on (the latest node, when a retry moved it), for debugging a cluster sweep.
     retrying(lambda: tracking.client().set_tag(run_id, "sweeper.node_id", ray.get_runtime_context().get_node_id()),
              "tag the trial's node")
@@ -49,7 +49,7 @@ def run_trial(sampled: dict, *, task, train_fn, base, shared: dict, tracking, cp
             run_log.keep_pending_in(directory)
         tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(directory) if directory else None)
 
-    kwargs = task.trial_kwargs(cfg, shared)
+    kwargs = kind.trial_kwargs(cfg, shared)
     checkpoint = surviving_checkpoint(tune.get_checkpoint())
     with (checkpoint.as_directory() if checkpoint else nullcontext()) as restore_from:
         if restore_from:

@@ -25,12 +25,11 @@ from pathlib import Path
 import PIL.Image
 from mlflow.entities import Metric
 
-from sweeper.tracking import Tracking
+from sweeper.tracking.runs import STEP_METRIC, Tracking
 
 log = logging.getLogger("sweeper")
 
 SPOOL_IN_CHECKPOINT = "mlflow_spool"
-STEP_METRIC = "eval_period"
 IMAGE_KEY = "samples"  # the sample grid, as an MLflow image  # logged at every step; its history says which steps arrived
 MAX_BACKOFF_S = 60.0
 

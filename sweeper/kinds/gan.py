@@ -7,13 +7,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from sweeper.outcomes import baseline_gain
-from sweeper.refstats import pass_resources, reference_stats_in_task
-from sweeper.registry import log_pt2_model
-from sweeper.shipped import ShippedFile, ship
-from sweeper.spec import Quick
-from sweeper.tasks.base import Inputs, Task
-from sweeper.tuner import trial_resources
+from sweeper.tracking.outcomes import baseline_gain
+from sweeper.kinds.refstats import pass_resources, reference_stats_in_task
+from sweeper.tracking.registry import log_pt2_model
+from sweeper.kinds.shipped import ShippedFile, ship
+from sweeper.definition import Quick
+from sweeper.kinds.base import Inputs, Kind
 from trainables.config import GANConfig
 from trainables.data import check_source, prepare
 from trainables.metrics import extractor_by_name, proxy_spec, standard_spec
@@ -22,13 +21,13 @@ from trainables.training.evaluate import final_fid_kid
 from trainables.training.gan import resolve_device, train_gan
 
 
-class GANTask(Task):
+class GANKind(Kind):
     config_type = GANConfig
     metric, mode = "fid", "min"
     final_metric, final_mode = "fid_final", "min"
     model_kind = "generator"
     shown_metrics = ("fid", "kid", "kimg", "img_per_s")
-    # The footprint probe (sweeper.footprint): 20 G steps reach the steady state (optimiser moments,
+    # The footprint probe (sweeper.search.footprint): 20 G steps reach the steady state (optimiser moments,
     # cuDNN workspaces, a CUDA graph captured after its warm-up steps); the FID at the sweep's own
     # fid_samples, whose batches set the evaluation's peak.
     footprint_changes = {"steps_per_eval": 20}
@@ -63,7 +62,7 @@ class GANTask(Task):
         # FID reference statistics, once per extractor (the per-eval one and the final, standard one),
         # each in a Ray task (a trial's GPU share, or a whole node without GPUs): the driver never builds
         # the network itself.
-        resources = pass_resources(trial_resources(sweep, available.get("GPU", 0)))
+        resources = pass_resources(sweep.resources.per_trial(available.get("GPU", 0)))
         stats = {spec: reference_stats_in_task(dataset.images, dataset.fingerprint,
                                                TrialExtractor.of(spec, weights, cfg.device), cfg.ref_samples,
                                                resources=resources)
@@ -183,4 +182,4 @@ def _extractor_line(per_eval, standard, cfg) -> str:
             f"{cfg.final_fid_samples} samples; both against {cfg.ref_samples} real images")
 
 
-GAN = GANTask()
+GAN = GANKind()

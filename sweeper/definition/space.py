@@ -86,6 +86,14 @@ def warm_start_params(space, point) -> dict:
     return dict(trial.params)
 
 
+def same_params(params: dict, point: dict) -> bool:
+    """Whether `params` hold every key of `point` with the same value (floats to 1e-9: a value that
+    went through Optuna and back)."""
+    def same(a, b):
+        return math.isclose(a, b, rel_tol=1e-9) if isinstance(b, float) and isinstance(a, (int, float)) else a == b
+    return all(k in params and same(params[k], v) for k, v in point.items())
+
+
 def suggest_optimizer(trial, optimizers=("adam", "adamw", "rmsprop", "sgd"), lr=(1e-5, 1e-3)) -> None:
     """The optimiser, per-network learning rates (TTUR) and only the hyperparameters that apply to it:
     betas for adam/adamw, momentum for sgd. For define-by-run spaces."""

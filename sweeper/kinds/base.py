@@ -1,7 +1,7 @@
 """What the sweep machinery asks of one kind of trial (a GAN, a classifier, your own).
 
-A Task belongs to one config dataclass (`sweeper.tasks.task_for(config)` finds it). Everything the
-driver does that depends on *what* is trained lives in a Task: checking the inputs before anything
+A Kind belongs to one config dataclass (`sweeper.kinds.kind_of(config)` finds it). Everything the
+driver does that depends on *what* is trained lives in a Kind: checking the inputs before anything
 starts, preparing what every trial shares, turning that into a trial's arguments on the trial's
 own node, measuring the best checkpoints once more, and publishing the winner as a model.
 
@@ -35,16 +35,16 @@ class Inputs:
     lines: list = field(default_factory=list)    # console lines before the trials start
 
 
-class Task:
+class Kind:
     config_type: type = Config
     metric: str | None = None        # the sweep's default metric and mode (ASHA, Optuna, checkpoints)
     mode: str | None = None
     final_metric: str | None = None  # what the final evaluation measures; None: there is none
     final_mode: str | None = None
     model_kind: str | None = None    # registered as `<sweep>-<model_kind>`; None: nothing registered
-    shown_metrics: tuple = ()        # on the console beside the sweep's metric (sweeper.console)
-    quick = None                     # the `--quick` budget (a sweeper.spec.Quick)
-    # Config changes that shorten the one eval period sweeper.footprint runs to measure a trial's
+    shown_metrics: tuple = ()        # on the console beside the sweep's metric (sweeper.search.console)
+    quick = None                     # the `--quick` budget (a sweeper.definition.Quick)
+    # Config changes that shorten the one eval period sweeper.search.footprint runs to measure a trial's
     # GPU memory (Resources(gpu_fraction="auto")); num_evals is set to 1 anyway.
     footprint_changes: dict = {}
 
@@ -65,7 +65,7 @@ class Task:
 
     def run_params(self, cfg) -> dict:
         """In the trial's process: the MLflow params of its run, the config fields that apply to it
-        (the GAN task adds the device and precision resolved on that machine)."""
+        (the GAN kind adds the device and precision resolved on that machine)."""
         skip = cfg.inapplicable_keys()
         return {k: v for k, v in dataclasses.asdict(cfg).items() if k not in skip}
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 from optuna.trial import TrialState
 from ray.tune.search.optuna import OptunaSearch
 
-from sweeper.outcomes import OOM
+from sweeper.tracking.outcomes import OOM
 
 WARM_START, STARTUP, TPE = "warm-start", "startup", "tpe"
 

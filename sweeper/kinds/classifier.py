@@ -13,13 +13,13 @@ from pathlib import Path
 
 import numpy as np
 
-from sweeper import generators
-from sweeper.outcomes import finite
-from sweeper.registry import log_pt2_model
-from sweeper.space import space_samples
-from sweeper.spec import FinalEval, Quick, SweepError
-from sweeper.tasks.base import Inputs, Task
-from sweeper.tracking import default_tracking_uri
+from sweeper.kinds import generators
+from sweeper.tracking.outcomes import finite
+from sweeper.tracking.registry import log_pt2_model
+from sweeper.definition.space import space_samples
+from sweeper.definition import FinalEval, Quick, SweepError
+from sweeper.kinds.base import Inputs, Kind
+from sweeper.tracking.runs import default_tracking_uri
 from trainables.classifier import ClassifierConfig, final_test, train_classifier
 from trainables.classifier.evaluate import load_classifier
 from trainables.data import make_imageset, prepare, source_classes, train_test_split
@@ -28,7 +28,7 @@ from trainables.training.gan import resolve_device
 REAL_ONLY, SYNTHETIC_ONLY, MIXED = "real-only", "synthetic-only", "mixed"
 
 
-class ClassifierTask(Task):
+class ClassifierKind(Kind):
     config_type = ClassifierConfig
     metric, mode = "val_acc", "max"
     final_metric, final_mode = "test_acc", "max"
@@ -196,4 +196,4 @@ def _aligned(test, classes):
     return make_imageset(test.images[keep], labels, classes)
 
 
-CLASSIFIER = ClassifierTask()
+CLASSIFIER = ClassifierKind()

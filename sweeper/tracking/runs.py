@@ -19,6 +19,7 @@ from trainables.errors import BadInput
 SWEEPS_DIR = Path("sweeps")
 TRIAL_TAG = "sweeper.trial_id"
 PARENT_TAG = "mlflow.parentRunId"
+STEP_METRIC = "eval_period"  # the step of every per-period metric: the eval period it was measured at
 
 
 def default_tracking_uri() -> str:

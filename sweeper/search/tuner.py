@@ -6,29 +6,19 @@ import optuna
 from ray import tune
 from ray.tune.schedulers import FIFOScheduler
 
-from sweeper import console
-from sweeper.footprint import AUTO, FALLBACK_GPU_FRACTION, RAY_UNITS
-from sweeper.scheduler import WarmStartASHA
-from sweeper.search import SweepSearch
-from sweeper.space import always_searched_keys
-from sweeper.spec import Sweep
+from sweeper.search import console
+from sweeper.search.footprint import RAY_UNITS
+from sweeper.search.scheduler import WarmStartASHA
+from sweeper.search.searcher import SweepSearch
+from sweeper.definition.space import always_searched_keys
+from sweeper.definition import Sweep
 
 TIME_ATTR = "eval_period"
 
 
-def trial_resources(sweep: Sweep, gpus_available: float) -> dict:
-    """A GPU fraction per trial where GPUs exist (several trials per GPU), CPUs otherwise. The
-    fraction is the sweep's: a number, or "auto" once `sweeper.footprint.resolve_gpu_fraction` has
-    measured it (until then it counts as FALLBACK_GPU_FRACTION)."""
-    resources = {"cpu": sweep.resources.cpus}
-    if gpus_available > 0:
-        fraction = sweep.resources.gpu_fraction
-        resources["gpu"] = FALLBACK_GPU_FRACTION if fraction == AUTO else fraction
-    return resources
-
-
-def max_concurrent(sweep: Sweep, available: dict) -> int:
-    """Trials at once: what `available` ({"CPU": n, "GPU": n}, Ray's names) fits, capped so that at
+def max_concurrent(sweep: Sweep, available: dict, per_trial: dict | None = None) -> int:
+    """Trials at once: how many `per_trial` resources ({"cpu": n, "gpu": fraction}; None: the
+    sweep's `Resources.per_trial`) `available` ({"CPU": n, "GPU": n}, Ray's names) fits, capped so that at
     least half of the trials are TPE proposals informed by `n_startup` finished trials.
 
     Trial i is proposed while at most c - 1 others run, so at least i - c + 1 have finished; trials
@@ -38,8 +28,8 @@ def max_concurrent(sweep: Sweep, available: dict) -> int:
     """
     if sweep.max_concurrent is not None:
         return sweep.max_concurrent
-    need = trial_resources(sweep, available.get("GPU", 0))
-    fits = max(1, min(_how_many(available.get(kind.upper(), 0), amount) for kind, amount in need.items()))
+    per_trial = per_trial or sweep.resources.per_trial(available.get("GPU", 0))
+    fits = max(1, min(_how_many(available.get(kind.upper(), 0), amount) for kind, amount in per_trial.items()))
     n, n_startup = sweep.num_samples, sweep.searcher.startup_trials(sweep.num_samples)
     if n_startup > n // 2:
         return fits
@@ -52,13 +42,13 @@ def _how_many(available: float, amount: float) -> int:
     return round(available * RAY_UNITS) // max(1, round(amount * RAY_UNITS))
 
 
-def shown_metrics(sweep: Sweep) -> tuple[str, ...]:
+def shown_metrics(sweep: Sweep, reported: tuple[str, ...]) -> tuple[str, ...]:
     """The sweep's metric first, then the others its kind of trial reports that a person compares."""
-    return (sweep.metric, *(m for m in sweep.task.shown_metrics if m != sweep.metric))
+    return (sweep.metric, *(m for m in reported if m != sweep.metric))
 
 
 def trial_dirname(trial) -> str:
-    """A trial's folder is its id, so the driver can tell which trials Tune knows (sweeper.resume)."""
+    """A trial's folder is its id, so the driver can tell which trials Tune knows (sweeper.driver.resume)."""
     return trial.trial_id
 
 
@@ -79,28 +69,31 @@ def build_searcher(sweep: Sweep) -> SweepSearch:
         space=sweep.space if define_by_run else None,
         metric=sweep.metric if define_by_run else None,
         mode=sweep.mode if define_by_run else None,
-        points_to_evaluate=[sweep.warm_start_params(i) for i in range(len(sweep.warm_start))] or None,
+        points_to_evaluate=sweep.warm_points or None,
         sampler=sampler)
 
 
 def build_tuner(sweep: Sweep, trainable, *, storage_path: str | Path, run_name: str, available: dict,
+                per_trial: dict | None = None, reported: tuple[str, ...] = (),
                 searcher: SweepSearch | None = None) -> tune.Tuner:
+    """`per_trial`: one trial's resources (None: the sweep's `Resources.per_trial`); `reported`:
+    the metrics besides the sweep's that its kind of trial reports and the console shows."""
+    per_trial = per_trial or sweep.resources.per_trial(available.get("GPU", 0))
     scheduler = FIFOScheduler() if sweep.scheduler is None else WarmStartASHA(
-        warm_points=[sweep.warm_start_params(i) for i in range(len(sweep.warm_start))],
-        time_attr=TIME_ATTR, max_t=sweep.config.num_evals,
+        warm_points=sweep.warm_points, time_attr=TIME_ATTR, max_t=sweep.config.num_evals,
         grace_period=sweep.scheduler.grace_period, reduction_factor=sweep.scheduler.reduction_factor)
-    shown = shown_metrics(sweep)
+    shown = shown_metrics(sweep, reported)
     return tune.Tuner(
-        tune.with_resources(trainable, trial_resources(sweep, available.get("GPU", 0))),
+        tune.with_resources(trainable, per_trial),
         param_space={} if callable(sweep.space) else dict(sweep.space),
         tune_config=tune.TuneConfig(metric=sweep.metric, mode=sweep.mode,
                                     search_alg=searcher or build_searcher(sweep), scheduler=scheduler,
                                     num_samples=sweep.num_samples,
-                                    max_concurrent_trials=max_concurrent(sweep, available),
+                                    max_concurrent_trials=max_concurrent(sweep, available, per_trial),
                                     # Every trial in a fresh process (Tune's default, stated because
                                     # packing depends on it): a trial ASHA stops gives back its GPU
                                     # memory when its process ends, and each trial sets its own
-                                    # memory cap (sweeper.trial) at start.
+                                    # memory cap (sweeper.trial.trainable) at start.
                                     reuse_actors=False,
                                     trial_dirname_creator=trial_dirname),
         run_config=tune.RunConfig(

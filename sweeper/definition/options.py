@@ -1,0 +1,84 @@
+"""The options a Sweep is built from, each pure data: the searcher (TPE), the scheduler (ASHA),
+per-trial resources, the final evaluation and the `--quick` budget."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from trainables.errors import BadInput
+
+AUTO = "auto"
+# A fraction "auto" stands for until it is measured (a CPU-only cluster never measures it, and a
+# failed measurement falls back to it): four trials per GPU, the fixed default it replaced.
+FALLBACK_GPU_FRACTION = 0.25
+
+
+class SweepError(BadInput):
+    """A bad sweep definition or command-line value; one line naming the key, file or value."""
+
+
+@dataclass(frozen=True)
+class TPE:
+    """Optuna's TPE sampler (seeded, so a sweep proposes the same configs when re-run).
+
+    `n_startup_trials`: finished trials (warm starts included) before TPE replaces random draws;
+    None = max(2, num_samples // 8). Trials in flight are told to TPE as constant liars.
+    """
+    seed: int = 0
+    n_startup_trials: int | None = None
+
+    def startup_trials(self, num_samples: int) -> int:
+        return self.n_startup_trials if self.n_startup_trials is not None else max(2, num_samples // 8)
+
+
+@dataclass(frozen=True)
+class ASHA:
+    """Async successive halving on the sweep metric, one rung step = one eval period."""
+    grace_period: int = 1
+    reduction_factor: int = 2
+
+
+@dataclass(frozen=True)
+class Resources:
+    """Per trial. `gpu_fraction` applies only where GPUs exist: "auto" measures a trial's GPU memory
+    once before the trials start and packs as many per GPU as fit, at most 8 (sweeper.search.footprint);
+    a number is used as given (0.25 packs four trials per GPU, 2 gives each trial two GPUs)."""
+    cpus: float = 1.0
+    gpu_fraction: float | str = "auto"
+
+    def __post_init__(self):
+        if not (isinstance(self.cpus, (int, float)) and self.cpus > 0):
+            raise SweepError(f"resources.cpus: must be a number > 0, got {self.cpus!r}")
+        fraction = self.gpu_fraction
+        if fraction == AUTO:
+            return
+        number = isinstance(fraction, (int, float)) and not isinstance(fraction, bool)
+        # Ray takes a fraction of one GPU, or whole GPUs.
+        if not (number and (0 < fraction <= 1 or (fraction > 1 and float(fraction).is_integer()))):
+            raise SweepError(f"resources.gpu_fraction: must be 'auto', a fraction in (0, 1] or a whole number of "
+                             f"GPUs, got {fraction!r}")
+
+    def per_trial(self, gpus_available: float) -> dict:
+        """What Ray reserves for one trial: a GPU fraction where GPUs exist (several trials per
+        GPU), CPUs otherwise. "auto" counts as FALLBACK_GPU_FRACTION until the driver has measured
+        it (sweeper.search.footprint.resolve_gpu_fraction)."""
+        resources = {"cpu": self.cpus}
+        if gpus_available > 0:
+            resources["gpu"] = FALLBACK_GPU_FRACTION if self.gpu_fraction == AUTO else self.gpu_fraction
+        return resources
+
+
+@dataclass(frozen=True)
+class FinalEval:
+    """After the trials: the best checkpoints of the `top_k` best trials of each group (searched and
+    warm-start trials; a classifier sweep groups by real/synthetic data) are measured again, e.g.
+    `fid_final` on more samples with another seed, or `test_acc` on the held-out test split."""
+    top_k: int = 3
+
+
+@dataclass(frozen=True)
+class Quick:
+    """What `--quick` changes: the budget only (trial count, image size, steps, samples). Each kind
+    of trial has its own default (sweeper.kinds)."""
+    num_samples: int = 6
+    config: dict = field(default_factory=dict)
+    final: FinalEval = FinalEval(top_k=1)

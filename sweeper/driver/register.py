@@ -1,0 +1,38 @@
+"""The sweep's winner published: its best checkpoint logged as a model of its trial's run,
+registered as `<sweep>-<kind>`, and `@best` moved to it only where it beats the version there on
+the same footing (sweeper.tracking.registry decides)."""
+from __future__ import annotations
+
+import pandas as pd
+
+from sweeper.driver.final import Candidate
+from sweeper.driver.running import Running
+from sweeper.tracking.registry import model_name, promote, tag_version
+
+
+def register(run: Running, table: pd.DataFrame, winner: Candidate) -> dict:
+    """The winner as a new registered version; returns the summary's model, version and alias decision."""
+    kind, row = run.kind, table[table["trial_id"] == winner.trial_id].iloc[0]
+    name = model_name(run.sweep.name, kind.model_kind, run.quick)
+    measured = {k: f"{row[k]:.6g}" for k in table.attrs.get("final_metrics", [kind.final_metric])}
+    tags = {**measured, "sweeper.trial_id": winner.trial_id, "sweeper.eval_period": winner.period,
+            "sweeper.sweep_run_id": run.tracking.parent_run_id,
+            **{f"sweeper.{k}": v for k, v in run.inputs.params.items()}}
+    number = f"{kind.final_metric} {row[kind.final_metric]:.4g} ({run.inputs.measured_on})"
+    with winner.checkpoint.as_directory() as directory:
+        version = kind.log_model(run.tracking, row["run_id"], winner.config, directory, name)
+    client = run.tracking.client()
+    tag_version(client, name, version, tags=tags, footing=run.inputs.footing,
+                description=f"Winner of sweep {run.sweep.name} (trial {winner.trial_id}): {number}, checkpoint of "
+                            f"eval period {winner.period}.")
+    _, why = promote(client, name, version, kind.final_metric, kind.final_mode)
+    print(f"models:/{name}@best {why}", flush=True)
+    parent = run.tracking.parent_run_id
+    client.set_tag(parent, "sweeper.registered_model", f"{name}/{version}")
+    # The run page's description: a link to the registered version (the UI lists only models logged
+    # by the run itself, and the winner was logged by its trial's run).
+    client.set_tag(parent, "mlflow.note.content",
+                   f"Winner: trial {winner.trial_id}, {number}. Registered as "
+                   f"[models:/{name}/{version}](#/models/{name}/versions/{version}); @best {why}.")
+    client.set_tag(parent, "sweeper.best_alias_decision", why)
+    return {"model": name, "model_version": version, "alias_decision": why}

@@ -1,0 +1,240 @@
+"""`sweeper run`: prepare what the trials share once, run the Tuner, measure the best trials
+again, register the winner, and summarise into MLflow. The same for every kind of trial: what
+depends on the kind (data, FID statistics, generators, the final number) is its Kind's."""
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import time
+import traceback
+from pathlib import Path
+
+import pandas as pd
+import ray
+from ray import tune
+
+from sweeper.definition import Sweep
+from sweeper.driver import final, resume
+from sweeper.driver.register import register
+from sweeper.driver.resume import SweepState, experiment_path
+from sweeper.driver.running import Running
+from sweeper.kinds import complete, kind_of
+from sweeper.search import console
+from sweeper.search.footprint import resolve_gpu_fraction
+from sweeper.search.tuner import build_searcher, build_tuner
+from sweeper.tracking import report
+from sweeper.tracking.outcomes import (COMPLETED, ERROR, INTERRUPTED, NO_WINNER, close_trial_runs, end_run,
+                                       mark_interrupted, trial_table)
+from sweeper.tracking.runs import (SWEEPS_DIR, Tracking, check_reachable, child_runs, default_tracking_uri,
+                                   drop_lost_trial_runs, open_sweep, reopen_sweep)
+from sweeper.tracking.summary import log_summary
+from sweeper.trial.trainable import run_trial
+
+log = logging.getLogger("sweeper")
+
+
+@dataclasses.dataclass(frozen=True)
+class SweepSummary:
+    sweep_name: str
+    tracking: Tracking
+    table: pd.DataFrame
+    final_metric: str                  # the number that picks the winner's @best ("fid_final", "test_acc")
+    measured_on: str = ""              # how it was measured, e.g. "inception-v3-compat, 256 generated vs 512 real"
+    interrupted: bool = False
+    experiment_path: str | None = None
+    winner: str | None = None          # trial id
+    final_value: float | None = None   # the winner's final_metric
+    best_config: dict | None = None
+    metrics: dict = dataclasses.field(default_factory=dict)  # the kind's parent-run summary (baseline, CAS)
+    lines: list = dataclasses.field(default_factory=list)    # the kind's summary lines
+    model: str | None = None
+    model_version: str | None = None
+    alias_decision: str | None = None
+    runs_view: str = ""  # the MLflow UI's runs table of this sweep, from the UI's root URL
+
+
+def run_sweep(sweep: Sweep, *, sweep_file: str, quick: bool, storage: str | None = None) -> SweepSummary:
+    """`storage`: Tune's storage (a local path or s3://, gs:// URI; None = sweeps/ray_results here)."""
+    path = experiment_path(storage or str((SWEEPS_DIR / "ray_results").resolve()),
+                           f"{sweep.name}-{time.strftime('%Y%m%d-%H%M%S')}")
+    return _run(complete(sweep), quick=quick, sweep_file=sweep_file, path=path, resumed=None)
+
+
+def resume_sweep(state: SweepState) -> SweepSummary:
+    """Continue an interrupted sweep (see sweeper.driver.resume): the same Tune experiment, searcher
+    state, MLflow parent run and child runs; unfinished and errored trials go on from their checkpoints."""
+    return _run(complete(resume.recorded_sweep(state)), quick=state.quick, sweep_file=state.sweep_file,
+                path=state.path, resumed=state)
+
+
+def _run(sweep: Sweep, *, quick: bool, sweep_file: str, path: str, resumed: SweepState | None) -> SweepSummary:
+    run, state = _start(sweep, quick=quick, sweep_file=sweep_file, path=path, resumed=resumed)
+    table = None
+    try:
+        tuner, searcher = _tuner(run, restore=resumed is not None)
+        results = tuner.fit()
+        deleted = resumed and drop_lost_trial_runs(run.tracking, {Path(r.path).name for r in results if r.path})
+        if deleted:
+            print(f"{deleted} trial run(s) of trials Tune never saved before the driver died: deleted", flush=True)
+        table = trial_table(results, child_runs(run.tracking), run.sweep, searcher.proposed_by, run.kind.group)
+        if len(searcher.finished) < max(len(results), run.sweep.num_samples):
+            # Ctrl-C: Tune stopped and returned what it had. A half-run sweep registers nothing.
+            resume.set_status(state, resume.INTERRUPTED)
+            return _end_interrupted(run, mark_interrupted(table, searcher.finished), results, searcher)
+        close_trial_runs(run.tracking, table)
+        candidates = {}
+        if run.kind.final_metric is not None:
+            table, candidates = final.evaluate(run, table, results)
+        summary = _summarise(run, table, results, searcher, candidates)
+        resume.set_status(state, resume.FINISHED)
+        return summary
+    except KeyboardInterrupt:
+        # A second Ctrl-C inside Tune, or one during the final evaluation.
+        resume.set_status(state, resume.INTERRUPTED)
+        _end_interrupted(run, table)
+        raise
+    except BaseException:
+        _record_failure(run.tracking, state, traceback.format_exc())
+        raise
+
+
+def _start(sweep: Sweep, *, quick: bool, sweep_file: str, path: str,
+           resumed: SweepState | None) -> tuple[Running, SweepState]:
+    """Everything before the Tuner: the inputs every trial shares, the GPU packing, the MLflow runs."""
+    kind = kind_of(sweep.config)
+    check_reachable(default_tracking_uri() if resumed is None else resumed.tracking_uri)
+    kind.check(sweep)
+    # Before Ray starts: the heavy shared preparation (the data's decode pool forks only while the
+    # process is single-threaded). Trials get what it made through Ray's object store.
+    prepared = kind.prepare(sweep)
+    _start_ray()
+    available = ray.cluster_resources()
+    inputs = kind.inputs(sweep, prepared, available)
+    # Resources(gpu_fraction="auto"): a trial's GPU memory measured once, before the sweep is
+    # recorded, so a resume (which loads the recorded sweep) packs its trials the same way.
+    sweep = resolve_gpu_fraction(sweep, kind, inputs.trial, available)
+    for line in inputs.lines:
+        print(line, flush=True)
+    per_trial = sweep.resources.per_trial(available.get("GPU", 0))
+    if resumed is not None:
+        tracking = reopen_sweep(resumed.tracking_uri, resumed.experiment_id, resumed.parent_run_id,
+                                child_params=inputs.params, child_tags=inputs.tags)
+        print(f"resuming {path}: MLflow parent run {tracking.parent_run_id}", flush=True)
+        return Running(sweep, kind, inputs, tracking, available, per_trial, path, quick), resume.set_status(resumed, resume.RUNNING)
+    # MLflow structure: the experiment and the sweep's parent run.
+    tracking = open_sweep(sweep.name, default_tracking_uri(), params=_sweep_params(sweep),
+                          tags={"sweeper.sweep_file": sweep_file, "sweeper.quick": str(quick),
+                                "sweeper.kind": type(sweep.config).__name__, "sweeper.experiment_path": path,
+                                **inputs.parent_tags},
+                          child_params=inputs.params, child_tags=inputs.tags)
+    state = SweepState(path, sweep.name, sweep_file, quick, resume.RUNNING, resume.now(), tracking.uri,
+                       tracking.experiment_id, tracking.parent_run_id)
+    resume.write_state(state, sweep)
+    return Running(sweep, kind, inputs, tracking, available, per_trial, path, quick), state
+
+
+def _record_failure(tracking: Tracking, state: SweepState, trace: str) -> None:
+    """A bug or an outage: the traceback stays with the sweep, not only on a closed terminal. Best
+    effort (the store may be what failed); the original error is what the user must see."""
+    try:
+        resume.set_status(state, resume.FAILED)
+        client = tracking.client()
+        client.log_text(tracking.parent_run_id, trace, "error.txt")
+        end_run(client, tracking.parent_run_id, ERROR)
+    except Exception as e:  # noqa: BLE001
+        log.warning("could not record the failure in MLflow (%s); `sweeper resume` can finish the sweep",
+                    str(e).splitlines()[0] if str(e) else type(e).__name__)
+
+
+def _start_ray() -> None:
+    if not ray.is_initialized():
+        # RAY_ADDRESS joins a cluster (`ray job submit` sets it). Without it the sweep starts its own
+        # Ray: ray.init() alone would join any cluster that happens to run on this machine.
+        ray.init(address=os.environ.get("RAY_ADDRESS") or "local", include_dashboard=False,
+                 logging_level=logging.WARNING)
+
+
+def _tuner(run: Running, restore: bool):
+    """(Tuner, its SweepSearch): a new experiment at `run.path`, or the one there restored."""
+    # Tune saves its experiment state every 10 s or more, and deletes a trial's checkpoints that
+    # fall out of the best `num_to_keep` at once: a driver killed in between leaves a state whose
+    # latest checkpoint is gone, and that trial cannot resume. Saving at every step closes the gap
+    # (the state is a few kB per trial).
+    os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "0")
+    console.use_classic_reporter()
+    sweep = run.sweep
+    trainable = tune.with_parameters(
+        run_trial, kind=run.kind, train_fn=sweep.trainable, base=sweep.config, shared=run.inputs.trial,
+        tracking=run.tracking, cpus=sweep.resources.cpus, metric=sweep.metric, mode=sweep.mode)
+    if not restore:
+        searcher = build_searcher(sweep)
+        storage, name = resume.split_experiment_path(run.path)
+        return build_tuner(sweep, trainable, storage_path=storage, run_name=name, available=run.available,
+                           per_trial=run.per_trial, reported=run.kind.shown_metrics, searcher=searcher), searcher
+    with resume.old_module_names():  # a sweep started before sweeper's modules moved
+        tuner = tune.Tuner.restore(run.path, tune.with_resources(trainable, run.per_trial),
+                                   resume_unfinished=True, resume_errored=True)
+    # The searcher Tune restores (from tuner.pkl, then its saved state) is not otherwise exposed;
+    # its record of who proposed what and which trials finished is needed for the trial table.
+    return tuner, tuner._local_tuner._tune_config.search_alg
+
+
+def _summarise(run: Running, table, results, searcher, candidates: dict) -> SweepSummary:
+    sweep, kind, client = run.sweep, run.kind, run.tracking.client()
+    column, mode = kind.winner_by(sweep)
+    winner = final.winner(table, column, mode, measured=kind.final_metric)
+    final_metric = kind.final_metric or f"best_{sweep.metric}"
+    metrics, lines = kind.summarise(sweep, table)
+    registered = {}
+    if winner is not None:
+        metrics = {final_metric: float(table[table["trial_id"] == winner].iloc[0][final_metric]), **metrics}
+        client.set_tag(run.tracking.parent_run_id, "sweeper.best_trial", winner)
+        if kind.model_kind is not None:
+            registered = register(run, table, candidates[winner])
+    for key, value in metrics.items():
+        client.log_metric(run.tracking.parent_run_id, key, value)
+    best_config = next(dict(r.config) for r in results if r.metrics and r.metrics.get("trial_id") == winner) \
+        if winner else None
+    summary = SweepSummary(sweep.name, run.tracking, table, final_metric, run.inputs.measured_on, winner=winner,
+                           final_value=metrics.get(final_metric), best_config=best_config, metrics=metrics,
+                           lines=lines, **registered)
+    log_summary(run.tracking, sweep, table, results, searcher, winner, kind.final_metric,
+                extra={"summary.json": _summary_json(summary)})
+    end_run(client, run.tracking.parent_run_id, COMPLETED if winner is not None else NO_WINNER)
+    return dataclasses.replace(summary, runs_view=report.save_runs_view(client, report.latest_sweep(client, sweep.name)))
+
+
+def _end_interrupted(run: Running, table, results=None, searcher=None) -> SweepSummary:
+    """Every run still open ends KILLED (finished trials keep their outcome); nothing is registered;
+    the parent gets the trial table and figures of what ran."""
+    client = run.tracking.client()
+    if table is not None:
+        close_trial_runs(run.tracking, table)
+        log_summary(run.tracking, run.sweep, table, results, searcher, None, run.kind.final_metric)
+    for run_id in child_runs(run.tracking).values():
+        if client.get_run(run_id).info.status == "RUNNING":
+            end_run(client, run_id, INTERRUPTED)
+    end_run(client, run.tracking.parent_run_id, INTERRUPTED)
+    return SweepSummary(run.sweep.name, run.tracking, table if table is not None else pd.DataFrame(),
+                        run.kind.final_metric or "", interrupted=True, experiment_path=run.path)
+
+
+def _summary_json(summary: SweepSummary) -> bytes:
+    return json.dumps(
+        {"best_trial": summary.winner, summary.final_metric: summary.final_value,
+         "measured_on": summary.measured_on, **summary.metrics, "best_config": summary.best_config,
+         "model": summary.model, "model_version": summary.model_version,
+         "best_alias_decision": summary.alias_decision}, indent=2, default=str).encode()
+
+
+def _sweep_params(sweep: Sweep) -> dict:
+    return {**sweep.fixed_config(), "num_samples": sweep.num_samples, "searched": ",".join(sorted(sweep.searched_keys())),
+            "metric": f"{sweep.metric} ({sweep.mode})",
+            "searcher": f"optuna-tpe(seed={sweep.searcher.seed},"
+                        f"n_startup={sweep.searcher.startup_trials(sweep.num_samples)},constant_liar)",
+            "scheduler": "fifo" if sweep.scheduler is None else
+                         f"asha(grace={sweep.scheduler.grace_period},rf={sweep.scheduler.reduction_factor},"
+                         f"warm_starts_never_stopped)",
+            "final_top_k": sweep.final.top_k}
