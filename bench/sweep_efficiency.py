@@ -95,8 +95,8 @@ def _plain(value):
 
 
 def run_arm(arm: str, sweep, size: dict) -> dict:
-    from sweeper.driver.run import run_sweep
     from sweeper.definition import FinalEval
+    from sweeper.driver.run import run_sweep
 
     sweep = sweep.with_(final=FinalEval(top_k=size["top_k"])).validate()
     start = time.perf_counter()

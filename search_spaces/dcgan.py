@@ -4,12 +4,11 @@ A define-by-run space (Optuna): betas only for adam/adamw, momentum only for sgd
 least squares, so seeds 001 (DCGAN 64 with its tricks), 002 (DCGAN 32, CIFAR-10) and 003 (LSGAN
 dogs) are all warm starts: the sweep reports how far its best trial beats the best of them.
 """
+from sweeper import Sweep, suggest_optimizer
+from trainables.config import GANConfig
 from trainables.seeds import seed001_dcgan64_tricks as seed001
 from trainables.seeds import seed002_dcgan32_cifar as seed002
 from trainables.seeds import seed003_lsgan_dog as seed003
-
-from sweeper import Sweep, suggest_optimizer
-from trainables.config import GANConfig
 
 
 def space(trial):

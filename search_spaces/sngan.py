@@ -4,10 +4,9 @@ A define-by-run space (Optuna): betas only for adam/adamw, momentum only for sgd
 are searched for the ResNet only (Miyato et al. used 5 there, 1 with the DCGAN networks).
 Warm-started from seed 004's three spectral-norm configurations.
 """
-from trainables.seeds import seed004_gan_wgangp_sngan as seed004
-
 from sweeper import Sweep, suggest_optimizer
 from trainables.config import GANConfig
+from trainables.seeds import seed004_gan_wgangp_sngan as seed004
 
 
 def space(trial):

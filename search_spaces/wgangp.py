@@ -4,11 +4,10 @@ A define-by-run space (Optuna): betas are searched only for adam/adamw and momen
 Warm-started from seed 000's hand-tuned configuration (and seed 004's WGAN-GP), so the sweep
 reports how far its best trial beats those baselines. `--quick` shrinks only the budget.
 """
-from trainables.seeds import seed000_wgangp_cat128 as seed000
-from trainables.seeds import seed004_gan_wgangp_sngan as seed004
-
 from sweeper import Sweep, suggest_optimizer
 from trainables.config import GANConfig
+from trainables.seeds import seed000_wgangp_cat128 as seed000
+from trainables.seeds import seed004_gan_wgangp_sngan as seed004
 
 
 def space(trial):

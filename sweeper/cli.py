@@ -7,7 +7,6 @@ run), exit code 1.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import os
 import subprocess
 import sys
@@ -209,7 +208,6 @@ def _report(summary) -> str:
 
 def _storage_option(experiment_path: str) -> str:
     from sweeper.driver.cluster import storage_uri
-
     from sweeper.driver.resume import split_experiment_path
 
     storage = split_experiment_path(experiment_path)[0]

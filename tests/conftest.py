@@ -1,6 +1,6 @@
 """Shared test setup: an isolated cache, no downloads, and small real datasets/extractors."""
-import os
 import contextlib
+import os
 import shutil
 import socket
 import subprocess

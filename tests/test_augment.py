@@ -3,8 +3,16 @@ straightforward references written here."""
 import pytest
 import torch
 
-from trainables.augment import (AUGMENT_FNS, diff_augment, parse_policy, rand_brightness, rand_contrast,
-                                rand_cutout, rand_saturation, rand_translation)
+from trainables.augment import (
+    AUGMENT_FNS,
+    diff_augment,
+    parse_policy,
+    rand_brightness,
+    rand_contrast,
+    rand_cutout,
+    rand_saturation,
+    rand_translation,
+)
 
 POLICIES = ["color", "translation", "cutout", "color,translation,cutout"]
 

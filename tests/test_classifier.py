@@ -5,18 +5,23 @@ import math
 import numpy as np
 import pytest
 import torch
+from conftest import Recorder
 from sklearn.metrics import accuracy_score, confusion_matrix
 from torch import nn
 
-from trainables.classifier import (ClassifierConfig, SyntheticImages, accuracy_report, build_classifier,
-                                   final_test, train_classifier)
+from trainables.classifier import (
+    ClassifierConfig,
+    SyntheticImages,
+    accuracy_report,
+    build_classifier,
+    final_test,
+    train_classifier,
+)
 from trainables.classifier.evaluate import CONFUSION_FILE, load_classifier
 from trainables.classifier.models import classification_loss, to_input
 from trainables.config import ConfigError
 from trainables.training.checkpoint import CHECKPOINT_FILE
 from trainables.training.evaluate import to_uint8
-
-from conftest import Recorder
 
 R = 32
 Z_DIM = 3 * R * R

@@ -8,9 +8,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from mlflow.tracking import MlflowClient
-
 from conftest import shared_data
+from mlflow.tracking import MlflowClient
 
 REPO = Path(__file__).resolve().parents[1]
 # What keeps each generator sweep around a minute on 2 cores: two trials (the two warm starts),

@@ -8,9 +8,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from mlflow.tracking import MlflowClient
-
 from conftest import free_port, one_cpu_nodes, wait_until_up
+from mlflow.tracking import MlflowClient
 
 REPO = Path(__file__).resolve().parents[1]
 NAME = "cluster"

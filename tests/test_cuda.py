@@ -7,6 +7,7 @@ Resume on CUDA is close, not bit-exact: cuDNN may pick other algorithms in a new
 import numpy as np
 import pytest
 import torch
+from conftest import Recorder, Stopped
 from torch import nn
 from torch.nn.utils.parametrizations import spectral_norm
 
@@ -19,8 +20,6 @@ from trainables.training.batches import DeviceBatches
 from trainables.training.cuda import GraphedStep, make_step, speedups
 from trainables.training.ema import update_ema
 from trainables.training.gan import build_training, train_gan
-
-from conftest import Recorder, Stopped
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 

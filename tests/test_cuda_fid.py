@@ -16,8 +16,16 @@ from sweeper.definition import Sweep
 from sweeper.kinds.gan import GAN
 from trainables.config import GANConfig
 from trainables.data import toy_faces
-from trainables.metrics import (PRECISIONS, RandomConvFeatures, extract, feature_stats, fid_precision,
-                                frechet_distance, load_extractor, standard_extractor_available)
+from trainables.metrics import (
+    PRECISIONS,
+    RandomConvFeatures,
+    extract,
+    feature_stats,
+    fid_precision,
+    frechet_distance,
+    load_extractor,
+    standard_extractor_available,
+)
 from trainables.models import build_models
 from trainables.training.evaluate import fid_kid_of
 

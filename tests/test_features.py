@@ -6,16 +6,24 @@ import http.server
 import os
 import threading
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from pathlib import Path
 from PIL import Image
 
-from trainables.metrics import (FIDFallbackWarning, InceptionFeatures, RandomConvFeatures, extract,
-                                extractor_by_name, feature_stats, frechet_distance, kernel_inception_distance,
-                                load_extractor)
+from trainables.metrics import (
+    FIDFallbackWarning,
+    InceptionFeatures,
+    RandomConvFeatures,
+    extract,
+    extractor_by_name,
+    feature_stats,
+    frechet_distance,
+    kernel_inception_distance,
+    load_extractor,
+)
 from trainables.metrics import features as features_module
 
 CATS = Path(__file__).resolve().parents[1].parent / "shared/data/afhq-cat-128/train/cat"

@@ -10,13 +10,20 @@ import pytest
 import ray
 import torch
 
-from sweeper.kinds.refstats import refstats_key, reference_stats, reference_stats_in_task
 from sweeper.definition import Sweep
 from sweeper.kinds.gan import GAN, TrialExtractor
+from sweeper.kinds.refstats import reference_stats, reference_stats_in_task, refstats_key
 from trainables.config import GANConfig
 from trainables.data import toy_faces
-from trainables.metrics import (PRECISIONS, RandomConvFeatures, extract, feature_stats, fid_precision,
-                                frechet_distance, proxy_spec)
+from trainables.metrics import (
+    PRECISIONS,
+    RandomConvFeatures,
+    extract,
+    feature_stats,
+    fid_precision,
+    frechet_distance,
+    proxy_spec,
+)
 from trainables.metrics.precision import numerics
 from trainables.models import build_models
 from trainables.training.evaluate import fid_kid_of, to_uint8

@@ -88,8 +88,8 @@ def test_curves_one_line_per_trial_styled_by_outcome():
         frame = data[trial_id]
         assert len(y) == int(np.isfinite(frame["fid"]).sum())
     winner = lines["t02"]
-    assert winner.get_linewidth() > max(l.get_linewidth() for k, l in lines.items() if k != "t02")
-    assert winner.get_zorder() > max(l.get_zorder() for k, l in lines.items() if k != "t02")
+    assert winner.get_linewidth() > max(line.get_linewidth() for k, line in lines.items() if k != "t02")
+    assert winner.get_zorder() > max(line.get_zorder() for k, line in lines.items() if k != "t02")
     assert "winner t02" in ax.get_legend().get_texts()[0].get_text()
     assert lines["t08"].get_marker() == "o"  # a single point is still visible
     for trial_id in ("t01", "t04", "t07", "t08"):

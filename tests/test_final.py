@@ -9,9 +9,9 @@ import ray
 from ray import tune
 
 from sweeper.driver import final
-from sweeper.tracking.outcomes import baseline_gain
-from sweeper.kinds.refstats import reference_stats
 from sweeper.kinds.gan import GAN
+from sweeper.kinds.refstats import reference_stats
+from sweeper.tracking.outcomes import baseline_gain
 from trainables.config import GANConfig
 from trainables.data import toy_faces
 from trainables.metrics import RandomConvFeatures

@@ -2,8 +2,8 @@
 that ran, and only finite metrics (a diverged period says so instead of logging inf)."""
 import math
 
-from sweeper.trial.delivery import _loggable
 from sweeper.kinds import kind_of
+from sweeper.trial.delivery import _loggable
 from trainables.config import GANConfig
 
 

@@ -5,8 +5,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from trainables.config import LOSSES as CONFIG_LOSSES
-from trainables.losses import (LOSSES, bce_d, bce_g, gradient_penalty, hinge_d, hinge_g, lsgan_d, lsgan_g,
-                               wgan_d, wgan_g)
+from trainables.losses import LOSSES, bce_d, bce_g, gradient_penalty, hinge_d, hinge_g, lsgan_d, lsgan_g, wgan_d, wgan_g
 
 
 def sp(x: float) -> float:
@@ -94,7 +93,8 @@ def test_every_configurable_loss_maps_to_its_own_objective():
 def test_gradient_penalty_of_a_linear_critic_is_exact():
     # D(x) = <w, x> has gradient w everywhere, so the penalty is (||w|| - 1)^2 at every x̂.
     w = torch.randn(3, 4, 4)
-    D = lambda x: (x * w).flatten(1).sum(1)
+    def D(x):
+        return (x * w).flatten(1).sum(1)
     real, fake = torch.randn(5, 3, 4, 4), torch.randn(5, 3, 4, 4)
     expected = (w.norm() - 1) ** 2
     assert torch.allclose(gradient_penalty(D, real, fake), expected, rtol=1e-5)
@@ -102,7 +102,8 @@ def test_gradient_penalty_of_a_linear_critic_is_exact():
 
 def test_gradient_penalty_is_differentiable_wrt_critic_weights():
     w = torch.randn(3, 4, 4, requires_grad=True)
-    D = lambda x: (x * w).flatten(1).sum(1)
+    def D(x):
+        return (x * w).flatten(1).sum(1)
     gp = gradient_penalty(D, torch.randn(2, 3, 4, 4), torch.randn(2, 3, 4, 4))
     (grad,) = torch.autograd.grad(gp, w)
     # d/dw (||w|| - 1)^2 = 2 (||w|| - 1) w / ||w||

@@ -5,8 +5,8 @@ import torch
 
 from trainables.config import ARCHS, D_NORMS, G_NORMS, LOSSES, LR_SCHEDULES, OPTIMIZERS, ConfigError, GANConfig
 from trainables.models import build_models
-from trainables.training.gan import build_training
 from trainables.training.batches import DeviceBatches, sample_batch
+from trainables.training.gan import build_training
 from trainables.training.step import train_step
 
 

@@ -12,9 +12,8 @@ import time
 
 import pandas as pd
 import pytest
-from mlflow.tracking import MlflowClient
-
 from conftest import free_port, one_cpu_nodes, wait_until_up
+from mlflow.tracking import MlflowClient
 
 pytestmark = pytest.mark.slow  # real sweeps (killed, resumed, failing): minutes
 

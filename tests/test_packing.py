@@ -14,12 +14,24 @@ import ray
 import torch
 from ray import tune
 
-from sweeper.kinds import complete
 from sweeper import ASHA, Resources, Sweep, SweepError
-from sweeper.search.footprint import (CONTEXT_BYTES, FALLBACK_GPU_FRACTION, HEADROOM, MAX_TRIALS_PER_GPU, LiveBytes,
-                               gpu_fraction_for, largest_sizes, measure_footprint, measure_on_gpus, memory_cap,
-                               probe_configs, resolve_gpu_fraction, trials_per_gpu)
 from sweeper.driver.loader import load_sweep
+from sweeper.kinds import complete
+from sweeper.search.footprint import (
+    CONTEXT_BYTES,
+    FALLBACK_GPU_FRACTION,
+    HEADROOM,
+    MAX_TRIALS_PER_GPU,
+    LiveBytes,
+    gpu_fraction_for,
+    largest_sizes,
+    measure_footprint,
+    measure_on_gpus,
+    memory_cap,
+    probe_configs,
+    resolve_gpu_fraction,
+    trials_per_gpu,
+)
 from sweeper.search.tuner import build_searcher, build_tuner, max_concurrent
 from trainables.config import Config, GANConfig
 

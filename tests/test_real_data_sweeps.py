@@ -13,9 +13,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import shared_data
 from mlflow.tracking import MlflowClient
 
-from conftest import shared_data
 from sweeper.driver.loader import load_sweep
 from sweeper.kinds import kind_of
 from sweeper.kinds.refstats import reference_stats

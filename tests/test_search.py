@@ -8,9 +8,10 @@ import ray
 from optuna.trial import TrialState
 from ray import tune
 
-from sweeper.kinds import complete
 from sweeper import ASHA, TPE, Resources, Sweep
-from sweeper.search.searcher import STARTUP, TPE as PROPOSED_BY_TPE, WARM_START
+from sweeper.kinds import complete
+from sweeper.search.searcher import STARTUP, WARM_START
+from sweeper.search.searcher import TPE as PROPOSED_BY_TPE
 from sweeper.search.tuner import build_searcher, build_tuner, max_concurrent
 from trainables.config import GANConfig
 

@@ -7,10 +7,10 @@ from pathlib import Path
 import pytest
 from ray import tune
 
-from sweeper.kinds import complete
 from sweeper import Sweep, SweepError
-from sweeper.driver.loader import load_sweep
 from sweeper.definition import parse_overrides
+from sweeper.driver.loader import load_sweep
+from sweeper.kinds import complete
 from trainables.config import GANConfig
 
 REPO = Path(__file__).resolve().parents[1]

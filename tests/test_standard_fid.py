@@ -9,12 +9,21 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import shared_data
 from PIL import Image
 
-from conftest import shared_data
-from trainables.metrics import (INCEPTION_NAME, FIDFallbackWarning, InceptionFeatures, extract, extractor_by_name,
-                                feature_stats, frechet_distance, load_extractor, standard_extractor_available)
-from trainables.metrics import fid_weights
+from trainables.metrics import (
+    INCEPTION_NAME,
+    FIDFallbackWarning,
+    InceptionFeatures,
+    extract,
+    extractor_by_name,
+    feature_stats,
+    fid_weights,
+    frechet_distance,
+    load_extractor,
+    standard_extractor_available,
+)
 
 N_FEATURE_IMAGES = 8
 N_FID_IMAGES = 32  # per set: one torch-fidelity batch; FID cats vs dogs is far above 0 even at this size

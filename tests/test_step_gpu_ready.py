@@ -7,6 +7,7 @@ import logging
 import numpy as np
 import pytest
 import torch
+from conftest import Recorder
 from torch import nn
 from torch.nn.utils.parametrizations import spectral_norm
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
@@ -23,8 +24,6 @@ from trainables.training.cuda import GraphedStep, set_capturable
 from trainables.training.ema import EMA, update_ema
 from trainables.training.gan import build_training, train_gan
 from trainables.training.step import train_step
-
-from conftest import Recorder
 
 TINY = GANConfig(resolution=32, z_dim=16, g_width=8, d_width=8, batch_size=8, steps_per_eval=2, num_evals=2,
                  fid_samples=32, ref_samples=64, device="cpu")
@@ -59,7 +58,7 @@ def test_ema_equals_averaged_model_with_buffers_on_the_same_g_updates():
     G = build_models(TINY.replace(g_norm="batch"))[0]
     ours = EMA(G, decay)
     reference = AveragedModel(G, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
-    for k, G in enumerate(_g_updates(G, 8), start=1):
+    for k, G in enumerate(_g_updates(G, 8), start=1):  # noqa: B020 (the same G, updated in place)
         kimg = k * kimg_per_step
         update_ema(ours, G, kimg, start_kimg)
         if kimg < start_kimg:
@@ -77,7 +76,7 @@ def test_ema_checkpoints_load_both_ways_with_averaged_model_ones(tmp_path):
     torch.manual_seed(0)
     G = build_models(TINY)[0]
     old = AveragedModel(G, multi_avg_fn=get_ema_multi_avg_fn(0.5), use_buffers=True)
-    for G in _g_updates(G, 3):
+    for G in _g_updates(G, 3):  # noqa: B020 (the same G, updated in place)
         old.update_parameters(G)
     # A checkpoint written before EMA was hand-written loads into the new EMA, count included ...
     new = EMA(build_models(TINY)[0], 0.5)

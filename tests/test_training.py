@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 import torch
+from conftest import Recorder, Stopped
 
 from sweeper.kinds.refstats import reference_stats
 from trainables.config import GANConfig
@@ -11,8 +12,6 @@ from trainables.metrics import RandomConvFeatures
 from trainables.models import build_models
 from trainables.training.checkpoint import GRID_FILE, load_checkpoint, load_generator_state, save_checkpoint
 from trainables.training.gan import build_training, train_gan
-
-from conftest import Recorder, Stopped
 
 TINY = GANConfig(resolution=32, z_dim=16, g_width=8, d_width=8, batch_size=16, steps_per_eval=3,
                  num_evals=3, fid_samples=64, ref_samples=128, loss="wgan-gp", n_critic=2,

@@ -6,6 +6,7 @@ batch norm in D, and the host-memory batch path inside real training."""
 import numpy as np
 import pytest
 import torch
+from conftest import Recorder, Stopped
 
 from sweeper.kinds.refstats import reference_stats
 from trainables.config import GANConfig
@@ -17,8 +18,6 @@ from trainables.training import batches as batches_module
 from trainables.training.checkpoint import CHECKPOINT_FILE, load_generator, load_generator_state
 from trainables.training.evaluate import fid_kid
 from trainables.training.gan import train_gan
-
-from conftest import Recorder, Stopped
 
 BASE = GANConfig(resolution=32, z_dim=16, g_width=8, d_width=8, batch_size=16, steps_per_eval=2, num_evals=4,
                  fid_samples=64, ref_samples=128, loss="bce", device="cpu")

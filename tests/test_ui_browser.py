@@ -11,7 +11,6 @@ import sys
 import time
 
 import pytest
-
 from conftest import free_port, wait_until_up
 
 pytestmark = pytest.mark.slow  # needs the shared quick sweep (a few minutes)

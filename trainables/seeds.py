@@ -6,7 +6,6 @@ sweep are in `search_spaces/seeds/<name>.py`.
 """
 from trainables.config import GANConfig
 
-
 # Seed 000: WGAN-GP on cat faces at 128x128.
 seed000_wgangp_cat128 = GANConfig(
     data="toy-faces:cat", resolution=128, arch="dcgan", z_dim=200, g_width=64, d_width=64,

@@ -25,10 +25,26 @@ from sweeper.search import console
 from sweeper.search.footprint import resolve_gpu_fraction
 from sweeper.search.tuner import build_searcher, build_tuner
 from sweeper.tracking import report
-from sweeper.tracking.outcomes import (COMPLETED, ERROR, INTERRUPTED, NO_WINNER, close_trial_runs, end_run,
-                                       mark_interrupted, trial_table)
-from sweeper.tracking.runs import (SWEEPS_DIR, Tracking, check_reachable, child_runs, default_tracking_uri,
-                                   drop_lost_trial_runs, open_sweep, reopen_sweep)
+from sweeper.tracking.outcomes import (
+    COMPLETED,
+    ERROR,
+    INTERRUPTED,
+    NO_WINNER,
+    close_trial_runs,
+    end_run,
+    mark_interrupted,
+    trial_table,
+)
+from sweeper.tracking.runs import (
+    SWEEPS_DIR,
+    Tracking,
+    check_reachable,
+    child_runs,
+    default_tracking_uri,
+    drop_lost_trial_runs,
+    open_sweep,
+    reopen_sweep,
+)
 from sweeper.tracking.summary import log_summary
 from sweeper.trial.trainable import run_trial
 

@@ -12,7 +12,6 @@ re-measurement), and nothing is registered.
 from __future__ import annotations
 
 import dataclasses
-
 from dataclasses import dataclass, field
 from typing import Callable
 

@@ -13,12 +13,12 @@ from pathlib import Path
 
 import numpy as np
 
+from sweeper.definition import FinalEval, Quick, SweepError
+from sweeper.definition.space import space_samples
 from sweeper.kinds import generators
+from sweeper.kinds.base import Inputs, Kind
 from sweeper.tracking.outcomes import finite
 from sweeper.tracking.registry import log_pt2_model
-from sweeper.definition.space import space_samples
-from sweeper.definition import FinalEval, Quick, SweepError
-from sweeper.kinds.base import Inputs, Kind
 from sweeper.tracking.runs import default_tracking_uri
 from trainables.classifier import ClassifierConfig, final_test, train_classifier
 from trainables.classifier.evaluate import load_classifier

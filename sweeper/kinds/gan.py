@@ -7,12 +7,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from sweeper.tracking.outcomes import baseline_gain
-from sweeper.kinds.refstats import pass_resources, reference_stats_in_task
-from sweeper.tracking.registry import log_pt2_model
-from sweeper.kinds.shipped import ShippedFile, ship
 from sweeper.definition import Quick
 from sweeper.kinds.base import Inputs, Kind
+from sweeper.kinds.refstats import pass_resources, reference_stats_in_task
+from sweeper.kinds.shipped import ShippedFile, ship
+from sweeper.tracking.outcomes import baseline_gain
+from sweeper.tracking.registry import log_pt2_model
 from trainables.config import GANConfig
 from trainables.data import check_source, prepare
 from trainables.metrics import extractor_by_name, proxy_spec, standard_spec

@@ -6,12 +6,12 @@ import optuna
 from ray import tune
 from ray.tune.schedulers import FIFOScheduler
 
+from sweeper.definition import Sweep
+from sweeper.definition.space import always_searched_keys
 from sweeper.search import console
 from sweeper.search.footprint import RAY_UNITS
 from sweeper.search.scheduler import WarmStartASHA
 from sweeper.search.searcher import SweepSearch
-from sweeper.definition.space import always_searched_keys
-from sweeper.definition import Sweep
 
 TIME_ATTR = "eval_period"
 

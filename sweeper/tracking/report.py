@@ -8,10 +8,9 @@ params and tags).
 """
 from __future__ import annotations
 
-import json
-
 import dataclasses
 import importlib
+import json
 import math
 import re
 import time

@@ -10,11 +10,11 @@ import ray
 import torch
 from ray import tune
 
-from sweeper.trial.delivery import RunLog, retrying
 from sweeper.search.footprint import memory_cap
 from sweeper.tracking.outcomes import OOM
-from sweeper.trial.checkpoints import surviving_checkpoint
 from sweeper.tracking.runs import trial_run_id
+from sweeper.trial.checkpoints import surviving_checkpoint
+from sweeper.trial.delivery import RunLog, retrying
 from trainables.training.checkpoint import GRID_FILE
 
 

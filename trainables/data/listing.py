@@ -77,7 +77,7 @@ class Listing:
             found = []
             # Plain strings, no Path per file: a cache hit lists the folder every time, and
             # pathlib made the listing of 5,000 files cost more than reading them once did.
-            for dirpath, dirnames, filenames in os.walk(self.path):
+            for dirpath, _, filenames in os.walk(self.path):
                 rel = Path(dirpath).relative_to(self.path).parts
                 found += [((*rel, name), os.path.join(dirpath, name)) for name in filenames]
             return found
