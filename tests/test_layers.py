@@ -77,3 +77,24 @@ def test_a_search_space_file_builds_a_pure_sweep_that_its_kind_completes():
     assert (own.metric, own.quick.num_samples) == ("kid", 2)  # what the file set stays
     assert complete(done) == done
     assert json.dumps(done.fixed_config()) and "g_lr" in done.fixed_config()
+
+
+def test_a_tune_experiment_saved_by_the_old_layout_restores(tmp_path):
+    # tuner.pkl as Tune wrote it for an old-layout sweep (searcher, scheduler, console callbacks by
+    # their old module names); the driver's restore goes through sweeper.driver.moved.
+    from ray import tune
+
+    from sweeper.driver.moved import old_module_names
+    from sweeper.search import SweepSearch
+    from sweeper.search.console import EvalLines
+    from sweeper.search.scheduler import WarmStartASHA
+    from sweeper.trial import run_trial
+
+    shutil.copy(FIXTURES / "old_layout_wgangp_tuner.pkl", tmp_path / "tuner.pkl")
+    with old_module_names():
+        tuner = tune.Tuner.restore(str(tmp_path), tune.with_resources(run_trial, {"cpu": 1}))
+    tune_config = tuner._local_tuner._tune_config
+    assert type(tune_config.search_alg) is SweepSearch and type(tune_config.scheduler) is WarmStartASHA
+    assert any(type(c) is EvalLines for c in tuner._local_tuner.get_run_config().callbacks)
+    today = load_sweep(ROOT / "search_spaces" / "wgangp.py").resolve(quick=True)
+    assert tune_config.search_alg._points_to_evaluate == today.warm_points

@@ -58,8 +58,7 @@ class ClassifierKind(Kind):
                 raise SweepError(f"generators.{cls}: {line.uri} (version {line.version}) makes {line.resolution} px "
                                  f"images; the classifier's resolution is {cfg.resolution}")
         _check_every_class_has_a_generator(sweep, classes, lineage)
-        if not any(sweep.trial_config(sweep.warm_start_params(i)).real_fraction == 1.0
-                   for i in range(len(sweep.warm_start))):
+        if not any(sweep.trial_config(point).real_fraction == 1.0 for point in sweep.warm_points):
             raise SweepError("warm_start: a classifier sweep needs the real-only point {'real_fraction': 1.0} "
                              "(the reference of the CAS ratio); add it and let the space include 1.0")
 

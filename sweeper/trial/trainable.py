@@ -23,23 +23,8 @@ def run_trial(sampled: dict, *, kind, train_fn, base, shared: dict, tracking, cp
     """Ray Tune function trainable; `tune.with_parameters` supplies everything after `sampled`.
     `train_fn(cfg, report, restore_from=..., **kind.trial_kwargs(cfg, shared))` trains."""
     cfg = base.replace(**sampled).validate()
-    torch.set_num_threads(max(1, int(cpus)))  # several trials share a machine; don't oversubscribe
-    cap_gpu_memory(cfg)
-    # Ray Train logs every checkpoint's full path; the console has a line per eval period already.
-    logging.getLogger("ray.train").setLevel(logging.WARNING)
-    # MLflow's client retries one failed call for minutes, which would stall training through an
-    # outage; here a failed call fails fast and RunLog retries it between eval periods.
-    os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = "1"
-    os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] = "20"
-    context = tune.get_context()
-    run_id = retrying(lambda: trial_run_id(tracking, context.get_trial_id(), context.get_trial_name(),
-                                           kind.run_params(cfg)), "open the trial's MLflow run")
-    # Which machine a trial ran on (the latest node, when a retry moved it), for debugging a cluster sweep.
-    retrying(lambda: tracking.client().set_tag(run_id, "sweeper.node_id", ray.get_runtime_context().get_node_id()),
-             "tag the trial's node")
-    # Not in the trial's folder: Tune copies that to storage while the spool's files come and go.
-    run_log = RunLog(tracking, run_id, Path(tempfile.gettempdir()) / "sweeper-spool" / context.get_experiment_name()
-                     / context.get_trial_id())
+    _share_the_machine(cfg, cpus)
+    run_log = _open_run_log(tracking, kind.run_params(cfg))
     last = {"eval_period": 0}
 
     def report(metrics: dict, directory) -> None:
@@ -60,9 +45,35 @@ def run_trial(sampled: dict, *, kind, train_fn, base, shared: dict, tracking, cp
             # Retrying the same config on the same share of the GPU would run out again: the trial
             # ends here as `oom` (searcher: FAILED), and the sweep goes on.
             hint = _oom_hint(cfg, e)
-            retrying(lambda: tracking.client().set_tag(run_id, "sweeper.oom", hint), "tag the OOM")
-            tune.report({metric: math.inf if mode == "min" else -math.inf, "eval_period": last["eval_period"], OOM: True})
+            retrying(lambda: tracking.client().set_tag(run_log.run_id, "sweeper.oom", hint), "tag the OOM")
+            worst = math.inf if mode == "min" else -math.inf
+            tune.report({metric: worst, "eval_period": last["eval_period"], OOM: True})
     run_log.flush(wait=True)
+
+
+def _share_the_machine(cfg, cpus: float) -> None:
+    """This process's settings for a machine it shares with other trials (and with MLflow outages)."""
+    torch.set_num_threads(max(1, int(cpus)))  # several trials share a machine; don't oversubscribe
+    cap_gpu_memory(cfg)
+    # Ray Train logs every checkpoint's full path; the console has a line per eval period already.
+    logging.getLogger("ray.train").setLevel(logging.WARNING)
+    # MLflow's client retries one failed call for minutes, which would stall training through an
+    # outage; here a failed call fails fast and RunLog retries it between eval periods.
+    os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = "1"
+    os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] = "20"
+
+
+def _open_run_log(tracking, params: dict) -> RunLog:
+    """The trial's MLflow run (created, or found again on a retry) and its delivery spool."""
+    context = tune.get_context()
+    run_id = retrying(lambda: trial_run_id(tracking, context.get_trial_id(), context.get_trial_name(), params),
+                      "open the trial's MLflow run")
+    # Which machine a trial ran on (the latest node, when a retry moved it), for debugging a cluster sweep.
+    retrying(lambda: tracking.client().set_tag(run_id, "sweeper.node_id", ray.get_runtime_context().get_node_id()),
+             "tag the trial's node")
+    # Not in the trial's folder: Tune copies that to storage while the spool's files come and go.
+    spool = Path(tempfile.gettempdir()) / "sweeper-spool" / context.get_experiment_name() / context.get_trial_id()
+    return RunLog(tracking, run_id, spool)
 
 
 def gpu_share() -> float:
