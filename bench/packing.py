@@ -74,6 +74,7 @@ def run_packed(k: int, size: dict, gpu: bool, auto: bool = False) -> dict:
 
     from sweeper import FinalEval, Resources, Sweep
     from sweeper.driver.run import run_sweep
+    from sweeper.kinds import complete
     from trainables.config import GANConfig
 
     config = GANConfig(resolution=size["resolution"], g_width=size["width"], d_width=size["width"],
@@ -81,11 +82,11 @@ def run_packed(k: int, size: dict, gpu: bool, auto: bool = False) -> dict:
                        fid_samples=size["fid_samples"], ref_samples=size["ref_samples"],
                        final_fid_samples=size["final_samples"])
     fraction = "auto" if auto else (round(1 / k, 4) if gpu else "auto")  # unused on a CPU-only machine
-    sweep = Sweep(f"packing-{'auto' if auto else f'k{k}'}", config,
-                  # The learning rate does not change the work per step; the trials are k of one kind.
-                  space={"g_lr": tune.loguniform(1e-4, 3e-4)}, num_samples=k,
-                  max_concurrent=None if auto else k, scheduler=None, final=FinalEval(top_k=1),
-                  resources=Resources(cpus=1, gpu_fraction=fraction)).validate()
+    sweep = complete(Sweep(f"packing-{'auto' if auto else f'k{k}'}", config,
+                           # The learning rate does not change the work per step; the trials are k of one kind.
+                           space={"g_lr": tune.loguniform(1e-4, 3e-4)}, num_samples=k,
+                           max_concurrent=None if auto else k, scheduler=None, final=FinalEval(top_k=1),
+                           resources=Resources(cpus=1, gpu_fraction=fraction))).validate()
     start = time.perf_counter()
     summary = run_sweep(sweep, sweep_file="bench/packing.py", quick=False)
     wall = time.perf_counter() - start
