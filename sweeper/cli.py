@@ -41,6 +41,13 @@ def main(argv=None) -> int:
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m sweeper", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(required=True, metavar="COMMAND")
+    # In the order `--help` lists them.
+    for add_command in (_add_run, _add_resume, _add_data, _add_status, _add_export, _add_ui):
+        add_command(commands)
+    return parser
+
+
+def _add_run(commands) -> None:
     run = commands.add_parser("run", help="run the sweep a search-space file defines")
     run.add_argument("file", help="search-space file, e.g. search_spaces/wgangp.py")
     run.add_argument("--quick", action="store_true", help="CPU-sized budget: few trials, 32 px, few evals")
@@ -57,20 +64,32 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--resume", action="store_true",
                      help="continue this sweep's latest interrupted run if there is one (else start it)")
     run.set_defaults(command=_run)
+
+
+def _add_resume(commands) -> None:
     resume = commands.add_parser("resume", help="continue an interrupted sweep (the latest, or NAME's latest)")
     resume.add_argument("name", nargs="?", help="sweep name (or its experiment folder name); default: the latest")
     resume.add_argument("--storage", help="where the sweep ran (default sweeps/ray_results, or SWEEPER_STORAGE)")
     resume.set_defaults(command=_resume)
+
+
+def _add_data(commands) -> None:
     data = commands.add_parser("data", help="datasets").add_subparsers(required=True, metavar="ACTION")
     prepare = data.add_parser("prepare", help="decode a dataset once into the cache (run does this too)")
     prepare.add_argument("source", metavar="SRC", help="folder, .zip, .tar(.gz), toy-faces or a known name; SRC:cat for one class")
     prepare.add_argument("--resolution", type=int, required=True, help="square size in pixels")
     prepare.add_argument("--workers", type=int, help="decoding processes (default: all cores)")
     prepare.set_defaults(command=_prepare)
+
+
+def _add_status(commands) -> None:
     status = commands.add_parser("status", help="a sweep's trials (NAME's latest run; readable while it runs), "
                                                 "or with no NAME the sweeps the MLflow store knows")
     status.add_argument("name", nargs="?", help="sweep name (its MLflow experiment)")
     status.set_defaults(command=_status)
+
+
+def _add_export(commands) -> None:
     export = commands.add_parser("export", help="write a sweep's trials (or, with --steps, its eval periods) "
                                                 "to Parquet or CSV")
     export.add_argument("name", help="sweep name (its MLflow experiment); its latest run is exported")
@@ -78,10 +97,12 @@ def _parser() -> argparse.ArgumentParser:
                                                "with --steps) or .csv file")
     export.add_argument("--steps", action="store_true", help="one row per trial and eval period, every metric")
     export.set_defaults(command=_export)
+
+
+def _add_ui(commands) -> None:
     ui = commands.add_parser("ui", help="open the MLflow UI on the sweep store (127.0.0.1)")
     ui.add_argument("--port", type=int, default=5000)
     ui.set_defaults(command=_ui)
-    return parser
 
 
 def _prepare(args) -> int:

@@ -84,7 +84,7 @@ def test_define_by_run_spaces_are_validated_on_every_branch():
 def test_warm_starts_are_points_of_the_space():
     base = GANConfig(loss="wgan-gp")
     # A whole config (a seed project's) stands for the values of the keys its branch searches.
-    sweep = Sweep("s", base, space=_conditional, warm_start=[base.replace(optimizer="sgd", momentum=0.5)])
+    sweep = complete(Sweep("s", base, space=_conditional, warm_start=[base.replace(optimizer="sgd", momentum=0.5)]))
     assert sweep.validate().warm_start_params(0) == {"optimizer": "sgd", "momentum": 0.5}
     with pytest.raises(SweepError, match="warm_start\\[0\\]: momentum=0.95 is outside the search space"):
         sweep.with_(warm_start=[{"optimizer": "sgd", "momentum": 0.95}]).validate()

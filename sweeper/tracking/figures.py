@@ -69,47 +69,17 @@ def curves_figure(curves: dict, outcomes: dict, winner: str | None, metric: str,
     ax = fig.subplots()
     values, skipped, winner_label = [], [], None
     for trial_id, frame in curves.items():
-        data = pd.DataFrame() if frame is None else frame
-        if metric not in data or "kimg" not in data:
+        points = _finite_points(frame, metric)
+        if points is None:
             skipped.append(trial_id)
             continue
-        x, y = (pd.to_numeric(data[c], errors="coerce").to_numpy(float) for c in ("kimg", metric))
-        keep = np.isfinite(x) & np.isfinite(y)
-        if not keep.any():
-            skipped.append(trial_id)
-            continue
-        order = np.argsort(x[keep], kind="stable")
-        x, y = x[keep][order], y[keep][order]
+        x, y = points
         values.append(y)
-        outcome = outcomes.get(trial_id)
+        ax.plot(x, y, gid=trial_id, **_curve_style(outcomes.get(trial_id), trial_id == winner, len(x)))
         if trial_id == winner:
-            style = {"color": "black", "lw": 3, "zorder": 5, "marker": "o", "ms": 4}
-        elif outcome == COMPLETED:
-            style = {"lw": 1.3, "alpha": 0.9, "zorder": 3}
-        elif outcome in (STOPPED, INTERRUPTED):
-            style = {"color": "0.45", "lw": 1, "ls": "--", "alpha": 0.5, "zorder": 2}
-        else:  # diverged, error, oom: what it measured before it failed
-            style = {"color": "tab:red", "lw": 1, "ls": ":", "alpha": 0.7, "marker": "x", "markevery": [-1],
-                     "zorder": 2}
-        if len(x) == 1:  # one eval (stopped at the first rung): a line of one point draws nothing
-            style = {"marker": "o", "ms": 3, **style}
-        ax.plot(x, y, gid=trial_id, **style)
-        if trial_id == winner:
-            best = y.min() if mode == "min" else y.max()
-            winner_label = f"winner {trial_id} (best {metric} {fmt(float(best))})"
-    if values:
-        low, high = min(v.min() for v in values), max(v.max() for v in values)
-        if low > 0 and high / low > 3:  # FID spans 50..400: on a linear axis the good trials are one flat band
-            ax.set_yscale("log")
-            ax.yaxis.set_major_locator(ticker.LogLocator(subs=(1, 1.5, 2, 3, 4, 5, 7), numticks=30))
-            ax.yaxis.set_major_formatter(ticker.FormatStrFormatter("%g"))
-            ax.yaxis.set_minor_formatter(ticker.NullFormatter())
-    handles = [Line2D([], [], lw=1.3, label="completed"),
-               Line2D([], [], color="0.45", lw=1, ls="--", label="stopped early (ASHA) / interrupted"),
-               Line2D([], [], color="tab:red", ls=":", marker="x", label="diverged / failed")]
-    if winner_label:
-        handles.insert(0, Line2D([], [], color="black", lw=3, label=winner_label))
-    ax.legend(handles=handles, loc="upper right", fontsize=9)
+            winner_label = _winner_label(trial_id, y, metric, mode)
+    _log_scale_if_wide(ax, values)
+    _outcome_legend(ax, winner_label)
     ax.set(xlabel="kimg (thousands of real images shown)", ylabel=metric,
            title=f"{metric} of {len(values)} trials ({'lower' if mode == 'min' else 'higher'} is better)")
     ax.margins(x=0.02)
@@ -119,6 +89,59 @@ def curves_figure(curves: dict, outcomes: dict, winner: str | None, metric: str,
                 transform=ax.transAxes, fontsize=8, color="0.3")
     fig.tight_layout()
     return fig
+
+
+def _finite_points(frame: pd.DataFrame | None, metric: str) -> tuple[np.ndarray, np.ndarray] | None:
+    """(kimg, metric) where both are finite, by kimg; None without such a point."""
+    data = pd.DataFrame() if frame is None else frame
+    if metric not in data or "kimg" not in data:
+        return None
+    x, y = (pd.to_numeric(data[c], errors="coerce").to_numpy(float) for c in ("kimg", metric))
+    keep = np.isfinite(x) & np.isfinite(y)
+    if not keep.any():
+        return None
+    order = np.argsort(x[keep], kind="stable")
+    return x[keep][order], y[keep][order]
+
+
+def _curve_style(outcome: str | None, is_winner: bool, points: int) -> dict:
+    if is_winner:
+        style = {"color": "black", "lw": 3, "zorder": 5, "marker": "o", "ms": 4}
+    elif outcome == COMPLETED:
+        style = {"lw": 1.3, "alpha": 0.9, "zorder": 3}
+    elif outcome in (STOPPED, INTERRUPTED):
+        style = {"color": "0.45", "lw": 1, "ls": "--", "alpha": 0.5, "zorder": 2}
+    else:  # diverged, error, oom: what it measured before it failed
+        style = {"color": "tab:red", "lw": 1, "ls": ":", "alpha": 0.7, "marker": "x", "markevery": [-1],
+                 "zorder": 2}
+    if points == 1:  # one eval (stopped at the first rung): a line of one point draws nothing
+        style = {"marker": "o", "ms": 3, **style}
+    return style
+
+
+def _winner_label(trial_id: str, y: np.ndarray, metric: str, mode: str) -> str:
+    best = y.min() if mode == "min" else y.max()
+    return f"winner {trial_id} (best {metric} {fmt(float(best))})"
+
+
+def _log_scale_if_wide(ax, values: list[np.ndarray]) -> None:
+    if not values:
+        return
+    low, high = min(v.min() for v in values), max(v.max() for v in values)
+    if low > 0 and high / low > 3:  # FID spans 50..400: on a linear axis the good trials are one flat band
+        ax.set_yscale("log")
+        ax.yaxis.set_major_locator(ticker.LogLocator(subs=(1, 1.5, 2, 3, 4, 5, 7), numticks=30))
+        ax.yaxis.set_major_formatter(ticker.FormatStrFormatter("%g"))
+        ax.yaxis.set_minor_formatter(ticker.NullFormatter())
+
+
+def _outcome_legend(ax, winner_label: str | None) -> None:
+    handles = [Line2D([], [], lw=1.3, label="completed"),
+               Line2D([], [], color="0.45", lw=1, ls="--", label="stopped early (ASHA) / interrupted"),
+               Line2D([], [], color="tab:red", ls=":", marker="x", label="diverged / failed")]
+    if winner_label:
+        handles.insert(0, Line2D([], [], color="black", lw=3, label=winner_label))
+    ax.legend(handles=handles, loc="upper right", fontsize=9)
 
 
 def png(fig: Figure) -> bytes:
@@ -204,13 +227,25 @@ def param_importance(study: optuna.Study, params: list[str]) -> pd.DataFrame:
     than 3 rated trials the frame is empty and `df.attrs["reason"]` says why.
     """
     evaluator = optuna.importance.PedAnovaImportanceEvaluator
-    rated = []  # (trial, value)
-    for trial in study.get_trials(deepcopy=False):
-        steps = trial.intermediate_values
-        if trial.state == optuna.trial.TrialState.COMPLETE:
-            rated.append((trial, trial.value))
-        elif trial.state == optuna.trial.TrialState.PRUNED and steps:
-            rated.append((trial, steps[max(steps)]))
+    kept = _rated_trials(study)
+    if len(kept) < 3:
+        return _too_few_rated(len(kept))
+    rows, present = _importance_rows(kept, params, evaluator.__name__)
+    copy = optuna.create_study(direction=study.direction)
+    copy.add_trials(kept)
+    try:
+        for p, share in _importance_shares(copy, present, evaluator).items():
+            rows[p][1] = share
+    except (ValueError, RuntimeError) as e:  # an older Optuna refuses dynamic spaces
+        for p in present:
+            rows[p][1], rows[p][4] = math.nan, f"not evaluated: {str(e).splitlines()[0][:120]}"
+    df = pd.DataFrame(list(rows.values()), columns=list(IMPORTANCE_COLUMNS))
+    return df.sort_values("importance", ascending=False, na_position="last", kind="stable").reset_index(drop=True)
+
+
+def _rated_trials(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
+    """The COMPLETE and PRUNED trials as new trials with one finite value each (param_importance says why)."""
+    rated = _trial_values(study)
     finite_values = [v for _, v in rated if math.isfinite(v)]
     worst = (max if study.direction == optuna.study.StudyDirection.MINIMIZE else min)(finite_values, default=0)
     kept = []
@@ -220,13 +255,30 @@ def param_importance(study: optuna.Study, params: list[str]) -> pd.DataFrame:
                                                   value=value if math.isfinite(value) else worst))
         except ValueError:  # a warm start outside the searched range: no place on the param's density
             continue
-    if len(kept) < 3:
-        empty = pd.DataFrame({c: pd.Series(dtype=t) for c, t in IMPORTANCE_COLUMNS.items()})
-        empty.attrs["reason"] = (f"{len(kept)} rated trial(s) (complete, or pruned at its last value); "
-                                 f"importance needs 3, with a finite value among them")
-        return empty
-    copy = optuna.create_study(direction=study.direction)
-    copy.add_trials(kept)
+    return kept
+
+
+def _trial_values(study: optuna.Study) -> list[tuple[optuna.trial.FrozenTrial, float]]:
+    rated = []
+    for trial in study.get_trials(deepcopy=False):
+        steps = trial.intermediate_values
+        if trial.state == optuna.trial.TrialState.COMPLETE:
+            rated.append((trial, trial.value))
+        elif trial.state == optuna.trial.TrialState.PRUNED and steps:
+            rated.append((trial, steps[max(steps)]))
+    return rated
+
+
+def _too_few_rated(count: int) -> pd.DataFrame:
+    empty = pd.DataFrame({c: pd.Series(dtype=t) for c, t in IMPORTANCE_COLUMNS.items()})
+    empty.attrs["reason"] = (f"{count} rated trial(s) (complete, or pruned at its last value); "
+                             f"importance needs 3, with a finite value among them")
+    return empty
+
+
+def _importance_rows(kept: list, params: list[str], evaluator: str) -> tuple[dict[str, list], list[str]]:
+    """A row per param (importance 0, or NaN where no trial has it; the reason it may be off) and
+    the params that vary, the only ones the evaluator can rate."""
     rows, present = {}, []
     for p in params:
         seen = [t.params[p] for t in kept if p in t.params]
@@ -234,23 +286,21 @@ def param_importance(study: optuna.Study, params: list[str]) -> pd.DataFrame:
         present += [p] * varies
         reason = ("in no rated trial" if not seen else "one value in every trial" if not varies
                   else f"conditional: in {len(seen)} of {len(kept)} trials" if len(seen) < len(kept) else "")
-        rows[p] = [p, math.nan if not seen else 0.0, evaluator.__name__, len(kept), reason]
+        rows[p] = [p, math.nan if not seen else 0.0, evaluator, len(kept), reason]
+    return rows, present
+
+
+def _importance_shares(copy: optuna.Study, present: list[str], evaluator) -> dict[str, float]:
+    """Each param's importance over their sum (0 where the sum is 0); {} without a param to rate."""
     # The top 10% (Optuna's default) but at least 2 trials, so the top density is not one point.
-    quantile, raw = min(1.0, max(0.1, 2 / len(kept))), {}
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # "few trials in a regime": the reason column says so
-            if present:
-                raw = optuna.importance.get_param_importances(
-                    copy, evaluator=evaluator(target_quantile=quantile), params=present, normalize=False)
-        total = sum(raw.values())
-        for p, value in raw.items():
-            rows[p][1] = value / total if total > 0 else 0.0
-    except (ValueError, RuntimeError) as e:  # an older Optuna refuses dynamic spaces
-        for p in present:
-            rows[p][1], rows[p][4] = math.nan, f"not evaluated: {str(e).splitlines()[0][:120]}"
-    df = pd.DataFrame(list(rows.values()), columns=list(IMPORTANCE_COLUMNS))
-    return df.sort_values("importance", ascending=False, na_position="last", kind="stable").reset_index(drop=True)
+    quantile, raw = min(1.0, max(0.1, 2 / len(copy.get_trials(deepcopy=False)))), {}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "few trials in a regime": the reason column says so
+        if present:
+            raw = optuna.importance.get_param_importances(
+                copy, evaluator=evaluator(target_quantile=quantile), params=present, normalize=False)
+    total = sum(raw.values())
+    return {p: value / total if total > 0 else 0.0 for p, value in raw.items()}
 
 
 def importance_files(df: pd.DataFrame) -> dict[str, bytes]:
