@@ -22,6 +22,7 @@ import pyarrow.fs
 from ray import cloudpickle, tune
 
 from sweeper.driver.moved import old_module_names
+from trainables.cache import write_atomic
 from trainables.errors import BadInput
 
 log = logging.getLogger("sweeper")
@@ -125,8 +126,9 @@ def now() -> str:
 
 
 def _write(fs, path: str, data: bytes) -> None:
-    # Written whole then renamed where the filesystem can (local); object stores put atomically.
-    tmp = f"{path}.tmp"
-    with fs.open_output_stream(tmp) as f:
+    if isinstance(fs, pyarrow.fs.LocalFileSystem):
+        write_atomic(path, data)  # a reader sees the old file or the new one, never a part of it
+        return
+    # An object store's put is atomic already: the object appears whole or not at all.
+    with fs.open_output_stream(path) as f:
         f.write(data)
-    fs.move(tmp, path)

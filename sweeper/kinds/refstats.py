@@ -7,10 +7,7 @@ whole sweep; `reference_stats` is the same computation in the calling process.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -19,6 +16,7 @@ import numpy as np
 import ray
 import torch
 
+from trainables.cache import atomic_writer, content_key
 from trainables.metrics import cache_dir, extract, feature_stats
 
 _FORMAT = 2  # bump when what is stored (or how it is computed) changes, so old entries are ignored
@@ -58,7 +56,7 @@ def refstats_key(fingerprint: str, resolution: tuple[int, int], extractor_name: 
               "extractor": extractor_name, "n_samples": n_samples, "seed": seed}
     if precision != "fp32":  # only then, so entries written before precision was a setting stay valid
         fields["precision"] = precision
-    return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()
+    return content_key(fields)
 
 
 def reference_stats(images: np.ndarray, fingerprint: str, extractor, n_samples: int, seed: int = 0) -> RefStats:
@@ -150,16 +148,7 @@ def _load(path: Path, key: str, dims: int) -> tuple[np.ndarray, np.ndarray, np.n
 
 
 def _save_atomic(path: Path, **arrays: np.ndarray) -> None:
-    # A temp file in the same directory, then os.replace: a concurrent driver sees either no file
-    # or the whole file, and two drivers racing both write identical content, so either wins.
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.stem + ".", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as out:
-            np.savez(out, **arrays)
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    # A concurrent driver sees either no file or the whole file, and two drivers racing both write
+    # identical content, so either wins.
+    with atomic_writer(path) as out:
+        np.savez(out, **arrays)

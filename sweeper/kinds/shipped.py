@@ -5,13 +5,12 @@ from __future__ import annotations
 
 import hashlib
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import ray
 
-from trainables.cache import cache_dir
+from trainables.cache import cache_dir, write_atomic
 
 
 @dataclass(frozen=True)
@@ -27,7 +26,7 @@ class ShippedFile:
             content = ray.get(self.ref)
             if hashlib.sha256(content).hexdigest() != self.sha256:
                 raise RuntimeError(f"shipped file {self.sha256[:12]} arrived corrupted")
-            _write_atomic(path, content)
+            write_atomic(path, content)
         return str(path)
 
 
@@ -38,14 +37,3 @@ def ship(path: str | os.PathLike | None) -> ShippedFile | None:
     content = Path(path).read_bytes()
     return ShippedFile(hashlib.sha256(content).hexdigest(), Path(path).suffix, ray.put(content))
 
-
-def _write_atomic(path: Path, content: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as out:
-            out.write(content)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise

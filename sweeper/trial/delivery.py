@@ -17,7 +17,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import shutil
 import time
 from pathlib import Path
@@ -26,6 +25,7 @@ import PIL.Image
 from mlflow.entities import Metric
 
 from sweeper.tracking.runs import STEP_METRIC, Tracking
+from trainables.cache import write_atomic
 
 log = logging.getLogger("sweeper")
 
@@ -51,7 +51,7 @@ class RunLog:
             return  # a retried trial re-running a period it already logged
         if grid_png is not None and Path(grid_png).exists():
             shutil.copyfile(grid_png, self.spool / f"{step:06d}.png")
-        _write_atomic(self.spool / f"{step:06d}.json", json.dumps(metrics))  # Infinity/NaN round-trip
+        write_atomic(self.spool / f"{step:06d}.json", json.dumps(metrics).encode())  # Infinity/NaN round-trip
         self.flush()
         while len(self.pending()) >= self.max_pending:  # bounded: wait for the server instead of dropping
             time.sleep(max(0.0, self.next_try - time.monotonic()))
@@ -161,8 +161,3 @@ def retrying(call, what: str, *, timeout_s: float = 600.0):
                 log.warning("MLflow unreachable, retrying to %s: %s", what, str(e).splitlines()[0][:120] if str(e) else e)
             time.sleep(min(MAX_BACKOFF_S, 2.0 ** min(attempt, 6)))
 
-
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)

@@ -33,7 +33,7 @@ import pyarrow as pa
 from filelock import FileLock
 from tqdm import tqdm
 
-from trainables.cache import cache_dir
+from trainables.cache import atomic_writer, cache_dir
 from trainables.data import stat_index
 from trainables.data.decode import decode_many
 from trainables.data.imageset import DatasetError, ImageSet, make_imageset
@@ -217,13 +217,8 @@ def _write(path: Path, data: ImageSet, names: list[str], examples: dict) -> None
     images = pa.FixedSizeBinaryArray.from_buffers(pa.binary(width), len(data), [None, pa.py_buffer(data.images)])
     table = pa.table({"image": images, "label": pa.array(data.labels, pa.int64()), "source": pa.array(names)},
                      metadata={"sweeper": json.dumps(meta)})
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-    try:
-        with pa.OSFile(str(tmp), "wb") as sink, pa.ipc.new_file(sink, table.schema) as writer:
-            writer.write_table(table)  # one record batch: the images load back as one contiguous view
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    with atomic_writer(path) as sink, pa.ipc.new_file(sink, table.schema) as writer:
+        writer.write_table(table)  # one record batch: the images load back as one contiguous view
 
 
 def _decode_all(items, entries, resolution, workers, progress, source, scratch: Path):

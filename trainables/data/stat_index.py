@@ -18,13 +18,11 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-import os
 import re
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
-from trainables.cache import cache_dir
+from trainables.cache import cache_dir, content_key, write_atomic
 
 INDEX_FORMAT = "sweeper-stat-index-v1"
 # A file rewritten within one timestamp granule of its last write keeps its mtime (and maybe its
@@ -80,19 +78,11 @@ def store(source: Path, options: dict, digest: str | None, key: str, stats: Sequ
         return False
     record = {"format": INDEX_FORMAT, "source": _identity(source), "options": options, "listing": digest,
               "files": len(stats), "key": key}
-    path = _record_path(source, options)
     # The index only saves time: a cache folder we cannot write it into costs a re-hash next time,
-    # never a failed prepare.
+    # never a failed prepare. Readers see the old record or the new one, never a part.
     with contextlib.suppress(OSError):
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem[:16]}-", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "w") as f:
-                json.dump(record, f)
-            os.replace(tmp, path)  # readers see the old record or the new one, never a part
-            return True
-        finally:
-            Path(tmp).unlink(missing_ok=True)
+        write_atomic(_record_path(source, options), json.dumps(record).encode())
+        return True
     return False
 
 
@@ -102,5 +92,4 @@ def _identity(source: Path) -> str:
 
 
 def _record_path(source: Path, options: dict) -> Path:
-    name = hashlib.sha256(json.dumps([_identity(source), options], sort_keys=True).encode()).hexdigest()
-    return index_dir() / f"{name}.json"
+    return index_dir() / f"{content_key([_identity(source), options])}.json"

@@ -9,7 +9,6 @@ import logging
 import os
 import pickle
 import re
-import tempfile
 import urllib.request
 import warnings
 from dataclasses import dataclass
@@ -21,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from trainables.cache import cache_dir
+from trainables.cache import atomic_writer, cache_dir, file_sha256
 from trainables.errors import MissingFile
 from trainables.metrics import fid_weights
 from trainables.metrics.precision import channels_last, fid_precision, numerics
@@ -113,11 +112,7 @@ def _check_weights_file(path: str) -> None:
         return
     except pickle.UnpicklingError as exc:
         reason = str(exc).splitlines()[0]
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            digest.update(chunk)
-    if not digest.hexdigest().startswith(INCEPTION_SHA256_PREFIX):
+    if not file_sha256(path).startswith(INCEPTION_SHA256_PREFIX):
         raise ValueError(f"{path} is neither a plain state dict (weights_only load: {reason}) nor {INCEPTION_FILE}")
 
 
@@ -274,22 +269,14 @@ def _download_weights() -> str | None:
         return None
     target = cache_dir() / "fid" / INCEPTION_FILE
     try:
-        target.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=INCEPTION_FILE, suffix=".tmp")
-    except OSError as exc:
-        log.info("cannot write the Inception weights cache %s: %s", target.parent, exc)
-        return None
-    try:
-        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(INCEPTION_URL, timeout=DOWNLOAD_TIMEOUT_S) as response:
-            digest = hashlib.sha256()
+        with atomic_writer(target) as out, urllib.request.urlopen(INCEPTION_URL, timeout=DOWNLOAD_TIMEOUT_S) as response:
+            digest = hashlib.sha256()  # of the bytes as they stream by: no second read of the file
             while chunk := response.read(1 << 20):
                 digest.update(chunk)
                 out.write(chunk)
-        if not digest.hexdigest().startswith(INCEPTION_SHA256_PREFIX):
-            raise ValueError(f"sha256 {digest.hexdigest()[:8]} != {INCEPTION_SHA256_PREFIX}")
-        os.replace(tmp, target)
+            if not digest.hexdigest().startswith(INCEPTION_SHA256_PREFIX):
+                raise ValueError(f"sha256 {digest.hexdigest()[:8]} != {INCEPTION_SHA256_PREFIX}")
         return str(target)
-    except Exception as exc:  # offline, proxy, truncated or wrong file: all mean "fall back"
-        log.info("downloading the Inception weights failed: %s", exc)
-        Path(tmp).unlink(missing_ok=True)
+    except Exception as exc:  # unwritable cache, offline, proxy, truncated or wrong file: all mean "fall back"
+        log.info("downloading the Inception weights to %s failed: %s", target, exc)
         return None

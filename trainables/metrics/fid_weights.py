@@ -10,18 +10,15 @@ logits layer, so `fc` is zero-filled just to satisfy torch-fidelity's strict loa
 from __future__ import annotations
 
 import functools
-import hashlib
 import importlib.util
 import io
 import logging
-import os
-import tempfile
 import warnings
 from pathlib import Path
 
 import torch
 
-from trainables.cache import cache_dir
+from trainables.cache import atomic_writer, cache_dir, file_sha256
 
 log = logging.getLogger(__name__)
 
@@ -74,11 +71,7 @@ def converted_weights() -> str | None:
 @functools.lru_cache(maxsize=4)
 def _sha256(path: str, size: int, mtime_ns: int) -> str:
     # Keyed by size and mtime too: hashing 87 MB takes ~0.5 s, and every extractor lookup asks.
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
+    return file_sha256(path)
 
 
 def _loads(path: Path) -> bool:
@@ -187,17 +180,6 @@ def _check_same_features(scripted, skeleton, state: dict[str, torch.Tensor]) -> 
 
 
 def _save_atomic(state: dict[str, torch.Tensor], target: Path) -> None:
-    # Same-directory temp file + fsync + os.replace: a crash, or two processes converting at once,
-    # never leave a half-written file under the final name.
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=target.name, suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as out:
-            torch.save(state, out)
-            out.flush()
-            os.fsync(out.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp makes it 0600; a shared cache must stay readable by other users
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    # A crash, or two processes converting at once, never leave a half-written file under the final name.
+    with atomic_writer(target) as out:
+        torch.save(state, out)

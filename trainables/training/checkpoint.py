@@ -4,6 +4,7 @@ from pathlib import Path
 
 import torch
 
+from trainables.cache import atomic_writer
 from trainables.models import build_models
 
 CHECKPOINT_FILE = "checkpoint.pt"
@@ -19,9 +20,8 @@ def save_checkpoint(directory, stateful: dict, progress: dict) -> Path:
         "rng_cpu": torch.get_rng_state(),
         "rng_cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else [],
     }
-    tmp = path.with_suffix(".tmp")
-    torch.save(state, tmp)
-    tmp.replace(path)
+    with atomic_writer(path) as out:
+        torch.save(state, out)
     return path
 
 
