@@ -302,7 +302,7 @@ def final_text(sweep: SweepRecord) -> str | None:
 def final_metrics(sweep: SweepRecord) -> list[str]:
     """The number that picked the winner (fid_final, test_acc), where the final evaluation made
     one: the driver logs it on the measured trials' runs and the winner's value on the parent run
-    (among the task's other summary metrics, e.g. a baseline's)."""
+    (among the kind's other summary metrics, e.g. a baseline's)."""
     trial_metrics = {k for run in sweep.trials for k in run.data.metrics}
     return sorted(k for k in sweep.parent.data.metrics if k in trial_metrics)
 
