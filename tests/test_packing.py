@@ -16,7 +16,7 @@ from ray import tune
 
 from sweeper import ASHA, Resources, Sweep, SweepError
 from sweeper.driver.loader import load_sweep
-from sweeper.kinds import complete
+from sweeper.kinds import GAN, complete
 from sweeper.search.footprint import (
     CONTEXT_BYTES,
     FALLBACK_GPU_FRACTION,
@@ -92,10 +92,10 @@ def test_memory_cap_is_the_share_less_the_trials_cuda_context():
 
 def test_an_explicit_fraction_wins_and_a_cpu_cluster_measures_nothing():
     explicit = _sweep(resources=Resources(gpu_fraction=0.5))
-    assert resolve_gpu_fraction(explicit, shared={}, available={"CPU": 8, "GPU": 1}) is explicit
+    assert resolve_gpu_fraction(explicit, GAN, shared={}, available={"CPU": 8, "GPU": 1}) is explicit
     auto = _sweep()
     assert auto.resources.gpu_fraction == "auto"
-    assert resolve_gpu_fraction(auto, shared={}, available={"CPU": 8}) is auto
+    assert resolve_gpu_fraction(auto, GAN, shared={}, available={"CPU": 8}) is auto
     assert not ray.is_initialized()  # neither started a measurement
     assert explicit.resources.per_trial(1) == {"cpu": 1.0, "gpu": 0.5}
     assert auto.resources.per_trial(0) == {"cpu": 1.0}
@@ -157,7 +157,6 @@ def _shared(resolution: int) -> dict:
 
 
 def test_the_measured_footprint_grows_with_batch_and_resolution():
-    from sweeper.kinds.gan import GAN
     from trainables.models import build_models
     from trainables.training.gan import train_gan
 
@@ -180,7 +179,6 @@ def test_the_measured_footprint_grows_with_batch_and_resolution():
 
 @pytest.mark.slow
 def test_auto_measures_the_footprint_in_a_ray_task_and_packs_by_it(capsys):
-    from sweeper.kinds.gan import GAN
     from trainables.training.gan import train_gan
 
     config = GANConfig(resolution=32, batch_size=8, g_width=8, d_width=8, z_dim=16, steps_per_eval=2,
@@ -189,8 +187,8 @@ def test_auto_measures_the_footprint_in_a_ray_task_and_packs_by_it(capsys):
     shared = _shared(32)
     ray.init(num_cpus=2, num_gpus=1, include_dashboard=False, address="local")  # a GPU Ray counts, not CUDA
     try:
-        (probed, remote), = measure_on_gpus(sweep, shared)
-        packed = resolve_gpu_fraction(sweep, shared, available={"CPU": 2, "GPU": 1})
+        (probed, remote), = measure_on_gpus(sweep, GAN, shared)
+        packed = resolve_gpu_fraction(sweep, GAN, shared, available={"CPU": 2, "GPU": 1})
     finally:
         ray.shutdown()
     torch.set_num_threads(1)  # as the Ray task ran it (the sweep's 1 CPU per trial)
@@ -264,7 +262,6 @@ cuda_only = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA
 
 @cuda_only
 def test_on_cuda_the_footprint_is_the_allocators_peak():
-    from sweeper.kinds.gan import GAN
     from trainables.training.gan import train_gan
 
     small = GANConfig(resolution=32, batch_size=16, g_width=32, d_width=32, z_dim=16, steps_per_eval=2, fid_samples=2)
