@@ -1,0 +1,251 @@
+"""Asynchronous successive halving with promotion (ASHA's promotion variant, Li et al. 2020; ray #32634).
+
+Ray's ASHAScheduler only stops trials: a trial it does not stop at a rung goes on at once, judged
+against the few trials that reached the rung before it. Here a trial reaching a rung PAUSEs
+(Tune saves the checkpoint it reported with that result and ends its process); a paused trial in
+the top 1/eta of its rung's recorded results is resumed from that checkpoint and trains to the
+next rung (promotion, highest rung first); new configurations start while none is promotable.
+A trial reaching max_t (the last rung) completes. Built on Tune's scheduler API the way
+HyperBandForBOHB pauses and resumes trials (PAUSE, `choose_trial_to_run`).
+
+Brackets (Hyperband's, `sweeper.search.plan`): bracket s starts its trials at rung s, and each
+bracket ranks and promotes among its own trials. Trials join brackets in the order Tune adds them:
+the first `bracket_sizes[0]` bracket 0, the next bracket 1, ...; trials beyond them bracket 0.
+
+Only paused trials left, none promotable and none pending (Tune then waits forever: ray #14500,
+#6780): if the search algorithm has no more configurations to give, no rung can get another record,
+so no paused trial will ever be promoted and all are stopped (the end of the sweep). If it holds
+new configurations back, that is a concurrency limit counting paused trials as running (Tune's
+ConcurrencyLimiter and BasicVariantGenerator do): the best paused trial at the highest rung is
+resumed, because stopping one could end a configuration the rung's later records would promote,
+and resuming the best one spends the compute where ASHA would next. Use `RunningLimiter` to limit
+running trials instead: then this fallback never triggers.
+
+Tune does not save a scheduler's state in its experiment checkpoint: `state()` is plain data
+(JSON-able) for the caller to save, `restore(state)` puts it back before `Tuner.fit()` on resume.
+"""
+from __future__ import annotations
+
+import logging
+import math
+from typing import Sequence
+
+from ray.tune.experiment import Trial
+from ray.tune.schedulers import FIFOScheduler, TrialScheduler
+from ray.tune.search import ConcurrencyLimiter, Searcher
+
+logger = logging.getLogger(__name__)
+
+
+class PromotionASHA(FIFOScheduler):
+    def __init__(self, *, rungs: Sequence[int], eta: int = 3, bracket_sizes: Sequence[int] = (),
+                 time_attr: str = "training_iteration", metric: str | None = None, mode: str | None = None):
+        """`rungs`: horizons in `time_attr` units, ascending; the last is max_t. `bracket_sizes`:
+        trials per bracket (bracket s starts at rungs[s]); empty: one bracket."""
+        super().__init__()
+        _check(rungs, eta, bracket_sizes, mode)
+        self._rungs, self._eta, self._time_attr = tuple(rungs), eta, time_attr
+        self._sizes = tuple(bracket_sizes) or (0,)
+        self._metric, self._mode = metric, mode
+        self._bracket: dict[str, int] = {}  # trial id -> its bracket
+        # [bracket][rung] -> {trial id: metric value}, in the order recorded (the earlier wins a tie).
+        self._records: list[list[dict[str, float]]] = [[{} for _ in self._rungs] for _ in self._sizes]
+        self._promoted: list[list[set[str]]] = [[set() for _ in self._rungs] for _ in self._sizes]
+        self._forced = 0  # promotions made only so that Tune does not wait forever
+
+    @classmethod
+    def from_plan(cls, plan, **kwargs) -> "PromotionASHA":
+        """From a `sweeper.search.plan.Plan`: its rungs, eta and configurations per bracket."""
+        return cls(rungs=plan.rungs, eta=plan.eta, bracket_sizes=plan.configs, **kwargs)
+
+    def set_search_properties(self, metric: str | None, mode: str | None, **spec) -> bool:
+        if (self._metric and metric) or (self._mode and mode):
+            return False
+        self._metric, self._mode = metric or self._metric, mode or self._mode
+        return True
+
+    def on_trial_add(self, tune_controller, trial: Trial):
+        if not self._metric or self._mode not in ("min", "max"):
+            raise ValueError(f"PromotionASHA needs metric and mode (here or in tune.TuneConfig), got "
+                             f"{self._metric!r} and {self._mode!r}")
+        if trial.trial_id not in self._bracket:
+            self._bracket[trial.trial_id] = self._next_bracket()
+        elif trial.status == Trial.PENDING and self._waiting_at(trial.trial_id) is not None:
+            # Tune resumes a paused trial as PENDING; it waits at its rung instead. Tune files the
+            # trial under its status after this call (ray 2.60's add_trial).
+            trial.set_status(Trial.PAUSED)
+            _limiter_call(tune_controller, "on_pause", trial)
+
+    def on_trial_result(self, tune_controller, trial: Trial, result: dict) -> str:
+        t = result.get(self._time_attr)
+        if t is None:
+            return TrialScheduler.CONTINUE
+        s = self._bracket.setdefault(trial.trial_id, 0)
+        k = self._rung_at(t)
+        if k is None or k < s or trial.trial_id in self._promoted[s][k]:
+            return TrialScheduler.CONTINUE
+        self._records[s][k].setdefault(trial.trial_id, _number(result.get(self._metric)))
+        if t >= self._rungs[-1]:
+            return TrialScheduler.STOP
+        if self._promotable(s, k, trial.trial_id):
+            # Promoted the moment it arrives: it goes on in its own process, as resuming would.
+            self._promoted[s][k].add(trial.trial_id)
+            return TrialScheduler.CONTINUE
+        _limiter_call(tune_controller, "on_pause", trial)
+        return TrialScheduler.PAUSE
+
+    def choose_trial_to_run(self, tune_controller) -> Trial | None:
+        trials = tune_controller.get_trials()
+        paused = [t for t in trials if t.status == Trial.PAUSED]
+        promotable = [t for t in paused if self._can_resume(t.trial_id)]
+        if promotable:
+            return self._resume(tune_controller, max(promotable, key=self._priority))
+        pending = next((t for t in trials if t.status == Trial.PENDING), None)
+        if pending or not paused or any(t.status == Trial.RUNNING for t in trials):
+            return pending
+        return self._unstick(tune_controller, paused)
+
+    def debug_string(self) -> str:
+        lines = [f"PromotionASHA: rungs {', '.join(map(str, self._rungs))}, eta {self._eta}"]
+        for s, rungs in enumerate(self._records):
+            counts = ", ".join(f"{len(rungs[i])}@{self._rungs[i]}" for i in range(s, len(self._rungs)))
+            lines.append(f"bracket {s}: recorded {counts}")
+        if self._forced:
+            lines.append(f"{self._forced} promotions forced (a concurrency limit counting paused trials)")
+        return "\n".join(lines)
+
+    def state(self) -> dict:
+        """The rung records as plain data (JSON-able: lists, dicts, str, float)."""
+        return {"rungs": list(self._rungs), "eta": self._eta, "bracket_sizes": list(self._sizes),
+                "bracket": dict(self._bracket), "forced": self._forced,
+                "records": [[dict(r) for r in rungs] for rungs in self._records],
+                "promoted": [[sorted(p) for p in rungs] for rungs in self._promoted]}
+
+    def restore(self, state: dict) -> None:
+        """Puts back what `state()` returned, for the same rungs, eta and brackets. (Not Tune's
+        `TrialScheduler.restore(checkpoint_path)`, which Tune 2.60 never calls.)"""
+        shape = (list(self._rungs), self._eta, list(self._sizes))
+        if (state["rungs"], state["eta"], state["bracket_sizes"]) != shape:
+            raise ValueError(f"scheduler state for rungs/eta/brackets {state['rungs']}, {state['eta']}, "
+                             f"{state['bracket_sizes']} does not fit {shape}")
+        self._bracket, self._forced = dict(state["bracket"]), state["forced"]
+        self._records = [[dict(r) for r in rungs] for rungs in state["records"]]
+        self._promoted = [[set(p) for p in rungs] for rungs in state["promoted"]]
+
+    def _next_bracket(self) -> int:
+        n, start = len(self._bracket), 0
+        for s, size in enumerate(self._sizes):
+            if n < start + size:
+                return s
+            start += size
+        return 0
+
+    def _rung_at(self, t: float) -> int | None:
+        """The highest rung whose horizon `t` has reached."""
+        reached = [i for i, r in enumerate(self._rungs) if t >= r]
+        return reached[-1] if reached else None
+
+    def _key(self, value: float) -> float:
+        """Lower is better; a missing or NaN value is the worst."""
+        if math.isnan(value):
+            return math.inf
+        return value if self._mode == "min" else -value
+
+    def _promotable(self, s: int, k: int, trial_id: str) -> bool:
+        recorded = self._records[s][k]
+        ranked = sorted(recorded, key=lambda tid: self._key(recorded[tid]))
+        return trial_id in ranked[:len(ranked) // self._eta] and trial_id not in self._promoted[s][k]
+
+    def _waiting_at(self, trial_id: str) -> int | None:
+        """The rung a trial is paused at: its highest recorded one below max_t, if not promoted from it."""
+        s = self._bracket.get(trial_id)
+        recorded = [] if s is None else [k for k, r in enumerate(self._records[s]) if trial_id in r]
+        k = recorded[-1] if recorded else None
+        if k is None or k == len(self._rungs) - 1 or trial_id in self._promoted[s][k]:
+            return None
+        return k
+
+    def _can_resume(self, trial_id: str) -> bool:
+        k = self._waiting_at(trial_id)
+        return k is not None and self._promotable(self._bracket[trial_id], k, trial_id)
+
+    def _priority(self, trial: Trial) -> tuple:
+        """Higher rung first, then the better value at it."""
+        k = self._waiting_at(trial.trial_id)
+        if k is None:
+            return (-1, 0.0)
+        return (k, -self._key(self._records[self._bracket[trial.trial_id]][k][trial.trial_id]))
+
+    def _resume(self, tune_controller, trial: Trial) -> Trial:
+        k = self._waiting_at(trial.trial_id)
+        if k is not None:
+            self._promoted[self._bracket[trial.trial_id]][k].add(trial.trial_id)
+        _limiter_call(tune_controller, "on_unpause", trial)
+        return trial
+
+    def _unstick(self, tune_controller, paused: list[Trial]) -> Trial | None:
+        """Nothing runs, nothing is pending, no paused trial is promotable (module docstring)."""
+        if not tune_controller.search_alg.is_finished():
+            self._forced += 1
+            if self._forced == 1:
+                logger.warning("PromotionASHA: only paused trials are left and the search algorithm holds new ones "
+                               "back (a concurrency limit counting paused trials?): resuming the best paused trial, "
+                               "here and each time again; RunningLimiter limits running trials only")
+            return self._resume(tune_controller, max(paused, key=self._priority))
+        for trial in paused:
+            tune_controller.stop_trial(trial)
+        return None
+
+
+class RunningLimiter(ConcurrencyLimiter):
+    """Tune's ConcurrencyLimiter counting running trials only: a trial PromotionASHA pauses frees
+    its place for a new configuration (Tune's own counts it until it ends). PromotionASHA calls
+    `on_pause`/`on_unpause` (the hooks HyperBandForBOHB calls) on the searcher Tune wraps. Pass it
+    as `search_alg` with `max_concurrent_trials=None`; Tune then admits `max_concurrent` pending
+    trials at a time, as for its own limiter."""
+
+    def __init__(self, searcher: Searcher, max_concurrent: int):
+        super().__init__(searcher, max_concurrent=max_concurrent)
+        self.paused: set[str] = set()  # saved and restored with Tune's searcher state (get_state)
+
+    def suggest(self, trial_id: str) -> dict | None:
+        if self._limit_concurrency and len(self.live_trials - self.paused) >= self.max_concurrent:
+            return None
+        suggestion = self.searcher.suggest(trial_id)
+        if self._limit_concurrency and suggestion not in (None, Searcher.FINISHED):
+            self.live_trials.add(trial_id)
+            self.num_unfinished_live_trials += 1
+        return suggestion
+
+    def on_pause(self, trial_id: str):
+        self.paused.add(trial_id)  # not passed on: only BOHB's searcher has these hooks
+
+    def on_unpause(self, trial_id: str):
+        self.paused.discard(trial_id)
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False):
+        self.paused.discard(trial_id)
+        super().on_trial_complete(trial_id, result=result, error=error)
+
+
+def _number(value) -> float:
+    """A metric value as a float (NaN where missing or not a number), so that state() is plain data."""
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return math.nan
+
+
+def _limiter_call(tune_controller, hook: str, trial: Trial) -> None:
+    searcher = getattr(tune_controller.search_alg, "searcher", None)
+    if isinstance(searcher, RunningLimiter):
+        getattr(searcher, hook)(trial.trial_id)
+
+
+def _check(rungs: Sequence[int], eta: int, bracket_sizes: Sequence[int], mode: str | None) -> None:
+    if not rungs or any(r <= 0 for r in rungs) or list(rungs) != sorted(set(rungs)):
+        raise ValueError(f"rungs must be > 0 and strictly ascending, got {list(rungs)}")
+    if eta < 2 or len(bracket_sizes) > len(rungs) or any(n < 0 for n in bracket_sizes):
+        raise ValueError(f"need eta >= 2 and at most one bracket per rung, got eta {eta}, brackets {list(bracket_sizes)}")
+    if mode not in (None, "min", "max"):
+        raise ValueError(f"mode must be 'min' or 'max', got {mode!r}")

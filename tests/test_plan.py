@@ -1,0 +1,93 @@
+"""A budget's text and the plan derived from it: the rungs, brackets and configurations match plans
+computed by hand (sweeper.search.plan's docstring gives the rule). Pure: no Ray."""
+import json
+
+import pytest
+
+from sweeper.definition.budget import Budget, parse_budget
+from sweeper.definition.options import SweepError
+from sweeper.search.plan import Plan, bracket_periods, describe, plan_budget
+
+
+@pytest.mark.parametrize("text, amount, unit", [
+    ("2gpu-h", 7200, "gpu-s"), ("0.5gpu-h", 1800, "gpu-s"), ("600cpu-s", 600, "cpu-s"),
+    ("10cpu-min", 600, "cpu-s"), ("5000kimg", 5000, "kimg"), (" 90 GPU-min ", 5400, "gpu-s"),
+    ("1.5cpu-h", 5400, "cpu-s"), (".5kimg", 0.5, "kimg"), ("30gpu-s", 30, "gpu-s")])
+def test_accepted_budgets(text, amount, unit):
+    assert parse_budget(text) == Budget(amount, unit)
+
+
+@pytest.mark.parametrize("text", ["", "0gpu-h", "0.0kimg", "-2gpu-h", "2", "gpu-h", "2gpu", "2gpu-hours",
+                                  "2tpu-h", "2 kimgs", "infgpu-h", "nangpu-s", "1e3kimg", "2gpu-h3"])
+def test_refused_budgets_say_the_value_and_the_accepted_forms(text):
+    with pytest.raises(SweepError) as refused:
+        parse_budget(text)
+    message = str(refused.value)
+    assert "\n" not in message and repr(text) in message and "2gpu-h" in message and "kimg" in message
+
+
+def test_a_budget_is_checked_pure_data():
+    assert str(Budget(7200, "gpu-s")) == "7200gpu-s"
+    for amount, unit in [(0, "gpu-s"), (-1, "kimg"), (float("inf"), "cpu-s"), (5, "gpu-h"), (True, "kimg")]:
+        with pytest.raises(SweepError):
+            Budget(amount, unit)
+
+
+def test_bracket_cost_is_the_closed_form():
+    # P(k, s) = r_k * (1 + (k - s) * (eta - 1) / eta): for rungs 2, 6, 18 and eta 3, 42, 30 and 18.
+    assert [bracket_periods((2, 6, 18), s, 3) for s in range(3)] == [42, 30, 18]
+    assert bracket_periods((2, 6, 18, 54), 0, 3) == 162 == 54 * 3
+
+
+def test_budget_of_54_periods_one_bracket_to_18():
+    # eta 3, first rung 2: rungs 2, 6, 18. Bracket 0 of width 1: 9 configurations x 2 periods = 18,
+    # 3 go on 4 periods (to 6) = 12, 1 goes on 12 (to 18) = 12: 42 <= 54. Rung 54 would cost
+    # 27*2 + 9*4 + 3*12 + 1*36 = 162 > 54. A second bracket (3 configurations x 6 + 1 x 12 = 30)
+    # makes 72 > 54. Width floor(54 / 42) = 1.
+    plan = plan_budget(54, 1.0)
+    assert plan == Plan(eta=3, rungs=(2, 6, 18), configs=(9,), cost=42, cost_per_period=1.0)
+    assert (plan.brackets, plan.max_t, plan.num_samples, plan.reaching(0)) == (1, 18, 9, [9, 3, 1])
+
+
+def test_half_a_gpu_hour_at_20_gpu_s_a_period_three_brackets():
+    # 1800 gpu-s / 20 per period = 90 periods: still k = 2 (162 > 90); brackets 42 + 30 + 18 = 90 fit
+    # exactly: (9, 3, 1) configurations starting at periods 2, 6, 18; cost 90 x 20 = 1800 gpu-s.
+    plan = plan_budget(parse_budget("0.5gpu-h").amount, 20.0)
+    assert (plan.rungs, plan.configs, plan.cost) == ((2, 6, 18), (9, 3, 1), 1800)
+    assert [plan.reaching(s) for s in range(3)] == [[9, 3, 1], [3, 1], [1]]
+
+
+def test_a_horizon_cap_widens_the_brackets_instead():
+    # 200 periods would pay for rung 54 (162), but a trial trains at most 20 periods: k = 2, three
+    # brackets cost 90, width floor(200 / 90) = 2: (18, 6, 2) configurations, cost 180.
+    plan = plan_budget(200, 1.0, max_horizon=20)
+    assert (plan.rungs, plan.configs, plan.cost) == ((2, 6, 18), (18, 6, 2), 180)
+    assert plan.reaching(0) == [18, 6, 2]
+    assert plan_budget(200, 1.0).rungs == (2, 6, 18, 54) and plan_budget(200, 1.0).configs == (27,)
+
+
+def test_eta_2_from_one_period():
+    # Rungs 1, 2, 4, 8: 8 x 1 + 4 x 1 + 2 x 2 + 1 x 4 = 20 = the budget; rung 16 would cost
+    # 16*1 + 8*1 + 4*2 + 2*4 + 1*8 = 48. A second bracket (4 x 2 + 2 x 2 + 1 x 4 = 16) does not fit.
+    plan = plan_budget(10, 0.5, eta=2, first_rung=1)
+    assert (plan.rungs, plan.configs, plan.cost) == ((1, 2, 4, 8), (8,), 10)
+
+
+def test_a_small_budget_has_no_promotion_and_too_small_a_budget_is_refused():
+    # 8 periods: rung 6 would cost 3*2 + 1*4 = 10 > 8; one rung (max_t 2) with floor(8/2) = 4 configurations.
+    plan = plan_budget(8, 1.0)
+    assert (plan.rungs, plan.configs, plan.cost) == ((2,), (4,), 8)
+    with pytest.raises(SweepError, match="fewer than 3 configurations x 2 periods"):
+        plan_budget(5, 1.0)  # 3 configurations of 2 periods need 6
+    with pytest.raises(SweepError):
+        plan_budget(100, 1.0, max_horizon=1)
+    with pytest.raises(ValueError):
+        plan_budget(100, 0.0)
+
+
+def test_describe_names_the_rungs_and_brackets():
+    lines = describe(plan_budget(1800, 20.0), unit="gpu-s")
+    assert lines[0] == "budget plan: eta 3, rungs 2, 6, 18 eval periods (max_t 18), 13 configurations in 3 brackets"
+    assert lines[1:] == ["  bracket 0: 9 at 2 -> 3 at 6 -> 1 at 18", "  bracket 1: 3 at 6 -> 1 at 18",
+                         "  bracket 2: 1 at 18", "  expected cost 1800 gpu-s (20 gpu-s per eval period)"]
+    json.dumps(lines)
