@@ -43,7 +43,7 @@ def evaluate(run: Running, table: pd.DataFrame, results) -> tuple[pd.DataFrame, 
     sweep, kind, inputs = run.sweep, run.kind, run.inputs
     chosen = {}
     for trial_id in candidates(table, sweep.metric, sweep.mode, sweep.final.top_k):
-        result = next(r for r in results if r.metrics and r.metrics.get("trial_id") == trial_id)
+        result = result_of(results, trial_id)
         checkpoint, metrics = best_checkpoint(result, sweep.metric, sweep.mode)
         if checkpoint is not None:
             chosen[trial_id] = Candidate(trial_id, dict(result.config), sweep.trial_config(result.config),
@@ -63,6 +63,11 @@ def evaluate(run: Running, table: pd.DataFrame, results) -> tuple[pd.DataFrame, 
         _log_measured(run.tracking.client(), table.loc[row, "run_id"], chosen[trial_id].period, values, files,
                       inputs.final_tags)
     return table, chosen
+
+
+def result_of(results, trial_id: str):
+    """The Tune result of a trial, by the trial id it reports."""
+    return next(r for r in results if r.metrics and r.metrics.get("trial_id") == trial_id)
 
 
 def _log_measured(client, run_id: str, step: int, metrics: dict, files: dict, tags: dict) -> None:

@@ -211,8 +211,7 @@ def _summarise(run: Running, table, results, searcher, candidates: dict) -> Swee
             registered = register(run, table, candidates[winner])
     for key, value in metrics.items():
         client.log_metric(run.tracking.parent_run_id, key, value)
-    best_config = next(dict(r.config) for r in results if r.metrics and r.metrics.get("trial_id") == winner) \
-        if winner else None
+    best_config = dict(final.result_of(results, winner).config) if winner else None
     summary = SweepSummary(sweep.name, run.tracking, table, final_metric, run.inputs.measured_on, winner=winner,
                            final_value=metrics.get(final_metric), best_config=best_config, metrics=metrics,
                            lines=lines, **registered)
