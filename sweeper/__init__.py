@@ -1,4 +1,4 @@
-"""sweeper: hyperparameter sweeps of GAN training (Ray Tune + Optuna + ASHA, tracked in MLflow).
+"""sweeper: hyperparameter sweeps of GAN training (Ray Tune + Optuna + successive halving, tracked in MLflow).
 
 Search-space files import `Sweep` and its options from here; importing it starts nothing and
 imports neither Ray nor torch. The packages below, from the top layer down (each imports only
@@ -12,6 +12,18 @@ from the layers under it; `lint-imports` checks it):
     tracking/    MLflow: runs, registry, outcomes, status/export, figures, summary (no Ray)
     definition/  the Sweep and its options (no Ray, MLflow or torch)
 """
-from sweeper.definition import ASHA, TPE, FinalEval, Quick, Resources, Sweep, SweepError, suggest_optimizer
+from sweeper.definition import (
+    ASHA,
+    TPE,
+    Budget,
+    FinalEval,
+    Promotion,
+    Quick,
+    Resources,
+    Sweep,
+    SweepError,
+    suggest_optimizer,
+)
 
-__all__ = ["Sweep", "SweepError", "TPE", "ASHA", "Resources", "FinalEval", "Quick", "suggest_optimizer"]
+__all__ = ["Sweep", "SweepError", "TPE", "Promotion", "ASHA", "Resources", "FinalEval", "Quick", "Budget",
+           "suggest_optimizer"]

@@ -57,6 +57,8 @@ def _add_run(commands) -> None:
     run.add_argument("--data", help="dataset: toy-faces (default), a folder/.zip/.tar.gz of images "
                                     "(class = subfolder; SRC:cat selects one), or a known name (afhq-cat, cifar10:dog)")
     run.add_argument("--name", help="sweep name (MLflow experiment and registered model prefix)")
+    run.add_argument("--budget", help="compute for the whole sweep: 2gpu-h, 600cpu-s or 5000kimg (device-seconds "
+                                      "= wall time x GPUs or CPUs held); sets the rungs, the horizon and the trials")
     run.add_argument("--storage", help="Tune storage for checkpoints: a local path (default sweeps/ray_results), "
                                        "s3://bucket/prefix, gs://..., or a shared path; required on a cluster "
                                        "(env SWEEPER_STORAGE)")
@@ -121,7 +123,8 @@ def _run(args) -> int:
     check_placement(args.storage, default_tracking_uri())
     check_reachable(default_tracking_uri())
     sweep = load_sweep(args.file).resolve(
-        quick=args.quick, overrides=args.overrides, num_samples=args.num_samples, data=args.data, name=args.name)
+        quick=args.quick, overrides=args.overrides, num_samples=args.num_samples, data=args.data, name=args.name,
+        budget=args.budget)
     kind_of(sweep.config).check(sweep)
     if args.dry_run:
         print(describe(sweep, args.storage))
@@ -168,6 +171,7 @@ def _finish(summary) -> int:
 
 
 def describe(sweep, storage: str | None = None) -> str:
+    from sweeper.definition import Promotion
     from sweeper.driver.cluster import storage_uri
     from sweeper.kinds import kind_of
     from sweeper.tracking.runs import default_tracking_uri
@@ -177,8 +181,13 @@ def describe(sweep, storage: str | None = None) -> str:
              f"{sweep.mode}imising {sweep.metric}",
              "fixed config:", *(f"  {k} = {v!r}" for k, v in sweep.fixed_config().items()),
              "search space:", *_space_lines(sweep.space, searched),
-             "warm start:", *(f"  {point}" for point in sweep.warm_points),
+             "warm start:", *(f"  {point}" + (f"; {text}" if (text := sweep.warm_start_text(i)) else "")
+                              for i, point in enumerate(sweep.warm_points)),
              f"searcher: {sweep.searcher}", f"scheduler: {sweep.scheduler} on eval_period, max {sweep.config.num_evals}",
+             f"objective: {sweep.objective} (the best {sweep.metric} a trial reached: rungs, searcher, final candidates)",
+             f"budget: {sweep.budget or 'none'}"
+             + (" (planned when the sweep starts: rungs, horizon and trials from the measured cost of a period)"
+                if sweep.budget is not None and isinstance(sweep.scheduler, Promotion) else ""),
              f"resources per trial: {sweep.resources}, at most {sweep.max_concurrent or 'what fits (capped for TPE)'} at once",
              *kind.describe(sweep),
              f"final evaluation: the top {sweep.final.top_k} trials of each group, "

@@ -21,6 +21,7 @@ from trainables.training.gan import train_gan
 
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURES = Path(__file__).parent / "fixtures"
+OLD_WGANGP = FIXTURES / "old_layout_wgangp.py"  # search_spaces/wgangp.py when the wgangp pickles were made
 SPACES = sorted((ROOT / "search_spaces").glob("*.py")) + sorted((ROOT / "search_spaces" / "seeds").glob("seed*.py"))
 
 
@@ -48,8 +49,8 @@ def test_a_sweep_pickled_by_the_old_layout_resumes_as_the_same_sweep(tmp_path):
     old = recorded_sweep(_state(tmp_path))
     assert type(old) is Sweep and type(old.searcher) is TPE and type(old.quick) is Quick
     assert "sweeper.spec" not in sys.modules and "sweeper.space" not in sys.modules  # the stand-ins are gone
-    # The same sweep as the file resolves to today (the fixture was `wgangp.py --quick`).
-    today = load_sweep(ROOT / "search_spaces" / "wgangp.py").resolve(quick=True)
+    # The same sweep as its file resolves to today (the fixture was `wgangp.py --quick`, kept as it was).
+    today = load_sweep(OLD_WGANGP).resolve(quick=True)
     assert old.config == today.config and old.warm_points == today.warm_points
     assert (old.name, old.metric, old.mode, old.num_samples, old.trainable) == ("wgangp", "fid", "min", 6, train_gan)
     sweep = complete(old).validate()
@@ -96,5 +97,5 @@ def test_a_tune_experiment_saved_by_the_old_layout_restores(tmp_path):
     tune_config = tuner._local_tuner._tune_config
     assert type(tune_config.search_alg) is SweepSearch and type(tune_config.scheduler) is WarmStartASHA
     assert any(type(c) is EvalLines for c in tuner._local_tuner.get_run_config().callbacks)
-    today = load_sweep(ROOT / "search_spaces" / "wgangp.py").resolve(quick=True)
+    today = load_sweep(OLD_WGANGP).resolve(quick=True)
     assert tune_config.search_alg._points_to_evaluate == today.warm_points

@@ -114,7 +114,8 @@ def test_a_gpu_fraction_ray_cannot_take_is_refused(fraction):
 def test_the_largest_searched_sizes_are_measured():
     assert largest_sizes(_sweep()) == {"z_dim": 256, "batch_size": 128}  # no g_lr: not a size
     wgangp = load_sweep(os.path.join(REPO, "search_spaces", "wgangp.py"))
-    assert largest_sizes(wgangp) == {"z_dim": 256}  # a define-by-run space: its int range's bound
+    # A define-by-run space: its int range's bound, and the largest of its integer choices.
+    assert largest_sizes(wgangp) == {"z_dim": 256, "n_critic": 5}
     sngan = load_sweep(os.path.join(REPO, "search_spaces", "sngan.py"))
     assert largest_sizes(sngan) == {"z_dim": 256, "n_critic": 5}  # n_critic only on the resnet branch
 

@@ -1,19 +1,26 @@
 """Every shipped search-space file: it passes --dry-run (in-process through the CLI's main; once as
 a command), and each seed project's published configuration trains on CPU under the --quick budget
-(one short eval period, 32 px)."""
+(one short eval period, 32 px). The wgangp space searches the knobs that act late in a run (critic
+steps, LR schedule, EMA, DiffAugment), each of its values trains, and its warm starts lie inside it."""
+import dataclasses
 import os
 import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
+import optuna
 import pytest
 
+from sweeper import SweepError
 from sweeper.cli import main
+from sweeper.definition.space import warm_start_params
 from sweeper.driver.loader import load_sweep
 from sweeper.kinds.refstats import reference_stats
+from trainables.config import GANConfig
 from trainables.data import load_dataset
 from trainables.metrics import RandomConvFeatures
+from trainables.seeds import seed000_wgangp_cat128, seed004_gan_wgangp_sngan
 from trainables.training.gan import train_gan
 
 REPO = Path(__file__).resolve().parents[1]
@@ -92,10 +99,91 @@ def test_published_seed_configuration_trains_under_quick(sweep, i):
     cfg = sweep.trial_config(sweep.warm_start_params(i)).replace(
         steps_per_eval=4, num_evals=1, batch_size=16, fid_samples=64, ref_samples=128, device="cpu")
     assert cfg.resolution == 32
+    _trains_on_toy_faces(cfg)
+
+
+def _trains_on_toy_faces(cfg):
     data = load_dataset(cfg.data, cfg.resolution, toy_size=128, seed=0)
     extractor = RandomConvFeatures(seed=0)
     ref = reference_stats(data.images, data.fingerprint, extractor, cfg.ref_samples)
     reports = []
     metrics = train_gan(cfg, lambda m, d: reports.append(m), images=data.images, extractor=extractor, ref_stats=ref)
-    assert len(reports) == 1 and metrics["diverged"] == 0.0
+    assert len(reports) == cfg.num_evals and metrics["diverged"] == 0.0
     assert np.isfinite(metrics["fid"]) and metrics["fid"] > 0
+
+
+# --- the wgangp space -----------------------------------------------------------------------------
+
+WGANGP = REPO / "search_spaces" / "wgangp.py"
+# What it searches besides the optimiser, z_dim and the norms, with every choice.
+LATE_KNOBS = {"n_critic": (1, 2, 5), "lr_schedule": ("none", "linear-decay", "cosine"),
+              "ema_decay": (0.0, 0.999, 0.9999), "diffaugment": ("", "color,translation,cutout")}
+
+
+def test_wgangp_searches_critic_steps_lr_schedule_ema_and_diffaugment():
+    sweep = load_sweep(WGANGP)
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    trials = []
+    for _ in range(40):
+        trial = study.ask()
+        sweep.space(trial)
+        study.tell(trial, 0.0)
+        trials.append(trial)
+    for key, choices in LATE_KNOBS.items():
+        # On every branch (every optimiser but sgd for the schedule), with these choices, each drawn.
+        having = [t for t in trials if key != "lr_schedule" or t.params["optimizer"] != "sgd"]
+        assert all(t.distributions[key].choices == choices for t in having), key
+        assert {t.params[key] for t in having} == set(choices), key
+    # sgd keeps a constant lr (the config's "none"), so `--set cuda_graph=true` stays valid: SGD has
+    # no capturable mode and a CUDA graph would replay its first lr.
+    sgd = [t for t in trials if t.params["optimizer"] == "sgd"]
+    assert sgd and not any("lr_schedule" in t.params for t in sgd) and sweep.config.lr_schedule == "none"
+    assert load_sweep(WGANGP).resolve(quick=True, overrides=["cuda_graph=true"]).config.cuda_graph
+    # Searched, so the file does not also fix them: its config keeps GANConfig's defaults.
+    defaults, config = dataclasses.asdict(GANConfig()), dataclasses.asdict(sweep.config)
+    assert {k: config[k] for k in LATE_KNOBS} == {k: defaults[k] for k in LATE_KNOBS}
+
+
+@pytest.mark.parametrize("quick", [False, True], ids=["full", "quick"])
+def test_wgangp_warm_starts_keep_the_seeds_values_inside_the_space(quick):
+    sweep = load_sweep(WGANGP).resolve(quick=quick)  # validates: every warm start inside the space
+    for point, seed in zip(sweep.warm_points, [seed000_wgangp_cat128, seed004_gan_wgangp_sngan["wgan-gp"]], strict=True):
+        assert {k: point[k] for k in LATE_KNOBS} == {k: getattr(seed, k) for k in LATE_KNOBS}
+        assert point["n_critic"] == 5 and point["ema_decay"] == 0.0
+    # A seed whose value lies outside is refused, naming it ("step" is left out: no searched lr_gamma).
+    stepped = sweep.with_(warm_start=(seed000_wgangp_cat128.replace(lr_schedule="step"),))
+    with pytest.raises(SweepError, match=r"^warm_start\[0\]: space parameter 'lr_schedule': 'step' not in"):
+        stepped.validate()
+
+
+def test_wgangp_ema_averages_in_a_full_run_and_is_g_itself_under_quick():
+    full, quick = load_sweep(WGANGP).resolve(), load_sweep(WGANGP).resolve(quick=True)
+    start = full.config.ema_start_kimg
+    assert quick.config.ema_start_kimg == start  # --quick changes only the budget
+
+    def kimg(cfg, n_critic, evals):  # real images D has seen after `evals` eval periods
+        return evals * cfg.steps_per_eval * n_critic * cfg.batch_size / 1000
+
+    for n_critic in LATE_KNOBS["n_critic"]:
+        # A full run averages for at least its second half, and not before the first promotion rung
+        # (2 eval periods), where an EMA that lags G would lose to the same config without one.
+        assert kimg(full.config, n_critic, 2) <= start <= kimg(full.config, n_critic, full.config.num_evals / 2)
+        # --quick never gets there: its EMA is G, not an average still close to the untrained G.
+        assert kimg(quick.config, n_critic, quick.config.num_evals) < start
+
+
+@pytest.mark.parametrize("late", [
+    dict(n_critic=1, lr_schedule="linear-decay", ema_decay=0.999, diffaugment="color,translation,cutout"),
+    dict(n_critic=2, lr_schedule="cosine", ema_decay=0.9999, diffaugment=""),
+], ids=["critic1-linear-ema0.999-augment", "critic2-cosine-ema0.9999"])
+def test_every_new_wgangp_choice_trains(late):
+    # With the warm start, which is n_critic 5, no schedule, no EMA and no DiffAugment (trained by
+    # the seed files' test above), every value of the four knobs trains under the quick budget.
+    sweep = load_sweep(WGANGP).resolve(quick=True)
+    point = warm_start_params(sweep.space, {**sweep.warm_points[0], **late})  # inside the space
+    # Two short eval periods, so the schedule moves across them; the EMA starts averaging after a
+    # few steps here, or it would be G itself (test above).
+    cfg = sweep.trial_config(point).replace(steps_per_eval=4, num_evals=2, batch_size=16, fid_samples=64,
+                                            ref_samples=128, device="cpu", ema_start_kimg=0.04)
+    assert {k: getattr(cfg, k) for k in late} == late
+    _trains_on_toy_faces(cfg)

@@ -130,7 +130,7 @@ def test_dry_run_prints_the_resolved_sweep_without_starting_ray(tmp_path):
     assert result.returncode == 0, result.stderr
     assert "sweep wgangp: 6 trials" in result.stdout
     assert "seed = 3" in result.stdout and "resolution = 32" in result.stdout
-    assert "define-by-run space(): beta1, beta2, d_lr, d_norm, g_lr" in result.stdout
+    assert "define-by-run space(): beta1, beta2, d_lr, d_norm, diffaugment, ema_decay, g_lr" in result.stdout
     assert "{'optimizer': 'adam', 'g_lr': 8e-05, 'd_lr': 0.0001" in result.stdout  # seed 000 warm start
     assert list(tmp_path.iterdir()) == []
 

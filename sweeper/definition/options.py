@@ -1,5 +1,5 @@
-"""The options a Sweep is built from, each pure data: the searcher (TPE), the scheduler (ASHA),
-per-trial resources, the final evaluation and the `--quick` budget."""
+"""The options a Sweep is built from, each pure data: the searcher (TPE), the scheduler (Promotion
+or ASHA), per-trial resources, the final evaluation and the `--quick` budget."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -35,6 +35,26 @@ class ASHA:
     """Async successive halving on the sweep metric, one rung step = one eval period."""
     grace_period: int = 1
     reduction_factor: int = 2
+
+
+@dataclass(frozen=True)
+class Promotion:
+    """Asynchronous successive halving with promotion (sweeper.search.promotion), the default for GAN
+    sweeps: a trial reaching a rung pauses (its checkpoint saved, its process ended); a paused trial
+    in the best 1/`reduction_factor` of its rung resumes from that checkpoint and trains to the next.
+    Rungs at `first_rung` x reduction_factor^i eval periods. Without a budget, up to the config's
+    num_evals, one bracket of num_samples trials; with one (`Sweep(budget=...)`), the rungs, the
+    horizon, the trials and up to `max_brackets` Hyperband brackets come from the budget
+    (sweeper.search.plan)."""
+    reduction_factor: int = 3
+    first_rung: int = 2
+    max_brackets: int = 3
+
+    def __post_init__(self):
+        for key, low in (("reduction_factor", 2), ("first_rung", 1), ("max_brackets", 1)):
+            value = getattr(self, key)
+            if type(value) is not int or value < low:
+                raise SweepError(f"scheduler.{key}: must be an int >= {low}, got {value!r}")
 
 
 @dataclass(frozen=True)

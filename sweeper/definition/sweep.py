@@ -2,8 +2,12 @@
 
 A search-space file is plain Python that assigns `sweep = Sweep(...)`; building one starts and
 imports nothing heavy (no Ray, no torch). A Sweep is pure data, like Ray Tune's TuneConfig: what the
-file leaves out (trainable, metric, mode, `--quick` budget) is filled by the kind of its config when
-the driver takes it (`sweeper.kinds.complete`), and only a completed Sweep validates.
+file leaves out (trainable, metric, mode, scheduler, `--quick` budget) is filled by the kind of its
+config when the driver takes it (`sweeper.kinds.complete`), and only a completed Sweep validates.
+
+The objective every decision uses (the scheduler's rungs, the searcher, the final candidates) is
+`objective`: the best per-eval value of `metric` a trial has reached so far (`fid_best`), which
+is the value of a checkpoint it keeps, not its last (possibly worse) one.
 """
 from __future__ import annotations
 
@@ -11,8 +15,10 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Callable
 
-from sweeper.definition.options import ASHA, TPE, FinalEval, Quick, Resources, SweepError
+from sweeper.definition.budget import Budget, parse_budget
+from sweeper.definition.options import ASHA, AUTO, TPE, FinalEval, Promotion, Quick, Resources, SweepError
 from sweeper.definition.space import SpaceError, same_params, searched_keys, space_samples, warm_start_params
+from sweeper.definition.warm import check_warm_start, note, sweeps_own, warm_overrides
 from trainables.config import Config, ConfigError, field_types
 
 
@@ -29,7 +35,12 @@ class Sweep:
     max_failures: int = 2                   # retries of a crashed trial, from its last checkpoint
     max_concurrent: int | None = None       # None: what the resources allow, capped (sweeper.search.tuner)
     searcher: TPE = TPE()
-    scheduler: ASHA | None = ASHA()        # None: FIFO, every trial runs its full budget
+    # "auto": the kind's (Promotion for GANs, ASHA otherwise); ASHA(): Ray's, which only stops
+    # trials; None: FIFO, every trial runs its full num_evals.
+    scheduler: Promotion | ASHA | None | str = AUTO
+    # Device-seconds or kimg for the whole sweep ("2gpu-h", "600cpu-s", "5000kimg"; sweeper.search.plan):
+    # with Promotion it sets the rungs, max_t and num_samples; with any scheduler the sweep stops when spent.
+    budget: Budget | str | None = None
     resources: Resources = Resources()
     final: FinalEval = FinalEval()
     quick: Quick | None = None              # None: the config kind's own
@@ -55,14 +66,18 @@ class Sweep:
         if type(num_evals) is not int or num_evals < 1:
             raise SweepError(f"config.num_evals: {type(self.config).__name__} needs an int num_evals >= 1 (the trial's "
                              f"budget in eval periods, ASHA's max_t), got {num_evals!r}")
+        if not isinstance(self.scheduler, (Promotion, ASHA, type(None))):
+            raise SweepError(f"scheduler: expected Promotion(...), ASHA(...) or None (FIFO), got {self.scheduler!r}")
+        if self.budget is not None and not isinstance(self.budget, Budget):
+            raise SweepError(f"budget: expected a Budget or text such as '2gpu-h', got {self.budget!r}")
         if self.final.top_k < 1:
             raise SweepError(f"final.top_k: must be >= 1, got {self.final.top_k}")
         _config_or_error(self.config, {}, "config")
         try:
             for where, params in space_samples(self.space):
                 _config_or_error(self.config, params, where)
-            for i, point in enumerate(self.warm_points):
-                _config_or_error(self.config, point, f"warm_start[{i}]")
+            for i, changes in enumerate(self.warm_changes):
+                _config_or_error(self.config, changes, f"warm_start[{i}]")
         except SpaceError as e:
             raise SweepError(str(e)) from None
         self._refuse_searched_prepared_keys()
@@ -75,15 +90,45 @@ class Sweep:
                              f"one sweep per value")
 
     @property
+    def objective(self) -> str:
+        """The reported value every decision ranks trials by: the best `metric` so far (`fid_best`)."""
+        return f"{self.metric}_best"
+
+    @property
     def warm_points(self) -> list[dict]:
         """The searched params of each warm-start point, in order, as the searcher enqueues them."""
         return [self.warm_start_params(i) for i in range(len(self.warm_start))]
+
+    @property
+    def warm_overrides(self) -> list[dict]:
+        """Each warm start's fixed overrides beside its searched params: the keys where a whole
+        config differs from the sweep's, less the sweep's own (sweeper.definition.warm); {} for a dict."""
+        return [warm_overrides(self.config, point, params) for point, params in zip(self.warm_start, self.warm_points)]
+
+    @property
+    def warm_changes(self) -> list[dict]:
+        """Each warm start's config changes (params and overrides): its trial's Tune config."""
+        return [{**params, **overrides} for params, overrides in zip(self.warm_points, self.warm_overrides)]
 
     def is_warm_start(self, params: dict) -> bool:
         """Whether a trial's sampled params are one of the warm-start points."""
         return any(same_params(params, point) for point in self.warm_points)
 
+    def warm_start_index(self, config: dict) -> int | None:
+        """Which warm start a trial's Tune config is; None for a searched trial."""
+        changes = self.warm_changes
+        matches = [i for i, c in enumerate(changes) if same_params(config, c)]
+        # Warm starts with the same params differ in their overrides: the trial's names the most keys.
+        return max(matches, key=lambda i: len(changes[i]), default=None)
+
+    def warm_start_text(self, i: int) -> str:
+        """Warm start i beyond its searched params (\"\" when nothing), for --dry-run and the summary."""
+        params = self.warm_start_params(i)
+        point = self.warm_start[i]
+        return note(warm_overrides(self.config, point, params), sweeps_own(self.config, point, params), self.config)
+
     def warm_start_params(self, i: int) -> dict:
+        check_warm_start(self.config, self.warm_start[i], i)
         try:
             return warm_start_params(self.space, self.warm_start[i])
         except SpaceError as e:
@@ -100,9 +145,10 @@ class Sweep:
     def trial_config(self, sampled: dict) -> Config:
         return self.config.replace(**sampled).validate()
 
-    def resolve(self, *, quick=False, overrides=(), num_samples=None, data=None, name=None) -> "Sweep":
-        """The sweep that runs: --quick budget, then --data/--set, then --num-samples/--name. On a
-        completed Sweep (`sweeper.kinds.complete`), which knows its kind's `--quick` budget."""
+    def resolve(self, *, quick=False, overrides=(), num_samples=None, data=None, name=None,
+                budget=None) -> "Sweep":
+        """The sweep that runs: --quick budget, then --data/--set, then --num-samples/--name/--budget.
+        On a completed Sweep (`sweeper.kinds.complete`), which knows its kind's `--quick` budget."""
         sweep = self
         if quick:
             sweep = sweep.with_config(sweep.quick.config, "quick").with_(
@@ -114,6 +160,8 @@ class Sweep:
             sweep = sweep.with_(num_samples=num_samples)
         if name is not None:
             sweep = sweep.with_(name=name)
+        if budget is not None:
+            sweep = sweep.with_(budget=parse_budget(budget) if isinstance(budget, str) else budget)
         return sweep.validate()
 
     def with_config(self, changes: dict, where: str) -> "Sweep":
@@ -121,8 +169,14 @@ class Sweep:
         # A fixed value for a searched key would be silently ignored: say so instead.
         if searched and where == "--set":
             raise SweepError(f"--set {searched[0]}: the key is searched in this sweep; remove it from the space to fix it")
+        fixed = {k: v for k, v in changes.items() if k not in searched}
+        # The command line wins over the file for whole-config warm starts too (sweeper.definition.warm):
+        # a --quick warm start is as narrow as the sweep's config, a --set value applies to it.
+        warm = self.warm_start
+        if fixed:
+            warm = type(warm)(point.replace(**fixed) if type(point) is type(self.config) else point for point in warm)
         try:
-            return self.with_(config=self.config.replace(**changes))
+            return self.with_(config=self.config.replace(**changes), warm_start=warm)
         except ConfigError as e:
             raise SweepError(f"{where}: {e}") from None
 
@@ -165,4 +219,4 @@ def _parse_value(key: str, text: str, kind: type):
         raise SweepError(f"--set {key}={text}: expected {kind.__name__}") from None
 
 
-__all__ = ["Sweep", "SweepError", "TPE", "ASHA", "Resources", "FinalEval", "Quick", "parse_overrides"]
+__all__ = ["Sweep", "SweepError", "TPE", "Promotion", "ASHA", "Resources", "FinalEval", "Quick", "parse_overrides"]

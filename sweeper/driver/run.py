@@ -15,14 +15,17 @@ import pandas as pd
 import ray
 from ray import tune
 
-from sweeper.definition import Sweep
+from sweeper.definition import ASHA, Sweep
 from sweeper.driver import final, resume
+from sweeper.driver.planning import plan_params, plan_sweep
 from sweeper.driver.register import register
 from sweeper.driver.resume import SweepState, experiment_path
 from sweeper.driver.running import Running
 from sweeper.kinds import complete, kind_of
 from sweeper.search import console
 from sweeper.search.footprint import resolve_gpu_fraction
+from sweeper.search.promotion import RunningLimiter
+from sweeper.search.spending import read_search_state
 from sweeper.search.tuner import build_searcher, build_tuner
 from sweeper.tracking import report
 from sweeper.tracking.outcomes import (
@@ -89,13 +92,17 @@ def _run(sweep: Sweep, *, quick: bool, sweep_file: str, path: str, resumed: Swee
     run, state = _start(sweep, quick=quick, sweep_file=sweep_file, path=path, resumed=resumed)
     table = None
     try:
-        tuner, searcher = _tuner(run, restore=resumed is not None)
+        tuner, searcher, stop = _tuner(run, restore=resumed is not None)
         results = tuner.fit()
         deleted = resumed and drop_lost_trial_runs(run.tracking, {Path(r.path).name for r in results if r.path})
         if deleted:
             print(f"{deleted} trial run(s) of trials Tune never saved before the driver died: deleted", flush=True)
         table = trial_table(results, child_runs(run.tracking), run.sweep, searcher.proposed_by, run.kind.group)
-        if len(searcher.finished) < max(len(results), run.sweep.num_samples):
+        budgeted = stop is not None and (stop.stop_all() or searcher.closed_by_budget)
+        if stop is not None:
+            print(f"budget: the trials spent {stop.spent:.4g} of {stop.budget}"
+                  f"{' (spent)' if stop.stop_all() else ''}", flush=True)
+        if not budgeted and len(searcher.finished) < max(len(results), run.sweep.num_samples):
             # Ctrl-C: Tune stopped and returned what it had. A half-run sweep registers nothing.
             resume.set_status(state, resume.INTERRUPTED)
             return _end_interrupted(run, mark_interrupted(table, searcher.finished), results, searcher)
@@ -134,13 +141,18 @@ def _start(sweep: Sweep, *, quick: bool, sweep_file: str, path: str,
     for line in inputs.lines:
         print(line, flush=True)
     per_trial = sweep.resources.per_trial(available.get("GPU", 0))
+    given_budget, plan = sweep.budget, None
+    if resumed is None:
+        sweep, plan, lines = plan_sweep(sweep, kind, inputs.trial, per_trial)
+        for line in lines:
+            print(line, flush=True)
     if resumed is not None:
         tracking = reopen_sweep(resumed.tracking_uri, resumed.experiment_id, resumed.parent_run_id,
                                 child_params=inputs.params, child_tags=inputs.tags)
         print(f"resuming {path}: MLflow parent run {tracking.parent_run_id}", flush=True)
         return Running(sweep, kind, inputs, tracking, available, per_trial, path, quick), resume.set_status(resumed, resume.RUNNING)
     # MLflow structure: the experiment and the sweep's parent run.
-    tracking = open_sweep(sweep.name, default_tracking_uri(), params=_sweep_params(sweep),
+    tracking = open_sweep(sweep.name, default_tracking_uri(), params={**_sweep_params(sweep), **plan_params(plan, given_budget)},
                           tags={"sweeper.sweep_file": sweep_file, "sweeper.quick": str(quick),
                                 "sweeper.kind": type(sweep.config).__name__, "sweeper.experiment_path": path,
                                 **inputs.parent_tags},
@@ -148,7 +160,7 @@ def _start(sweep: Sweep, *, quick: bool, sweep_file: str, path: str,
     state = SweepState(path, sweep.name, sweep_file, quick, resume.RUNNING, resume.now(), tracking.uri,
                        tracking.experiment_id, tracking.parent_run_id)
     resume.write_state(state, sweep)
-    return Running(sweep, kind, inputs, tracking, available, per_trial, path, quick), state
+    return Running(sweep, kind, inputs, tracking, available, per_trial, path, quick, plan), state
 
 
 def _record_failure(tracking: Tracking, state: SweepState, trace: str) -> None:
@@ -173,7 +185,8 @@ def _start_ray() -> None:
 
 
 def _tuner(run: Running, restore: bool):
-    """(Tuner, its SweepSearch): a new experiment at `run.path`, or the one there restored."""
+    """(Tuner, its SweepSearch, its BudgetStop or None): a new experiment at `run.path`, or the one
+    there restored with its scheduler's and budget's state (which Tune does not save)."""
     # Tune saves its experiment state every 10 s or more, and deletes a trial's checkpoints that
     # fall out of the best `num_to_keep` at once: a driver killed in between leaves a state whose
     # latest checkpoint is gone, and that trial cannot resume. Saving at every step closes the gap
@@ -187,14 +200,24 @@ def _tuner(run: Running, restore: bool):
     if not restore:
         searcher = build_searcher(sweep)
         storage, name = resume.split_experiment_path(run.path)
-        return build_tuner(sweep, trainable, storage_path=storage, run_name=name, available=run.available,
-                           per_trial=run.per_trial, reported=run.kind.shown_metrics, searcher=searcher), searcher
+        tuner = build_tuner(sweep, trainable, storage_path=storage, run_name=name, available=run.available,
+                            per_trial=run.per_trial, reported=run.kind.shown_metrics, searcher=searcher,
+                            plan=run.plan, search_state_path=run.path)
+        return tuner, searcher, tuner._local_tuner.get_run_config().stop
     with resume.old_module_names():  # a sweep started before sweeper's modules moved
         tuner = tune.Tuner.restore(run.path, tune.with_resources(trainable, run.per_trial),
                                    resume_unfinished=True, resume_errored=True)
-    # The searcher Tune restores (from tuner.pkl, then its saved state) is not otherwise exposed;
-    # its record of who proposed what and which trials finished is needed for the trial table.
-    return tuner, tuner._local_tuner._tune_config.search_alg
+    # What Tune restores (from tuner.pkl, then the searcher's saved state) is not otherwise exposed:
+    # the searcher's record of who proposed what and which trials finished (for the trial table),
+    # the scheduler and the budget's stop (whose state is ours to put back).
+    config, stop = tuner._local_tuner._tune_config, tuner._local_tuner.get_run_config().stop
+    saved = read_search_state(run.path) or {}
+    if saved.get("scheduler") is not None:
+        config.scheduler.restore(saved["scheduler"])
+    if saved.get("budget") is not None and stop is not None:
+        stop.restore(saved["budget"])
+    search_alg = config.search_alg
+    return tuner, search_alg.searcher if isinstance(search_alg, RunningLimiter) else search_alg, stop
 
 
 def _summarise(run: Running, table, results, searcher, candidates: dict) -> SweepSummary:
@@ -249,7 +272,14 @@ def _sweep_params(sweep: Sweep) -> dict:
             "metric": f"{sweep.metric} ({sweep.mode})",
             "searcher": f"optuna-tpe(seed={sweep.searcher.seed},"
                         f"n_startup={sweep.searcher.startup_trials(sweep.num_samples)},constant_liar)",
-            "scheduler": "fifo" if sweep.scheduler is None else
-                         f"asha(grace={sweep.scheduler.grace_period},rf={sweep.scheduler.reduction_factor},"
-                         f"warm_starts_never_stopped)",
+            "scheduler": _scheduler_name(sweep.scheduler),
             "final_top_k": sweep.final.top_k}
+
+
+def _scheduler_name(scheduler) -> str:
+    if scheduler is None:
+        return "fifo"
+    if isinstance(scheduler, ASHA):
+        return f"asha(grace={scheduler.grace_period},rf={scheduler.reduction_factor},warm_starts_never_stopped)"
+    return (f"promotion(eta={scheduler.reduction_factor},first_rung={scheduler.first_rung},"
+            f"max_brackets={scheduler.max_brackets})")

@@ -5,6 +5,7 @@ from dataclasses import dataclass
 
 from sweeper.definition import Sweep
 from sweeper.kinds import Inputs, Kind
+from sweeper.search.plan import Plan
 from sweeper.tracking.runs import Tracking
 
 
@@ -19,3 +20,4 @@ class Running:
     per_trial: dict       # one trial's Ray resources, decided once (`Resources.per_trial`)
     path: str             # the Tune experiment: a local path or a URI
     quick: bool
+    plan: Plan | None = None  # a budget's (sweeper.driver.planning); None without one, and on a resume

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from sweeper.definition import Quick, Sweep
+from sweeper.definition import AUTO, Quick, Sweep, parse_budget
 from sweeper.kinds.base import Inputs, Kind
 from sweeper.kinds.classifier import CLASSIFIER
 from sweeper.kinds.gan import GAN
@@ -20,11 +20,17 @@ def kind_of(config) -> Kind:
 
 
 def complete(sweep: Sweep) -> Sweep:
-    """The sweep with what its file left out (None) filled by its kind; what it set stays."""
+    """The sweep with what its file left out (None, or "auto" for the scheduler) filled by its kind;
+    what it set stays. A budget given as text is parsed."""
     kind = kind_of(sweep.config)
     defaults = {"trainable": kind.trainable(), "metric": kind.metric, "mode": kind.mode,
                 "quick": kind.quick or Quick()}
-    return dataclasses.replace(sweep, **{k: v for k, v in defaults.items() if getattr(sweep, k) is None})
+    changes = {k: v for k, v in defaults.items() if getattr(sweep, k) is None}
+    if isinstance(sweep.scheduler, str) and sweep.scheduler == AUTO:
+        changes["scheduler"] = kind.scheduler
+    if isinstance(sweep.budget, str):
+        changes["budget"] = parse_budget(sweep.budget)
+    return dataclasses.replace(sweep, **changes)
 
 
 __all__ = ["Kind", "Inputs", "kind_of", "complete", "GAN", "CLASSIFIER"]

@@ -17,6 +17,7 @@ from typing import Callable
 
 import pandas as pd
 
+from sweeper.definition import ASHA
 from trainables.config import Config
 
 
@@ -43,6 +44,7 @@ class Kind:
     model_kind: str | None = None    # registered as `<sweep>-<model_kind>`; None: nothing registered
     shown_metrics: tuple = ()        # on the console beside the sweep's metric (sweeper.search.console)
     quick = None                     # the `--quick` budget (a sweeper.definition.Quick)
+    scheduler = ASHA()               # the sweep's default scheduler (Sweep(scheduler="auto"))
     # Config changes that shorten the one eval period sweeper.search.footprint runs to measure a trial's
     # GPU memory (Resources(gpu_fraction="auto")); num_evals is set to 1 anyway.
     footprint_changes: dict = {}

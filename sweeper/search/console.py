@@ -26,15 +26,26 @@ def status_table(metrics: tuple[str, ...], searched: list[str], num_samples: int
     best first (Tune hands it the sweep's metric and mode)."""
     return StatusTable(metric_columns=["eval_period", *metrics], parameter_columns=sorted(searched),
                        total_samples=num_samples, max_report_frequency=TABLE_EVERY_S,
-                       print_intermediate_tables=True, sort_by_metric=True, max_progress_rows=30)
+                       print_intermediate_tables=True, max_progress_rows=30)
 
 
 class StatusTable(CLIReporter):
-    """CLIReporter without its first table (every trial PENDING, before anything happened)."""
+    """CLIReporter without its first table (every trial PENDING, before anything happened), its
+    rows best first. Sorted here: Tune's `sort_by_metric` fails on a trial without the metric (one
+    a budget's stop ended before its first eval)."""
 
     def setup(self, *args, **kwargs):
         super().setup(*args, **kwargs)
         self._last_report_time = time.time()
+
+    def report(self, trials, done, *sys_info):
+        super().report(sorted(trials, key=self._rank), done, *sys_info)
+
+    def _rank(self, trial) -> tuple:
+        value = trial.last_result.get(self._metric) if self._metric else None
+        if not isinstance(value, (int, float)) or math.isnan(value):
+            return (1, 0.0)
+        return (0, -value if self._mode == "max" else value)
 
 
 class EvalLines(tune.Callback):

@@ -120,11 +120,12 @@ def _define_by_run_highs(space) -> dict:
 
 def probe_configs(sweep) -> list:
     """The configs whose footprint is measured: the sweep's config and each warm start (seed
-    configurations often differ in architecture, e.g. DCGAN and ResNet), each with the largest
-    searched sizes; duplicates once. A combination the config refuses keeps the point's own sizes."""
+    configurations often differ in architecture, e.g. DCGAN and ResNet, and fix their own batch
+    size), each with the largest searched sizes; duplicates once. A combination the config refuses
+    keeps the point's own sizes."""
     sizes = largest_sizes(sweep)
     configs = []
-    for point in [{}, *sweep.warm_points]:
+    for point in [{}, *sweep.warm_changes]:
         try:
             cfg = sweep.config.replace(**{**point, **sizes}).validate()
         except ConfigError:

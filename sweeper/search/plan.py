@@ -97,6 +97,22 @@ def plan_budget(budget_amount: float, cost_per_period: float, *, eta: int = 3, f
                 cost_per_period=cost_per_period)
 
 
+def fixed_plan(num_evals: int, num_samples: int, *, eta: int = 3, first_rung: int = 2) -> Plan:
+    """Without a budget: one bracket of `num_samples` configurations, rungs at first_rung * eta^i
+    and num_evals (max_t) as the last. A rung is kept only where max_t is at least 1.5 times it
+    (20 evals: rungs 2, 6, 20, not 2, 6, 18, 20, where pausing at 18 to promote to 20 would buy a
+    comparison that says almost nothing new). Its cost is unknown (NaN)."""
+    rungs = tuple(r for r in _rungs(first_rung, eta, _levels(first_rung, eta, num_evals)) if 1.5 * r <= num_evals)
+    return Plan(eta=eta, rungs=(*rungs, num_evals), configs=(num_samples,), cost=math.nan, cost_per_period=math.nan)
+
+
+def _levels(first_rung: int, eta: int, up_to: int) -> int:
+    k = 0
+    while first_rung * eta ** (k + 1) <= up_to:
+        k += 1
+    return k
+
+
 def describe(plan: Plan, unit: str = "") -> list[str]:
     """Lines for the console: the rungs, each bracket's configurations per rung, the expected cost."""
     unit = f" {unit}" if unit else ""
@@ -106,7 +122,8 @@ def describe(plan: Plan, unit: str = "") -> list[str]:
     for s in range(plan.brackets):
         steps = " -> ".join(f"{n} at {r}" for n, r in zip(plan.reaching(s), plan.rungs[s:]))
         lines.append(f"  bracket {s}: {steps}")
-    lines.append(f"  expected cost {plan.cost:g}{unit} ({plan.cost_per_period:g}{unit} per eval period)")
+    if not math.isnan(plan.cost):
+        lines.append(f"  expected cost {plan.cost:g}{unit} ({plan.cost_per_period:g}{unit} per eval period)")
     return lines
 
 

@@ -12,9 +12,14 @@ Brackets (Hyperband's, `sweeper.search.plan`): bracket s starts its trials at ru
 bracket ranks and promotes among its own trials. Trials join brackets in the order Tune adds them:
 the first `bracket_sizes[0]` bracket 0, the next bracket 1, ...; trials beyond them bracket 0.
 
+Once the search algorithm has no more configurations to give (all started, or a budget admits no
+more), no rung gets another record than those of trials still training, and a rung's top 1/eta is
+rounded up instead of down: the best of a rung with fewer than eta records goes on, so what a
+budget has left trains the best configurations further rather than lying unused.
+
 Only paused trials left, none promotable and none pending (Tune then waits forever: ray #14500,
-#6780): if the search algorithm has no more configurations to give, no rung can get another record,
-so no paused trial will ever be promoted and all are stopped (the end of the sweep). If it holds
+#6780): if the search algorithm has no more configurations to give, no paused trial will ever be
+promoted and all are stopped (the end of the sweep). If it holds
 new configurations back, that is a concurrency limit counting paused trials as running (Tune's
 ConcurrencyLimiter and BasicVariantGenerator do): the best paused trial at the highest rung is
 resumed, because stopping one could end a configuration the rung's later records would promote,
@@ -52,6 +57,7 @@ class PromotionASHA(FIFOScheduler):
         self._records: list[list[dict[str, float]]] = [[{} for _ in self._rungs] for _ in self._sizes]
         self._promoted: list[list[set[str]]] = [[set() for _ in self._rungs] for _ in self._sizes]
         self._forced = 0  # promotions made only so that Tune does not wait forever
+        self._search_done = False  # the search algorithm gives no more configurations
 
     @classmethod
     def from_plan(cls, plan, **kwargs) -> "PromotionASHA":
@@ -80,6 +86,7 @@ class PromotionASHA(FIFOScheduler):
         t = result.get(self._time_attr)
         if t is None:
             return TrialScheduler.CONTINUE
+        self._search_done = _search_done(tune_controller)
         s = self._bracket.setdefault(trial.trial_id, 0)
         k = self._rung_at(t)
         if k is None or k < s or trial.trial_id in self._promoted[s][k]:
@@ -95,6 +102,7 @@ class PromotionASHA(FIFOScheduler):
         return TrialScheduler.PAUSE
 
     def choose_trial_to_run(self, tune_controller) -> Trial | None:
+        self._search_done = _search_done(tune_controller)
         trials = tune_controller.get_trials()
         paused = [t for t in trials if t.status == Trial.PAUSED]
         promotable = [t for t in paused if self._can_resume(t.trial_id)]
@@ -154,7 +162,8 @@ class PromotionASHA(FIFOScheduler):
     def _promotable(self, s: int, k: int, trial_id: str) -> bool:
         recorded = self._records[s][k]
         ranked = sorted(recorded, key=lambda tid: self._key(recorded[tid]))
-        return trial_id in ranked[:len(ranked) // self._eta] and trial_id not in self._promoted[s][k]
+        top = -(-len(ranked) // self._eta) if self._search_done else len(ranked) // self._eta
+        return trial_id in ranked[:top] and trial_id not in self._promoted[s][k]
 
     def _waiting_at(self, trial_id: str) -> int | None:
         """The rung a trial is paused at: its highest recorded one below max_t, if not promoted from it."""
@@ -234,6 +243,11 @@ def _number(value) -> float:
         return float(value)
     except (TypeError, ValueError):
         return math.nan
+
+
+def _search_done(tune_controller) -> bool:
+    search_alg = getattr(tune_controller, "search_alg", None)
+    return bool(search_alg is not None and search_alg.is_finished())
 
 
 def _limiter_call(tune_controller, hook: str, trial: Trial) -> None:

@@ -2,13 +2,16 @@
 
 Ray's OptunaSearch tells Optuna a trial that ASHA stopped as COMPLETE with its last (early) value,
 and an errored trial as COMPLETE too; TPE then compares rung-1 FIDs with full-budget ones as
-equals. Here a trial stopped early is PRUNED (TPE ranks it by the rung it reached, from the
-intermediate values reported every eval period), an errored one FAILED (ignored by TPE), and a
-diverged one COMPLETE with its infinite FID (the worst value, which it is).
+equals. Here a trial stopped early (or paused at a rung and never promoted) is PRUNED (TPE ranks
+it by the rung it reached, from the intermediate values reported every eval period), an errored
+one FAILED (ignored by TPE), and so is a diverged one: its FID is not a value of its config worth
+modelling, and an infinite one would dominate TPE's split. The value told is the sweep's objective
+(`fid_best`), the best the trial reached, as for the scheduler and the final candidates.
 """
 from __future__ import annotations
 
 from optuna.trial import TrialState
+from ray.tune.search import Searcher
 from ray.tune.search.optuna import OptunaSearch
 
 from sweeper.tracking.outcomes import OOM
@@ -17,10 +20,20 @@ WARM_START, STARTUP, TPE = "warm-start", "startup", "tpe"
 
 
 class SweepSearch(OptunaSearch):
-    def __init__(self, *, time_attr: str, max_t: int, n_startup_trials: int, **kwargs):
+    # A searcher pickled before warm starts had overrides (`sweeper resume` of such a sweep) has none.
+    _warm_overrides: tuple = ()
+    # A budgeted sweep's BudgetStop (sweeper.search.spending): no new configuration once the budget,
+    # at the cost per period measured so far, cannot pay for it. Set by the Tuner's builder.
+    budget = None
+    closed_by_budget = False  # no configuration started once the budget could not pay for another
+
+    def __init__(self, *, time_attr: str, max_t: int, n_startup_trials: int, warm_overrides=(), **kwargs):
+        """`warm_overrides`: per warm start, the config values its trial fixes beyond the params
+        Optuna enqueues (a whole published config's batch size, LR schedule, ...; Sweep.warm_overrides)."""
         super().__init__(**kwargs)
         self._time_attr, self._max_t, self._n_startup = time_attr, max_t, n_startup_trials
         self._n_warm = len(kwargs.get("points_to_evaluate") or ())
+        self._warm_overrides = tuple(dict(overrides) for overrides in warm_overrides)
         self.proposed_by: dict[str, str] = {}  # trial id -> WARM_START, STARTUP or TPE
         # Trials Tune finished (completed, stopped or errored). Tune calls nothing here for the trials
         # it tears down after Ctrl-C, so a trial missing from this set was interrupted.
@@ -28,22 +41,46 @@ class SweepSearch(OptunaSearch):
 
     def suggest(self, trial_id: str):
         first_ask = trial_id not in self._ot_trials
+        if first_ask and self.budget is not None and not self.budget.admits(len(self._ot_trials)):
+            self.closed_by_budget = True
+            return Searcher.FINISHED
         # What TPE's own rule sees at this moment: a TPE proposal needs n_startup finished trials.
         finished = len(self._ot_study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)))
         params = super().suggest(trial_id)
-        if first_ask and params is not None:
-            # Enqueued warm-start points are the study's first trials (Optuna asks WAITING ones first).
-            number = self._ot_trials[trial_id].number
+        if params is None:
+            return None
+        # Enqueued warm-start points are the study's first trials (Optuna asks WAITING ones first):
+        # trial number i is warm start i, whatever its params look like.
+        number = self._ot_trials[trial_id].number
+        if first_ask:
             self.proposed_by[trial_id] = (WARM_START if number < self._n_warm
                                           else TPE if finished >= self._n_startup else STARTUP)
+        if number < min(self._n_warm, len(self._warm_overrides)):
+            # Only the trial's Tune config carries them (run_trial applies it): Optuna's study and
+            # its TPE model know the searched params alone.
+            return {**params, **self._warm_overrides[number]}
         return params
+
+    def save(self, checkpoint_path: str):
+        # The budget is the Tuner's (its state saved with the scheduler's): not a copy in the searcher's.
+        budget, self.budget = self.budget, None
+        try:
+            super().save(checkpoint_path)
+        finally:
+            self.budget = budget
+
+    def restore(self, checkpoint_path: str):
+        budget = self.budget
+        super().restore(checkpoint_path)
+        self.budget = budget
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False):
         self.finished.add(trial_id)
-        error = error or bool(result and result.get(OOM))  # out of GPU memory says nothing of the config
+        # Out of GPU memory says nothing of the config; a diverged trial has no value to tell.
+        error = error or bool(result and (result.get(OOM) or result.get("diverged")))
         if trial_id in self._completed_trials:
             return super().on_trial_complete(trial_id, result, error)
-        if not error and result and not result.get("diverged") and result.get(self._time_attr, 0) < self._max_t:
+        if not error and result and result.get(self._time_attr, 0) < self._max_t:
             self._ot_study.tell(self._ot_trials[trial_id], state=TrialState.PRUNED)
             self._completed_trials.add(trial_id)
             return None

@@ -1,4 +1,10 @@
-"""Build the Ray Tune Tuner for a Sweep: Optuna's TPE, ASHA, resources, concurrency, storage, retries."""
+"""Build the Ray Tune Tuner for a Sweep: Optuna's TPE, the scheduler (promotion-based successive
+halving, Ray's ASHA or FIFO), the budget's stop, resources, concurrency, storage, retries.
+
+Every decision ranks trials by the sweep's objective (`Sweep.objective`, `fid_best`): Tune's
+metric, so the scheduler's rungs and the searcher see it. Checkpoints are kept by the per-eval
+metric (`fid`), so the checkpoint the objective's value came from is one Tune keeps."""
+import math
 import warnings
 from pathlib import Path
 
@@ -6,12 +12,15 @@ import optuna
 from ray import tune
 from ray.tune.schedulers import FIFOScheduler
 
-from sweeper.definition import Sweep
+from sweeper.definition import ASHA, Promotion, Sweep
 from sweeper.definition.space import always_searched_keys
 from sweeper.search import console
 from sweeper.search.footprint import RAY_UNITS
+from sweeper.search.plan import Plan, fixed_plan
+from sweeper.search.promotion import PromotionASHA, RunningLimiter
 from sweeper.search.scheduler import WarmStartASHA
 from sweeper.search.searcher import SweepSearch
+from sweeper.search.spending import BudgetStop, SaveSearchState
 
 TIME_ATTR = "eval_period"
 
@@ -67,29 +76,66 @@ def build_searcher(sweep: Sweep) -> SweepSearch:
         time_attr=TIME_ATTR, max_t=sweep.config.num_evals, n_startup_trials=n_startup,
         # A define-by-run space is the searcher's own; Tune then cannot hand it metric and mode.
         space=sweep.space if define_by_run else None,
-        metric=sweep.metric if define_by_run else None,
+        metric=sweep.objective if define_by_run else None,
         mode=sweep.mode if define_by_run else None,
         points_to_evaluate=sweep.warm_points or None,
+        # A whole-config warm start's other values (sweeper.definition.warm) go in its trial's config.
+        warm_overrides=sweep.warm_overrides,
         sampler=sampler)
+
+
+def build_scheduler(sweep: Sweep, plan: Plan | None = None):
+    """Promotion: PromotionASHA on `plan` (a budget's), or without one on the sweep's num_evals and
+    num_samples (`fixed_plan`); ASHA: Ray's, warm starts never stopped; None: FIFO."""
+    if isinstance(sweep.scheduler, Promotion):
+        promotion = sweep.scheduler
+        plan = plan or fixed_plan(sweep.config.num_evals, sweep.num_samples, eta=promotion.reduction_factor,
+                                  first_rung=promotion.first_rung)
+        return PromotionASHA.from_plan(plan, time_attr=TIME_ATTR)
+    if isinstance(sweep.scheduler, ASHA):
+        return WarmStartASHA(warm_points=sweep.warm_points, time_attr=TIME_ATTR, max_t=sweep.config.num_evals,
+                             grace_period=sweep.scheduler.grace_period,
+                             reduction_factor=sweep.scheduler.reduction_factor)
+    return FIFOScheduler()
+
+
+def _budget_stop(sweep: Sweep, plan: Plan | None) -> BudgetStop | None:
+    if sweep.budget is None:
+        return None
+    if plan is None or math.isnan(plan.cost):
+        return BudgetStop(sweep.budget)
+    return BudgetStop(sweep.budget, periods_per_config=plan.cost / plan.cost_per_period / plan.num_samples,
+                      cost_per_period=plan.cost_per_period)
 
 
 def build_tuner(sweep: Sweep, trainable, *, storage_path: str | Path, run_name: str, available: dict,
                 per_trial: dict | None = None, reported: tuple[str, ...] = (),
-                searcher: SweepSearch | None = None) -> tune.Tuner:
+                searcher: SweepSearch | None = None, plan: Plan | None = None,
+                search_state_path: str | None = None) -> tune.Tuner:
     """`per_trial`: one trial's resources (None: the sweep's `Resources.per_trial`); `reported`:
-    the metrics besides the sweep's that its kind of trial reports and the console shows."""
+    the metrics besides the sweep's that its kind of trial reports and the console shows; `plan`:
+    a budget's (sweeper.search.plan); `search_state_path`: the experiment's path, where the
+    scheduler's and the budget's state are saved for a resume (None: not saved)."""
     per_trial = per_trial or sweep.resources.per_trial(available.get("GPU", 0))
-    scheduler = FIFOScheduler() if sweep.scheduler is None else WarmStartASHA(
-        warm_points=sweep.warm_points, time_attr=TIME_ATTR, max_t=sweep.config.num_evals,
-        grace_period=sweep.scheduler.grace_period, reduction_factor=sweep.scheduler.reduction_factor)
+    scheduler = build_scheduler(sweep, plan)
+    searcher = searcher or build_searcher(sweep)
+    stop = _budget_stop(sweep, plan)
+    if stop is not None:
+        searcher.budget = stop
+    concurrency = max_concurrent(sweep, available, per_trial)
+    if isinstance(scheduler, PromotionASHA):
+        # Tune's own limit counts paused trials as running; a paused trial frees its place here.
+        searcher, concurrency = RunningLimiter(searcher, concurrency), None
+    saver = [SaveSearchState(search_state_path, scheduler if isinstance(scheduler, PromotionASHA) else None, stop)] \
+        if search_state_path else []
     shown = shown_metrics(sweep, reported)
     return tune.Tuner(
         tune.with_resources(trainable, per_trial),
         param_space={} if callable(sweep.space) else dict(sweep.space),
-        tune_config=tune.TuneConfig(metric=sweep.metric, mode=sweep.mode,
-                                    search_alg=searcher or build_searcher(sweep), scheduler=scheduler,
+        tune_config=tune.TuneConfig(metric=sweep.objective, mode=sweep.mode,
+                                    search_alg=searcher, scheduler=scheduler,
                                     num_samples=sweep.num_samples,
-                                    max_concurrent_trials=max_concurrent(sweep, available, per_trial),
+                                    max_concurrent_trials=concurrency,
                                     # Every trial in a fresh process (Tune's default, stated because
                                     # packing depends on it): a trial ASHA stops gives back its GPU
                                     # memory when its process ends, and each trial sets its own
@@ -106,5 +152,6 @@ def build_tuner(sweep: Sweep, trainable, *, storage_path: str | Path, run_name: 
                 checkpoint_score_order=sweep.mode),
             # Tune's table looks every column up in every trial's config: only the keys all trials have.
             progress_reporter=console.status_table(shown, sorted(always_searched_keys(sweep.space)), sweep.num_samples),
-            callbacks=[console.EvalLines(shown, sweep.config.num_evals)],
+            callbacks=[console.EvalLines(shown, sweep.config.num_evals), *saver],
+            stop=stop,
             verbose=1))

@@ -34,8 +34,10 @@ def trial_table(results, runs: dict, sweep, proposed_by: dict, group) -> pd.Data
     for result in results:
         metrics = result.metrics or {}
         trial_id = metrics.get("trial_id")
-        if trial_id is None:
-            continue  # failed before its first report; picked up from the MLflow runs below
+        if trial_id is None or result.config is None:
+            # Failed before its first report (picked up from the MLflow runs below), or never
+            # started: made by Tune just before a budget's stop ended the sweep.
+            continue
         seen.add(trial_id)
         history = result.metrics_dataframe
         # A trial stopped (or failed) before its first eval period has no metric yet.
@@ -48,6 +50,7 @@ def trial_table(results, runs: dict, sweep, proposed_by: dict, group) -> pd.Data
                      f"last_{sweep.metric}": float(series.iloc[-1]),
                      "eval_periods": int(metrics.get("eval_period", 0)), "kimg": float(metrics.get("kimg", 0)),
                      "trial_seconds": float(metrics.get("time_total_s", 0)),
+                     "compute_s": float(metrics.get("compute_s", math.nan)),
                      "error": error_line(result.error),
                      **{f"config.{k}": v for k, v in result.config.items()}})
     rows += [{"trial_id": t, "run_id": r, "outcome": ERROR} for t, r in runs.items() if t not in seen]
@@ -121,3 +124,23 @@ def baseline_gain(table: pd.DataFrame, metric: str, mode: str) -> tuple[float | 
         return baseline, None
     sign = 1 if mode == "min" else -1
     return baseline, sign * (baseline - float(best(searched)))
+
+
+def baseline_trial(sweep, table: pd.DataFrame, metric: str, mode: str) -> tuple[str, str] | None:
+    """(trial id, what it ran) of the baseline, the warm-start trial with the best finite `metric`:
+    which warm start, its searched params and what it fixed beyond the sweep's config (its overrides,
+    and the sweep's own values that replaced a published config's). None without one."""
+    if metric not in table or "warm_start" not in table:
+        return None
+    warm = table[finite(table[metric]) & (table["warm_start"] == True)]  # noqa: E712 (a pandas mask)
+    if warm.empty:
+        return None
+    row = warm.loc[warm[metric].astype(float).idxmin() if mode == "min" else warm[metric].astype(float).idxmax()]
+    # The table's config columns are every trial's keys: a key this trial lacks is NaN here.
+    config = {k.removeprefix("config."): v for k, v in row.items()
+              if k.startswith("config.") and not (isinstance(v, float) and math.isnan(v))}
+    i = sweep.warm_start_index(config)
+    if i is None:
+        return row["trial_id"], ""
+    extra = sweep.warm_start_text(i)
+    return row["trial_id"], f"warm_start[{i}] {sweep.warm_points[i]}" + (f"; {extra}" if extra else "")

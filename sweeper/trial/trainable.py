@@ -3,6 +3,7 @@ import logging
 import math
 import os
 import tempfile
+import time
 from contextlib import nullcontext
 from pathlib import Path
 
@@ -15,6 +16,7 @@ from sweeper.tracking.outcomes import OOM
 from sweeper.tracking.runs import trial_run_id
 from sweeper.trial.checkpoints import surviving_checkpoint
 from sweeper.trial.delivery import RunLog, retrying
+from sweeper.trial.ledger import Ledger
 from trainables.training.checkpoint import GRID_FILE
 
 
@@ -22,21 +24,25 @@ def run_trial(sampled: dict, *, kind, train_fn, base, shared: dict, tracking, cp
               metric: str, mode: str) -> None:
     """Ray Tune function trainable; `tune.with_parameters` supplies everything after `sampled`.
     `train_fn(cfg, report, restore_from=..., **kind.trial_kwargs(cfg, shared))` trains."""
+    started = time.monotonic()  # this process's share of the trial's compute_s starts here
     cfg = base.replace(**sampled).validate()
     _share_the_machine(cfg, cpus)
     run_log = _open_run_log(tracking, kind.run_params(cfg))
     last = {"eval_period": 0}
-
-    def report(metrics: dict, directory) -> None:
-        last["eval_period"] = int(metrics["eval_period"])
-        run_log.log(metrics, Path(directory) / GRID_FILE if directory else None)
-        if directory:
-            run_log.keep_pending_in(directory)
-        tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(directory) if directory else None)
-
-    kwargs = kind.trial_kwargs(cfg, shared)
     checkpoint = surviving_checkpoint(tune.get_checkpoint())
     with (checkpoint.as_directory() if checkpoint else nullcontext()) as restore_from:
+        ledger = Ledger(metric, mode, _devices_held(), restore_from, since=started)
+
+        def report(metrics: dict, directory) -> None:
+            metrics = ledger.add(metrics)
+            last["eval_period"] = int(metrics["eval_period"])
+            run_log.log(metrics, Path(directory) / GRID_FILE if directory else None)
+            if directory:
+                run_log.keep_pending_in(directory)
+                ledger.save_in(directory)
+            tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(directory) if directory else None)
+
+        kwargs = kind.trial_kwargs(cfg, shared)
         if restore_from:
             run_log.adopt(restore_from)
         try:
@@ -47,7 +53,7 @@ def run_trial(sampled: dict, *, kind, train_fn, base, shared: dict, tracking, cp
             hint = _oom_hint(cfg, e)
             retrying(lambda: tracking.client().set_tag(run_log.run_id, "sweeper.oom", hint), "tag the OOM")
             worst = math.inf if mode == "min" else -math.inf
-            tune.report({metric: worst, "eval_period": last["eval_period"], OOM: True})
+            tune.report(ledger.add({metric: worst, "eval_period": last["eval_period"], OOM: True}))
     run_log.flush(wait=True)
 
 
@@ -74,6 +80,12 @@ def _open_run_log(tracking, params: dict) -> RunLog:
     # Not in the trial's folder: Tune copies that to storage while the spool's files come and go.
     spool = Path(tempfile.gettempdir()) / "sweeper-spool" / context.get_experiment_name() / context.get_trial_id()
     return RunLog(tracking, run_id, spool)
+
+
+def _devices_held() -> float:
+    """What `compute_s` counts per wall second: this trial's GPUs where it holds any, else its CPUs."""
+    held = tune.get_context().get_trial_resources().required_resources
+    return float(held.get("GPU", 0) or held.get("CPU", 1))
 
 
 def gpu_share() -> float:

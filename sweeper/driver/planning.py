@@ -1,0 +1,45 @@
+"""A budgeted sweep's shape, decided once before the trials start and recorded with the sweep.
+
+With `Promotion` (the default for GANs) the budget decides the rungs, the horizon (the trials'
+num_evals = the plan's max_t, so a paused trial's curve is the start of the same full-horizon run)
+and how many configurations start (sweeper.search.plan), from the measured cost of an eval
+period (sweeper.search.cost), whose probe is paid from the budget. With ASHA or FIFO the sweep
+runs as written and stops when its trials have spent the budget. A resumed sweep was planned when
+it started: the recorded sweep already has its plan's num_evals, num_samples and budget.
+"""
+from __future__ import annotations
+
+from sweeper.definition import Budget, Promotion, Sweep
+from sweeper.search.cost import check_unit, measure_period_cost
+from sweeper.search.plan import Plan, describe, plan_budget
+
+
+def plan_sweep(sweep: Sweep, kind, shared: dict, per_trial: dict) -> tuple[Sweep, Plan | None, list[str]]:
+    """(the sweep to run, its plan or None, console lines)."""
+    budget = sweep.budget
+    if budget is None:
+        return sweep, None, []
+    check_unit(budget, per_trial)
+    if not isinstance(sweep.scheduler, Promotion):
+        return sweep, None, [f"budget {budget}: the sweep stops once its trials have spent it "
+                             f"({sweep.num_samples} trials of at most {sweep.config.num_evals} eval periods)"]
+    promotion = sweep.scheduler
+    cost = measure_period_cost(sweep, kind, shared, per_trial)
+    left = Budget(max(budget.amount - cost.spent(budget.unit), 1e-9), budget.unit)
+    plan = plan_budget(left.amount, cost.per_period(budget.unit, promotion.first_rung),
+                       eta=promotion.reduction_factor, first_rung=promotion.first_rung,
+                       max_brackets=promotion.max_brackets)
+    planned = sweep.with_(config=sweep.config.replace(num_evals=plan.max_t), num_samples=plan.num_samples,
+                          budget=left).validate()
+    lines = [cost.line(budget), *describe(plan, budget.unit),
+             f"  the trials may spend {left} (the budget less the probe); the sweep stops when they have"]
+    return planned, plan, lines
+
+
+def plan_params(plan: Plan | None, given: Budget | None) -> dict:
+    """The plan as the parent run's params."""
+    if plan is None:
+        return {"budget": str(given)} if given is not None else {}
+    return {"budget": str(given), "plan.rungs": ",".join(map(str, plan.rungs)),
+            "plan.brackets": ",".join(map(str, plan.configs)), "plan.eta": plan.eta,
+            "plan.cost_per_period": f"{plan.cost_per_period:.6g}", "plan.expected_cost": f"{plan.cost:.6g}"}
