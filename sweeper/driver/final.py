@@ -4,9 +4,28 @@ A trial's best per-eval number is the best of several noisy estimates (few sampl
 or the same validation images every eval), so it is biased in its favour, most for the trials
 that evaluated most often; the winner by it is partly the luckiest draw. Here the best checkpoints
 of the top `FinalEval.top_k` trials of each group (searched / warm-start; real / synthetic data)
-are measured once more by the sweep's kind (a GAN: `fid_final` on more samples with another seed
-and the standard extractor; a classifier: `test_acc` on the held-out test split), as Ray tasks
-with the trials' resources.
+are measured once more by the sweep's kind, as Ray tasks with the trials' resources.
+
+**Selected on one draw, reported on another.** Picking the best of k candidates by a noisy number
+and reporting that same number reports the minimum of k noisy estimates: biased in the winner's
+favour (the winner's curse). So the number that picks is never the number that is reported:
+
+- A kind with a selection draw (`kind.select_metric`; the GAN's `fid_select`) is measured in two
+  rounds. Round one: every candidate on the SELECT draw (`shared["final_draw"] = "select"`; a GAN:
+  `final_fid_samples` images with z seed `seed + 2,000,003`, against reference statistics of the
+  SELECT half of the real images, the half the per-eval FID also uses). Then the best candidate of
+  each group by it, and round two: only those on the REPORT draw (`"report"`: other z, `seed +
+  1,000,003`, against statistics of the REPORT half, which no selection ever saw), giving the
+  kind's `final_metric` (`fid_final`). The sweep's winner is the best by the selection number
+  among them (`kind.winner_by`), and its reported `fid_final` is an independent measurement, as is
+  each group's (the hand-tuned baseline's comparison). The report round costs one measurement per
+  group, not per candidate.
+- A kind without one measures every candidate once (`final_metric`) and selects on something
+  else: the classifier picks by validation accuracy (`winner_by` = `best_val_acc`), and `test_acc`
+  on the held-out test split only reports.
+
+Both numbers are logged on each measured trial's run (at the step of its checkpoint), with the
+kind's record of each draw (`final/select_draw.json`, `final/report_draw.json` for a GAN).
 """
 from __future__ import annotations
 
@@ -25,6 +44,9 @@ from sweeper.driver.running import Running
 from sweeper.tracking.outcomes import COMPLETED, DIVERGED, STOPPED, finite
 
 log = logging.getLogger("sweeper")
+
+SELECT, REPORT = "select", "report"  # the final evaluation's draws, as a kind's `measure` reads them
+DRAW = "final_draw"                  # ... from this key of `shared` (absent: REPORT)
 
 
 @dataclass(frozen=True)
@@ -49,11 +71,12 @@ def evaluate(run: Running, table: pd.DataFrame, results) -> tuple[pd.DataFrame, 
             chosen[trial_id] = Candidate(trial_id, dict(result.config), sweep.trial_config(result.config),
                                          checkpoint, int(metrics["eval_period"]))
     print(f"final evaluation: {len(chosen)} best checkpoints measured again ({inputs.measured_on})", flush=True)
-    measured = measure({t: (c.config, c.checkpoint) for t, c in chosen.items()}, kind=kind,
-                       shared={**inputs.trial, **inputs.final}, resources=run.per_trial)
+    groups = dict(zip(table["trial_id"], table["group"]))
+    measured = measure_final({t: (c.config, c.checkpoint) for t, c in chosen.items()}, groups, kind=kind,
+                             shared={**inputs.trial, **inputs.final}, resources=run.per_trial)
     table = table.copy()
-    table[kind.final_metric] = float("nan")
-    table["final_eval_period"] = float("nan")
+    for column in filter(None, (select_metric(kind), kind.final_metric, "final_eval_period")):
+        table[column] = float("nan")
     table.attrs["final_metrics"] = sorted({key for metrics, _ in measured.values() for key in metrics})
     for trial_id, (metrics, files) in measured.items():
         row = table.index[table["trial_id"] == trial_id][0]
@@ -63,6 +86,41 @@ def evaluate(run: Running, table: pd.DataFrame, results) -> tuple[pd.DataFrame, 
         _log_measured(run.tracking.client(), table.loc[row, "run_id"], chosen[trial_id].period, values, files,
                       inputs.final_tags)
     return table, chosen
+
+
+def select_metric(kind) -> str | None:
+    """The metric of the kind's selection draw, or None where the kind has none (it selects on
+    something else, e.g. validation accuracy)."""
+    return getattr(kind, "select_metric", None)
+
+
+def measure_final(jobs: dict, groups: dict, *, kind, shared: dict, resources: dict) -> dict:
+    """{trial id: (config, checkpoint)} -> {trial id: (metrics, {file name: bytes})}: with a
+    selection draw, every job on it, then the best job of each group (`groups`: trial id -> group)
+    by it on the report draw too; without one, every job once (see the module's docstring)."""
+    metric = select_metric(kind)
+    if metric is None:
+        return measure(jobs, kind=kind, shared=shared, resources=resources)
+    selected = measure(jobs, kind=kind, shared={**shared, DRAW: SELECT}, resources=resources)
+    picked = best_of_each_group({t: metrics[metric] for t, (metrics, _) in selected.items()}, groups,
+                                kind.final_mode)
+    print(f"final evaluation: picked by {metric}, measured again on an independent draw: "
+          f"{', '.join(f'{t} ({groups[t]})' for t in picked) or 'none'}", flush=True)
+    reported = measure({t: jobs[t] for t in picked}, kind=kind, shared={**shared, DRAW: REPORT}, resources=resources)
+    return {t: ({**metrics, **reported.get(t, ({}, {}))[0]}, {**files, **reported.get(t, ({}, {}))[1]})
+            for t, (metrics, files) in selected.items()}
+
+
+def best_of_each_group(values: dict, groups: dict, mode: str) -> list[str]:
+    """Trial ids: the best finite value of each group (the first of equals, in `values`' order)."""
+    best = {}
+    for trial_id, value in values.items():
+        if not math.isfinite(value):
+            continue
+        group = groups[trial_id]
+        if group not in best or (value < best[group][1] if mode == "min" else value > best[group][1]):
+            best[group] = (trial_id, value)
+    return [trial_id for trial_id, _ in best.values()]
 
 
 def result_of(results, trial_id: str):
@@ -132,7 +190,9 @@ def _measure_checkpoint(kind, cfg, checkpoint, shared: dict, cpus: float) -> tup
 
 def winner(table: pd.DataFrame, column: str, mode: str, measured: str | None) -> str | None:
     """The trial with the best finite `column` among those with a finite `measured` value (all
-    finished trials when `measured` is None), or None."""
+    finished trials when `measured` is None), or None. The driver passes the kind's `winner_by`
+    column (a selection number: `fid_select`, `best_val_acc`) and its `final_metric` as `measured`,
+    so the winner is chosen among the reported trials by a number independent of the reported one."""
     if column not in table or (measured is not None and measured not in table):
         return None
     rows = table[finite(table[column])]

@@ -38,6 +38,7 @@ from sweeper.tracking.outcomes import (
     mark_interrupted,
     trial_table,
 )
+from sweeper.tracking.rungs import log_rungs
 from sweeper.tracking.runs import (
     SWEEPS_DIR,
     Tracking,
@@ -240,6 +241,7 @@ def _summarise(run: Running, table, results, searcher, candidates: dict) -> Swee
                            lines=lines, **registered)
     log_summary(run.tracking, sweep, table, results, searcher, winner, kind.final_metric,
                 extra={"summary.json": _summary_json(summary)})
+    _log_rungs(run)
     end_run(client, run.tracking.parent_run_id, COMPLETED if winner is not None else NO_WINNER)
     return dataclasses.replace(summary, runs_view=report.save_runs_view(client, report.latest_sweep(client, sweep.name)))
 
@@ -251,12 +253,25 @@ def _end_interrupted(run: Running, table, results=None, searcher=None) -> SweepS
     if table is not None:
         close_trial_runs(run.tracking, table)
         log_summary(run.tracking, run.sweep, table, results, searcher, None, run.kind.final_metric)
+        _log_rungs(run)
     for run_id in child_runs(run.tracking).values():
         if client.get_run(run_id).info.status == "RUNNING":
             end_run(client, run_id, INTERRUPTED)
     end_run(client, run.tracking.parent_run_id, INTERRUPTED)
     return SweepSummary(run.sweep.name, run.tracking, table if table is not None else pd.DataFrame(),
                         run.kind.final_metric or "", interrupted=True, experiment_path=run.path)
+
+
+def _log_rungs(run: Running) -> None:
+    """The promotion scheduler's decisions, as saved with the experiment (sweeper.search.spending)."""
+    state = (read_search_state(run.path) or {}).get("scheduler")
+    if state is None:
+        return
+    try:
+        for line in log_rungs(run.tracking.client(), run.tracking.parent_run_id, child_runs(run.tracking), state):
+            print(line, flush=True)
+    except Exception as e:  # noqa: BLE001  the sweep's results matter more than this record of them
+        log.warning("the rungs' decisions were not logged (%s: %s)", type(e).__name__, str(e).splitlines()[0][:200])
 
 
 def _summary_json(summary: SweepSummary) -> bytes:

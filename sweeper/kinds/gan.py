@@ -1,17 +1,19 @@
-"""GAN trials: the data and its FID reference statistics prepared once, FID per eval, `fid_final`
-on the best checkpoints, the winner's generator registered as `<sweep>-generator`."""
+"""GAN trials: the data and its FID reference statistics prepared once, FID per eval, `fid_select`
+and `fid_final` on the best checkpoints (picked on the one, reported on the other: two independent
+draws, see sweeper.driver.final), the winner's generator registered as `<sweep>-generator`."""
 from __future__ import annotations
 
+import json
 import sys
 from dataclasses import dataclass
 
 import numpy as np
 
-from sweeper.definition import Quick
+from sweeper.definition import Promotion, Quick
 from sweeper.kinds.base import Inputs, Kind
-from sweeper.kinds.refstats import pass_resources, reference_stats_in_task
+from sweeper.kinds.refstats import MIN_TO_SPLIT, REPORT, SELECT, half_indices, pass_resources, reference_stats_in_task
 from sweeper.kinds.shipped import ShippedFile, ship
-from sweeper.tracking.outcomes import baseline_gain
+from sweeper.tracking.outcomes import baseline_gain, baseline_trial
 from sweeper.tracking.registry import log_pt2_model
 from trainables.config import GANConfig
 from trainables.data import check_source, prepare
@@ -25,15 +27,20 @@ class GANKind(Kind):
     config_type = GANConfig
     metric, mode = "fid", "min"
     final_metric, final_mode = "fid_final", "min"
+    select_metric = "fid_select"  # the final evaluation picks by it, on a draw independent of fid_final's
     model_kind = "generator"
     shown_metrics = ("fid", "kid", "kimg", "img_per_s")
+    # GAN trials pay off late (LR schedules, EMA): the promising ones must reach a long horizon.
+    scheduler = Promotion()
     # The footprint probe (sweeper.search.footprint): 20 G steps reach the steady state (optimiser moments,
     # cuDNN workspaces, a CUDA graph captured after its warm-up steps); the FID at the sweep's own
     # fid_samples, whose batches set the evaluation's peak.
     footprint_changes = {"steps_per_eval": 20}
     quick = Quick(num_samples=6, config=dict(
         resolution=32, g_width=16, d_width=16, batch_size=32, steps_per_eval=100, num_evals=4,
-        fid_samples=512, ref_samples=512, final_fid_samples=256))
+        # Two halves of the real images and two final draws (sweeper.driver.final) at half the old
+        # counts: the standard Inception (~5-9 img/s on 2 CPU cores) sees as many images as before.
+        fid_samples=512, ref_samples=256, final_fid_samples=128))
 
     def trainable(self):
         return train_gan
@@ -59,27 +66,33 @@ class GANKind(Kind):
         per_eval, standard = _extractors(cfg, available)
         # The weights travel by object store: a trial on another node never sees this machine's path.
         weights = ship(standard.weights_path)
-        # FID reference statistics, once per extractor (the per-eval one and the final, standard one),
-        # each in a Ray task (a trial's GPU share, or a whole node without GPUs): the driver never builds
-        # the network itself.
+        # FID reference statistics, each in a Ray task (a trial's GPU share, or a whole node without
+        # GPUs): the driver never builds the network itself. The real images are split in two disjoint
+        # halves (sweeper.kinds.refstats): what selects (the per-eval FID, fid_select) is measured
+        # against the SELECT half, the reported fid_final against the REPORT half.
         resources = pass_resources(sweep.resources.per_trial(available.get("GPU", 0)))
-        stats = {spec: reference_stats_in_task(dataset.images, dataset.fingerprint,
-                                               TrialExtractor.of(spec, weights, cfg.device), cfg.ref_samples,
-                                               resources=resources)
-                 for spec in dict.fromkeys((per_eval, standard))}  # one pass where both are the same
-        eval_stats, final_stats = stats[per_eval], stats[standard]
+        stats = {(spec, half): reference_stats_in_task(dataset.images, dataset.fingerprint,
+                                                       TrialExtractor.of(spec, weights, cfg.device), cfg.ref_samples,
+                                                       resources=resources, half=half)
+                 # one pass where the per-eval and the standard extractor are the same
+                 for spec, half in dict.fromkeys(((per_eval, SELECT), (standard, SELECT), (standard, REPORT)))}
+        eval_stats, select_stats, final_stats = stats[per_eval, SELECT], stats[standard, SELECT], stats[standard, REPORT]
         return Inputs(
             trial={"images": dataset.images, "ref_stats": eval_stats, "extractor": per_eval.name,
                    "weights": weights if per_eval == standard else None, "fid_precision": standard.precision},
-            final={"final_stats": final_stats, "final_extractor": standard.name, "final_weights": weights},
+            final={"select_stats": select_stats, "final_stats": final_stats, "final_extractor": standard.name,
+                   "final_weights": weights},
             tags={"sweeper.fid_extractor": per_eval.name, "sweeper.fid_precision": standard.precision},
             parent_tags={"sweeper.fid_final_extractor": standard.name,
                          "sweeper.dataset_fingerprint": dataset.fingerprint, "sweeper.dataset_cache_key": prepared.key},
             final_tags={"sweeper.fid_final_extractor": standard.name},
             footing={"sweeper.fid_final_extractor": standard.name, "sweeper.data_fingerprint": dataset.fingerprint,
                      "sweeper.resolution": cfg.resolution, "sweeper.final_fid_samples": cfg.final_fid_samples,
-                     "sweeper.ref_samples": final_stats.n_samples},
-            measured_on=f"{standard.name}, {cfg.final_fid_samples} generated vs {final_stats.n_samples} real images",
+                     "sweeper.ref_samples": final_stats.n_samples,
+                     # fid_final against the REPORT half of the real images, not chosen on: not comparable
+                     # with versions measured before (against images that also chose, and biased low).
+                     "sweeper.fid_final_draw": FID_FINAL_DRAW},
+            measured_on=_measured_on(standard, cfg, select_stats, final_stats),
             lines=[_extractor_line(per_eval, standard, cfg)])
 
     def run_params(self, cfg) -> dict:
@@ -94,10 +107,24 @@ class GANKind(Kind):
         return {"images": shared["images"], "ref_stats": shared["ref_stats"], "extractor": extractor}
 
     def measure(self, cfg, checkpoint_dir: str, shared: dict) -> tuple[dict, dict]:
+        """One draw of the final evaluation (`shared["final_draw"]`, sweeper.driver.final):
+        "select" -> fid_select/kid_select against the SELECT half's statistics; "report" (the
+        default) -> fid_final/kid_final against the REPORT half's. Each with its own z (see
+        trainables.training.evaluate.DRAWS) and a record of the draw as `<draw>_draw.json`."""
+        draw = shared.get("final_draw", REPORT)
+        stats = shared["select_stats"] if draw == SELECT else shared["final_stats"]
         features = extractor_by_name(shared["final_extractor"], resolve_device(cfg.device),
                                      weights_path=_local(shared["final_weights"]),
                                      precision=shared.get("fid_precision"))
-        return final_fid_kid(cfg, checkpoint_dir, features, shared["final_stats"]), {}
+        metrics, record = final_fid_kid(cfg, checkpoint_dir, features, stats, draw)
+        record = {"draw": draw, "metrics": metrics, **record, "extractor": features.name,
+                  "real_images": stats.n_samples, "real_half": stats.half, "reference_key": stats.key}
+        return metrics, {f"{draw}_draw.json": json.dumps(record, indent=2).encode()}
+
+    def winner_by(self, sweep) -> tuple[str, str]:
+        # Among the trials with a fid_final (each group's pick), the best by the selection draw: the
+        # reported fid_final took no part in choosing (sweeper.driver.final).
+        return self.select_metric, self.final_mode
 
     def summarise(self, sweep, table) -> tuple[dict, list[str]]:
         baseline, gain = baseline_gain(table, "fid_final", "min")
@@ -107,7 +134,9 @@ class GANKind(Kind):
             return metrics, []
         verdict = (f"the best searched trial is {gain:.2f} better" if gain > 0 else
                    f"the search did NOT beat it: its best trial is {-gain:.2f} worse")
-        return metrics, [f"hand-tuned baseline (warm start, full budget): fid_final {baseline:.2f}; {verdict}"]
+        trial, config = baseline_trial(sweep, table, "fid_final", "min")
+        return metrics, [f"hand-tuned baseline (warm start, full budget): fid_final {baseline:.2f} (trial {trial}); "
+                         f"{verdict}", *([f"  trial {trial} = {config}"] if config else [])]
 
     def log_model(self, tracking, run_id: str, cfg, checkpoint_dir: str, name: str) -> str:
         """The checkpoint's (EMA) generator, saved as `pt2` (torch.export): loading it back unpickles
@@ -119,11 +148,15 @@ class GANKind(Kind):
 
     def describe(self, sweep) -> list[str]:
         cfg = sweep.config
-        return [f"FID per eval: {cfg.eval_extractor} extractor on {cfg.fid_samples} samples; fid_final on "
-                f"{cfg.final_fid_samples} samples against {cfg.ref_samples} real images"]
+        return [f"FID per eval: {cfg.eval_extractor} extractor on {cfg.fid_samples} samples; the final evaluation "
+                f"picks by fid_select and reports fid_final, each on {cfg.final_fid_samples} samples (other z) "
+                f"against up to {cfg.ref_samples} real images of its own half of the data"]
 
 
 MIN_IMAGES = 2  # the real images' feature covariance (FID) needs two
+# The footing tag of fid_final's draw: the REPORT half of the real images, z of its own; the winner
+# picked on an independent draw (sweeper.driver.final). Change it when what fid_final means changes.
+FID_FINAL_DRAW = "report-half-v1"
 
 
 def too_little_data(n: int, cfg: GANConfig) -> list[str]:
@@ -133,9 +166,14 @@ def too_little_data(n: int, cfg: GANConfig) -> list[str]:
     if n < cfg.batch_size:
         warnings.append(f"data {cfg.data}: {n} images, fewer than batch_size {cfg.batch_size}: "
                         f"every batch repeats images")
-    if n < cfg.ref_samples:
-        warnings.append(f"data {cfg.data}: {n} images, fewer than ref_samples {cfg.ref_samples}: "
-                        f"the FID reference statistics use all {n}")
+    select, report = len(half_indices(n, SELECT)), len(half_indices(n, REPORT))
+    if select < cfg.ref_samples:
+        warnings.append(f"data {cfg.data}: {n} images, fewer than ref_samples {cfg.ref_samples} in each half "
+                        f"(one half selects, the other reports fid_final): the FID reference statistics use "
+                        f"{select} and {report}")
+    if n < MIN_TO_SPLIT:
+        warnings.append(f"data {cfg.data}: {n} images, too few to split into two halves of 2: fid_final is "
+                        f"measured against the same real images as the numbers that pick the winner")
     return warnings
 
 
@@ -173,13 +211,23 @@ def _extractors(cfg: GANConfig, available: dict):
     return (standard if per_eval.name == standard.name else per_eval), standard
 
 
+def _measured_on(standard, cfg, select_stats, final_stats) -> str:
+    """How the reported fid_final was measured, and the independent draw the winner was picked on."""
+    split = not set(select_stats.indices) & set(final_stats.indices)  # not with fewer than MIN_TO_SPLIT images
+    return (f"{standard.name}, {cfg.final_fid_samples} generated vs {final_stats.n_samples} real images; the winner "
+            f"picked by fid_select on {'an independent' if split else 'another'} draw: {cfg.final_fid_samples} "
+            f"generated with other z vs {select_stats.n_samples} {'other' if split else 'the same'} real images")
+
+
 def _extractor_line(per_eval, standard, cfg) -> str:
     if per_eval is standard:
-        return (f"FID: {standard.name}, per eval on {cfg.fid_samples} samples, fid_final on "
-                f"{cfg.final_fid_samples}, against {cfg.ref_samples} real images")
+        return (f"FID: {standard.name}, per eval on {cfg.fid_samples} samples, fid_select and fid_final on "
+                f"{cfg.final_fid_samples} each, against up to {cfg.ref_samples} real images of one half of the "
+                f"data (fid_final: of the other half)")
     return (f"FID per eval: {per_eval.name} on {cfg.fid_samples} samples, a cheap proxy that ranks "
-            f"trials (no GPU), not comparable to published FIDs; fid_final: {standard.name} on "
-            f"{cfg.final_fid_samples} samples; both against {cfg.ref_samples} real images")
+            f"trials (no GPU), not comparable to published FIDs; fid_select and fid_final: {standard.name} on "
+            f"{cfg.final_fid_samples} samples each; all against up to {cfg.ref_samples} real images of one half "
+            f"of the data (fid_final: of the other half)")
 
 
 GAN = GANKind()

@@ -3,6 +3,13 @@
 A sweep computes them in a Ray task with a trial's resources (`reference_stats_in_task`), so the
 driver never loads the feature network onto a GPU of its own, outside Ray's accounting, for the
 whole sweep; `reference_stats` is the same computation in the calling process.
+
+**Two disjoint halves.** The real images split once, by a fixed seeded permutation of their
+indices (`half_indices`), into a SELECT half and a REPORT half. Everything that chooses (the
+per-eval FID that ASHA, TPE and the best checkpoints go by; `fid_select`, which picks the final
+winner) is measured against statistics of the SELECT half; the winner's reported `fid_final` against
+statistics of the REPORT half, so no real image that helped choose it is in the number it reports.
+Each half's statistics are a cache entry of their own (the half is part of the content key).
 """
 
 from __future__ import annotations
@@ -21,6 +28,10 @@ from trainables.metrics import cache_dir, extract, feature_stats
 
 _FORMAT = 2  # bump when what is stored (or how it is computed) changes, so old entries are ignored
 KID_FEATURES = 2000  # real features kept for KID (an MMD needs samples, not moments)
+SELECT, REPORT = "select", "report"  # the halves of the real images (see the module's docstring)
+_SPLIT = 1  # bump when `half_indices` changes, so entries of the old halves are ignored
+_SPLIT_SEED = 20_240_607  # fixed: the halves depend only on the number of images (and _SPLIT)
+MIN_TO_SPLIT = 4  # two halves of at least 2 images (a covariance each); fewer: both halves are all of them
 
 
 @dataclass(frozen=True, eq=False)
@@ -38,6 +49,8 @@ class RefStats:
     key: str
     cache_hit: bool = False
     computed_in: int | None = None  # pid of the process that ran the extractor; None on a cache hit
+    half: str | None = None  # SELECT or REPORT: which half of the real images; None: all of them
+    indices: np.ndarray | None = None  # the images used, as sorted indices into the whole set
 
 
 class ExtractorRecipe(Protocol):
@@ -50,45 +63,62 @@ class ExtractorRecipe(Protocol):
 
 
 def refstats_key(fingerprint: str, resolution: tuple[int, int], extractor_name: str, n_samples: int, seed: int,
-                 precision: str = "fp32") -> str:
+                 precision: str = "fp32", half: str | None = None) -> str:
     """sha256 over the content that determines the statistics, never over a path."""
     fields = {"format": _FORMAT, "fingerprint": fingerprint, "resolution": list(resolution),
               "extractor": extractor_name, "n_samples": n_samples, "seed": seed}
     if precision != "fp32":  # only then, so entries written before precision was a setting stay valid
         fields["precision"] = precision
+    if half is not None:  # likewise: the whole set's entries keep their keys
+        fields["half"], fields["split"] = half, _SPLIT
     return content_key(fields)
 
 
-def reference_stats(images: np.ndarray, fingerprint: str, extractor, n_samples: int, seed: int = 0) -> RefStats:
-    """Mean and covariance of `extractor` features of up to `n_samples` real images (uint8 NCHW).
+def half_indices(n_images: int, half: str | None) -> np.ndarray:
+    """Sorted indices of the images in `half` of a set of `n_images`: a permutation drawn with a
+    fixed seed, its first n // 2 entries the SELECT half, the other n - n // 2 the REPORT half, so
+    the two never share an image. None, or a set too small to split (< MIN_TO_SPLIT): every image."""
+    if half is None or n_images < MIN_TO_SPLIT:
+        return np.arange(n_images)
+    if half not in (SELECT, REPORT):
+        raise ValueError(f"half must be {SELECT!r}, {REPORT!r} or None, got {half!r}")
+    order = np.random.default_rng(_SPLIT_SEED).permutation(n_images)
+    return np.sort(order[:n_images // 2] if half == SELECT else order[n_images // 2:])
 
-    Uses every image when n_samples >= len(images), else a subset drawn with `seed`. Cached at
-    <cache>/refstats/<key>.npz; an unreadable or mismatched entry is recomputed and replaced.
+
+def reference_stats(images: np.ndarray, fingerprint: str, extractor, n_samples: int, seed: int = 0, *,
+                    half: str | None = None) -> RefStats:
+    """Mean and covariance of `extractor` features of up to `n_samples` real images (uint8 NCHW) of
+    `half` of them (SELECT, REPORT; None: all, see `half_indices`).
+
+    Uses every image of the half when n_samples >= its size, else a subset drawn with `seed`. Cached
+    at <cache>/refstats/<key>.npz; an unreadable or mismatched entry is recomputed and replaced.
     """
-    n, key, path, cached = _lookup(images, fingerprint, extractor, n_samples, seed)
+    chosen, key, path, cached = _lookup(images, fingerprint, extractor, n_samples, seed, half)
     if cached is not None:
         return cached
-    mu, sigma, features = _compute(extractor, _subset(images, n, seed), seed)
+    mu, sigma, features = _compute(extractor, _take(images, chosen), seed)
     _save_atomic(path, mu=mu, sigma=sigma, features=features, key=np.array(key))
-    return RefStats(mu, sigma, features, extractor.name, n, key, computed_in=os.getpid())
+    return RefStats(mu, sigma, features, extractor.name, len(chosen), key, computed_in=os.getpid(), half=half,
+                    indices=chosen)
 
 
 def reference_stats_in_task(images: np.ndarray, fingerprint: str, recipe: ExtractorRecipe, n_samples: int, *,
-                            resources: dict, seed: int = 0) -> RefStats:
+                            resources: dict, seed: int = 0, half: str | None = None) -> RefStats:
     """`reference_stats`, but a miss is computed in a Ray task with `resources` ({"cpu": n, "gpu":
     fraction}; see `pass_resources`) that builds the extractor from `recipe` on its own device; only
     the chosen images go to it. A hit reads the cache file and starts nothing. The driver writes the
     cache entry (the task may run on a node without the driver's cache)."""
-    n, key, path, cached = _lookup(images, fingerprint, recipe, n_samples, seed)
+    chosen, key, path, cached = _lookup(images, fingerprint, recipe, n_samples, seed, half)
     if cached is not None:
         return cached
     cpus = resources.get("cpu", 1)
     # max_calls=1: the worker exits after the task, so the network's GPU memory (and the CUDA
     # context) is released before the trials start rather than kept by an idle pooled worker.
     task = ray.remote(num_cpus=cpus, num_gpus=resources.get("gpu", 0), max_calls=1, max_retries=1)(_compute_in_task)
-    mu, sigma, features, pid = ray.get(task.remote(recipe, _subset(images, n, seed), seed, cpus))
+    mu, sigma, features, pid = ray.get(task.remote(recipe, _take(images, chosen), seed, cpus))
     _save_atomic(path, mu=mu, sigma=sigma, features=features, key=np.array(key))
-    return RefStats(mu, sigma, features, recipe.name, n, key, computed_in=pid)
+    return RefStats(mu, sigma, features, recipe.name, len(chosen), key, computed_in=pid, half=half, indices=chosen)
 
 
 def pass_resources(trial: dict) -> dict:
@@ -101,16 +131,17 @@ def pass_resources(trial: dict) -> dict:
     return {"cpu": max((node["Resources"].get("CPU", 0) for node in ray.nodes() if node["Alive"]), default=0) or 1}
 
 
-def _lookup(images: np.ndarray, fingerprint: str, extractor, n_samples: int, seed: int):
-    """(images to use, cache key, cache path, the cached RefStats or None)."""
+def _lookup(images: np.ndarray, fingerprint: str, extractor, n_samples: int, seed: int, half: str | None):
+    """(indices of the images to use, cache key, cache path, the cached RefStats or None)."""
     if images.ndim != 4 or len(images) < 2:
         raise ValueError(f"reference images must be uint8 [N>=2, 3, H, W], got shape {images.shape}")
-    n = min(int(n_samples), len(images))
+    chosen = _subset(half_indices(len(images), half), int(n_samples), seed)
     precision = getattr(extractor, "precision", "fp32")
-    key = refstats_key(fingerprint, tuple(images.shape[2:]), extractor.name, n, seed, precision)
+    key = refstats_key(fingerprint, tuple(images.shape[2:]), extractor.name, len(chosen), seed, precision, half)
     path = cache_dir() / "refstats" / f"{key}.npz"
     cached = _load(path, key, extractor.dims)
-    return n, key, path, None if cached is None else RefStats(*cached, extractor.name, n, key, cache_hit=True)
+    return chosen, key, path, None if cached is None else RefStats(
+        *cached, extractor.name, len(chosen), key, cache_hit=True, half=half, indices=chosen)
 
 
 def _compute(extractor, images: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -126,12 +157,16 @@ def _compute_in_task(recipe: ExtractorRecipe, images: np.ndarray, seed: int, cpu
     return (*_compute(recipe.build(), images, seed), os.getpid())
 
 
-def _subset(images: np.ndarray, n: int, seed: int) -> np.ndarray:
-    if n == len(images):
-        return images
+def _subset(pool: np.ndarray, n: int, seed: int) -> np.ndarray:
+    """Up to n of the (sorted) indices in `pool`: all of them, or a sorted subset drawn with `seed`."""
+    if n >= len(pool):
+        return pool
     # Sorted so the extractor reads the images in storage order (cache-friendly on a memmap).
-    indices = np.sort(np.random.default_rng(seed).choice(len(images), n, replace=False))
-    return images[indices]
+    return pool[np.sort(np.random.default_rng(seed).choice(len(pool), n, replace=False))]
+
+
+def _take(images: np.ndarray, indices: np.ndarray) -> np.ndarray:
+    return images if len(indices) == len(images) else images[indices]
 
 
 def _load(path: Path, key: str, dims: int) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:

@@ -3,6 +3,7 @@
 searched parameters mattered (sweeper.tracking.figures draws them)."""
 from __future__ import annotations
 
+import json
 import logging
 import os
 import tempfile
@@ -30,6 +31,7 @@ def log_summary(tracking: Tracking, sweep, table: pd.DataFrame, results, searche
             _curves(results, sweep.metric), _outcomes(table), winner, sweep.metric, sweep.mode)}),
         "top grids": lambda: files.update(_top_grids(client, sweep, table, ranking, final_metric)),
         "importance": lambda: _importance(searcher, sweep, files, metrics),
+        "searcher's trials": lambda: files.update({"searcher_trials.json": _told(searcher)}),
     }
     for what, part in parts.items():
         if table.empty and what != "trial table":
@@ -75,6 +77,16 @@ def _top_grids(client, sweep, table: pd.DataFrame, ranking: str, final_metric: s
         tiles.append((png, figures.grid_label(row, sweep.metric, searched, final_metric)))
     grid = figures.top_grids_png(tiles)
     return {"top_grids.png": grid} if grid else {}
+
+
+def _told(searcher) -> bytes:
+    """What the searcher was told of each trial: its state, value and intermediate values per eval
+    period (the objective, `fid_best`), by Tune trial id: why TPE proposed what it did."""
+    told = {trial_id: {"number": t.number, "state": t.state.name, "value": t.value, "params": t.params,
+                       "intermediate": {str(step): v for step, v in t.intermediate_values.items()}}
+            for trial_id, t in ((tid, searcher._ot_study._storage.get_trial(ot._trial_id))
+                                for tid, ot in searcher._ot_trials.items())}
+    return json.dumps(told, indent=1, default=str).encode()
 
 
 def _importance(searcher, sweep, files: dict, metrics: dict) -> None:

@@ -28,7 +28,13 @@ def generated_batches(G, n: int, z_dim: int, seed: int, batch_size: int = 250):
 
 
 KID_SUBSETS = 10  # torch-fidelity uses 100 subsets of 1000 for a final number; per eval, 10 of <= 1000
-FINAL_SEED_OFFSET = 1_000_003  # fid_final draws other z than every per-eval FID (seed + 1)
+# The final evaluation's two draws (sweeper.driver.final): "select" (`fid_select`, which picks the
+# winner) and "report" (`fid_final`, the number reported), each with z of its own, other than every
+# per-eval FID's (seed + 1) and than the other draw's: draw -> (FID's name, KID's name, seed offset).
+FINAL_SEED_OFFSET = 1_000_003
+SELECT_SEED_OFFSET = 2_000_003
+DRAWS = {"select": ("fid_select", "kid_select", SELECT_SEED_OFFSET),
+         "report": ("fid_final", "kid_final", FINAL_SEED_OFFSET)}
 
 
 def fid_kid_of(G, n: int, z_dim: int, seed: int, extractor, ref_stats, batch_size: int = 250) -> dict:
@@ -46,13 +52,15 @@ def fid_kid(G, cfg, extractor, ref_stats) -> dict:
     return fid_kid_of(G, cfg.fid_samples, cfg.z_dim, cfg.seed + 1, extractor, ref_stats)
 
 
-def final_fid_kid(cfg, checkpoint_dir, extractor, ref_stats) -> dict:
-    """`fid_final`/`kid_final` of a checkpoint's (EMA) generator: `final_fid_samples` images drawn
-    with another seed than the per-eval FID, so the number that picks a winner is not the one
-    that was minimised over evals."""
+def final_fid_kid(cfg, checkpoint_dir, extractor, ref_stats, draw: str = "report") -> tuple[dict, dict]:
+    """A checkpoint's (EMA) generator on one draw of the final evaluation (see DRAWS): FID and KID of
+    `final_fid_samples` images drawn with that draw's seed against `ref_stats`, under the draw's
+    names (`fid_final`/`kid_final` for "report"); and a record of the draw (its z seed and count)."""
+    fid, kid, offset = DRAWS[draw]
     G = load_generator(cfg, checkpoint_dir).to(extractor.device)
-    metrics = fid_kid_of(G, cfg.final_fid_samples, cfg.z_dim, cfg.seed + FINAL_SEED_OFFSET, extractor, ref_stats)
-    return {"fid_final": metrics["fid"], "kid_final": metrics["kid"]}
+    seed = cfg.seed + offset
+    metrics = fid_kid_of(G, cfg.final_fid_samples, cfg.z_dim, seed, extractor, ref_stats)
+    return {fid: metrics["fid"], kid: metrics["kid"]}, {"z_seed": seed, "generated": cfg.final_fid_samples}
 
 
 @torch.no_grad()
