@@ -90,8 +90,12 @@ class Resources:
 @dataclass(frozen=True)
 class FinalEval:
     """After the trials: the best checkpoints of the `top_k` best trials of each group (searched and
-    warm-start trials; a classifier sweep groups by real/synthetic data) are measured again, e.g.
-    `fid_final` on more samples with another seed, or `test_acc` on the held-out test split."""
+    warm-start trials; a classifier sweep groups by real/synthetic data) are measured again
+    (sweeper.driver.final). A GAN: each on a selection draw (`fid_select`: other z, the half of the
+    real images the per-eval FID uses), then each group's best by it on an independent report draw
+    (`fid_final`: other z again, the other half), so the winner, the best by `fid_select`, reports a
+    number that took no part in picking it. A classifier: each once, `test_acc` on the held-out test
+    split, the winner picked by validation accuracy."""
     top_k: int = 3
 
 

@@ -75,7 +75,7 @@ def evaluate(run: Running, table: pd.DataFrame, results) -> tuple[pd.DataFrame, 
     measured = measure_final({t: (c.config, c.checkpoint) for t, c in chosen.items()}, groups, kind=kind,
                              shared={**inputs.trial, **inputs.final}, resources=run.per_trial)
     table = table.copy()
-    for column in filter(None, (select_metric(kind), kind.final_metric, "final_eval_period")):
+    for column in filter(None, (kind.select_metric, kind.final_metric, "final_eval_period")):
         table[column] = float("nan")
     table.attrs["final_metrics"] = sorted({key for metrics, _ in measured.values() for key in metrics})
     for trial_id, (metrics, files) in measured.items():
@@ -88,17 +88,11 @@ def evaluate(run: Running, table: pd.DataFrame, results) -> tuple[pd.DataFrame, 
     return table, chosen
 
 
-def select_metric(kind) -> str | None:
-    """The metric of the kind's selection draw, or None where the kind has none (it selects on
-    something else, e.g. validation accuracy)."""
-    return getattr(kind, "select_metric", None)
-
-
 def measure_final(jobs: dict, groups: dict, *, kind, shared: dict, resources: dict) -> dict:
     """{trial id: (config, checkpoint)} -> {trial id: (metrics, {file name: bytes})}: with a
     selection draw, every job on it, then the best job of each group (`groups`: trial id -> group)
     by it on the report draw too; without one, every job once (see the module's docstring)."""
-    metric = select_metric(kind)
+    metric = kind.select_metric
     if metric is None:
         return measure(jobs, kind=kind, shared=shared, resources=resources)
     selected = measure(jobs, kind=kind, shared={**shared, DRAW: SELECT}, resources=resources)

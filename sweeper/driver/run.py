@@ -25,7 +25,7 @@ from sweeper.kinds import complete, kind_of
 from sweeper.search import console
 from sweeper.search.footprint import resolve_gpu_fraction
 from sweeper.search.promotion import RunningLimiter
-from sweeper.search.spending import read_search_state
+from sweeper.search.spending import Spending, read_search_state, register_spending, spending_of
 from sweeper.search.tuner import build_searcher, build_tuner
 from sweeper.tracking import report
 from sweeper.tracking.outcomes import (
@@ -93,16 +93,17 @@ def _run(sweep: Sweep, *, quick: bool, sweep_file: str, path: str, resumed: Swee
     run, state = _start(sweep, quick=quick, sweep_file=sweep_file, path=path, resumed=resumed)
     table = None
     try:
-        tuner, searcher, stop = _tuner(run, restore=resumed is not None)
+        tuner, searcher = _tuner(run, restore=resumed is not None)
         results = tuner.fit()
         deleted = resumed and drop_lost_trial_runs(run.tracking, {Path(r.path).name for r in results if r.path})
         if deleted:
             print(f"{deleted} trial run(s) of trials Tune never saved before the driver died: deleted", flush=True)
         table = trial_table(results, child_runs(run.tracking), run.sweep, searcher.proposed_by, run.kind.group)
-        budgeted = stop is not None and (stop.stop_all() or searcher.closed_by_budget)
-        if stop is not None:
-            print(f"budget: the trials spent {stop.spent:.4g} of {stop.budget}"
-                  f"{' (spent)' if stop.stop_all() else ''}", flush=True)
+        spending = spending_of(run.path) if run.sweep.budget is not None else None
+        budgeted = spending is not None and (spending.exhausted() or searcher.closed_by_budget)
+        if spending is not None:
+            print(f"budget: the trials spent {spending.spent:.4g} of {spending.budget}"
+                  f"{' (all of it)' if spending.exhausted() else ''}", flush=True)
         if not budgeted and len(searcher.finished) < max(len(results), run.sweep.num_samples):
             # Ctrl-C: Tune stopped and returned what it had. A half-run sweep registers nothing.
             resume.set_status(state, resume.INTERRUPTED)
@@ -186,8 +187,8 @@ def _start_ray() -> None:
 
 
 def _tuner(run: Running, restore: bool):
-    """(Tuner, its SweepSearch, its BudgetStop or None): a new experiment at `run.path`, or the one
-    there restored with its scheduler's and budget's state (which Tune does not save)."""
+    """(Tuner, its SweepSearch): a new experiment at `run.path`, or the one there restored with its
+    scheduler's state and its budget's spending (which Tune does not save where we can read them)."""
     # Tune saves its experiment state every 10 s or more, and deletes a trial's checkpoints that
     # fall out of the best `num_to_keep` at once: a driver killed in between leaves a state whose
     # latest checkpoint is gone, and that trial cannot resume. Saving at every step closes the gap
@@ -201,24 +202,23 @@ def _tuner(run: Running, restore: bool):
     if not restore:
         searcher = build_searcher(sweep)
         storage, name = resume.split_experiment_path(run.path)
-        tuner = build_tuner(sweep, trainable, storage_path=storage, run_name=name, available=run.available,
-                            per_trial=run.per_trial, reported=run.kind.shown_metrics, searcher=searcher,
-                            plan=run.plan, search_state_path=run.path)
-        return tuner, searcher, tuner._local_tuner.get_run_config().stop
+        return build_tuner(sweep, trainable, storage_path=storage, run_name=name, available=run.available,
+                           per_trial=run.per_trial, reported=run.kind.shown_metrics, searcher=searcher,
+                           plan=run.plan, search_state_path=run.path), searcher
     with resume.old_module_names():  # a sweep started before sweeper's modules moved
         tuner = tune.Tuner.restore(run.path, tune.with_resources(trainable, run.per_trial),
                                    resume_unfinished=True, resume_errored=True)
     # What Tune restores (from tuner.pkl, then the searcher's saved state) is not otherwise exposed:
     # the searcher's record of who proposed what and which trials finished (for the trial table),
-    # the scheduler and the budget's stop (whose state is ours to put back).
-    config, stop = tuner._local_tuner._tune_config, tuner._local_tuner.get_run_config().stop
+    # and the scheduler, whose state is ours to put back, as the budget's spending is.
+    config = tuner._local_tuner._tune_config
     saved = read_search_state(run.path) or {}
     if saved.get("scheduler") is not None:
         config.scheduler.restore(saved["scheduler"])
-    if saved.get("budget") is not None and stop is not None:
-        stop.restore(saved["budget"])
+    if sweep.budget is not None:
+        register_spending(run.path, Spending.from_state(saved["budget"]) if saved.get("budget") else Spending(sweep.budget))
     search_alg = config.search_alg
-    return tuner, search_alg.searcher if isinstance(search_alg, RunningLimiter) else search_alg, stop
+    return tuner, search_alg.searcher if isinstance(search_alg, RunningLimiter) else search_alg
 
 
 def _summarise(run: Running, table, results, searcher, candidates: dict) -> SweepSummary:

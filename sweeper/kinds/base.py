@@ -41,6 +41,11 @@ class Kind:
     mode: str | None = None
     final_metric: str | None = None  # what the final evaluation measures; None: there is none
     final_mode: str | None = None
+    # The metric of the final evaluation's selection draw, measured on every candidate to pick each
+    # group's best, which only then gets `final_metric` on an independent draw (sweeper.driver.final;
+    # the GAN's `fid_select`). None: every candidate is measured once, and the winner is picked by
+    # something else (`winner_by`; the classifier's validation accuracy).
+    select_metric: str | None = None
     model_kind: str | None = None    # registered as `<sweep>-<model_kind>`; None: nothing registered
     shown_metrics: tuple = ()        # on the console beside the sweep's metric (sweeper.search.console)
     quick = None                     # the `--quick` budget (a sweeper.definition.Quick)

@@ -20,7 +20,8 @@ budget has left trains the best configurations further rather than lying unused.
 Only paused trials left, none promotable and none pending (Tune then waits forever: ray #14500,
 #6780): if the search algorithm has no more configurations to give, no paused trial will ever be
 promoted and all are stopped (the end of the sweep). If it holds
-new configurations back, that is a concurrency limit counting paused trials as running (Tune's
+new configurations back, that is a budget that cannot pay for another configuration yet
+(sweeper.search.spending) or a concurrency limit counting paused trials as running (Tune's
 ConcurrencyLimiter and BasicVariantGenerator do): the best paused trial at the highest rung is
 resumed, because stopping one could end a configuration the rung's later records would promote,
 and resuming the best one spends the compute where ASHA would next. Use `RunningLimiter` to limit
@@ -197,9 +198,10 @@ class PromotionASHA(FIFOScheduler):
         if not tune_controller.search_alg.is_finished():
             self._forced += 1
             if self._forced == 1:
-                logger.warning("PromotionASHA: only paused trials are left and the search algorithm holds new ones "
-                               "back (a concurrency limit counting paused trials?): resuming the best paused trial, "
-                               "here and each time again; RunningLimiter limits running trials only")
+                logger.info("PromotionASHA: only paused trials are left and the search algorithm holds new ones "
+                            "back (a budget that cannot pay for another yet, or a concurrency limit counting paused "
+                            "trials: RunningLimiter counts running ones only): resuming the best paused trial, here "
+                            "and each time again")
             return self._resume(tune_controller, max(paused, key=self._priority))
         for trial in paused:
             tune_controller.stop_trial(trial)

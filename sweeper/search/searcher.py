@@ -14,6 +14,8 @@ from optuna.trial import TrialState
 from ray.tune.search import Searcher
 from ray.tune.search.optuna import OptunaSearch
 
+from sweeper.search import rung_model
+from sweeper.search.spending import spending_of
 from sweeper.tracking.outcomes import OOM
 
 WARM_START, STARTUP, TPE = "warm-start", "startup", "tpe"
@@ -22,10 +24,15 @@ WARM_START, STARTUP, TPE = "warm-start", "startup", "tpe"
 class SweepSearch(OptunaSearch):
     # A searcher pickled before warm starts had overrides (`sweeper resume` of such a sweep) has none.
     _warm_overrides: tuple = ()
-    # A budgeted sweep's BudgetStop (sweeper.search.spending): no new configuration once the budget,
-    # at the cost per period measured so far, cannot pay for it. Set by the Tuner's builder.
-    budget = None
+    # A budgeted sweep's experiment path, under which its Spending is registered
+    # (sweeper.search.spending): no new configuration while the budget, at the cost per period
+    # measured so far, cannot pay for it. Set by the Tuner's builder.
+    budget_path = None
     closed_by_budget = False  # no configuration started once the budget could not pay for another
+    # Under successive halving (set by the Tuner's builder): the rungs whose results TPE models
+    # (sweeper.search.rung_model) and its seed. Empty: one model of finished trials, Optuna's own.
+    rungs: tuple = ()
+    model_seed = 0
 
     def __init__(self, *, time_attr: str, max_t: int, n_startup_trials: int, warm_overrides=(), **kwargs):
         """`warm_overrides`: per warm start, the config values its trial fixes beyond the params
@@ -41,11 +48,18 @@ class SweepSearch(OptunaSearch):
 
     def suggest(self, trial_id: str):
         first_ask = trial_id not in self._ot_trials
-        if first_ask and self.budget is not None and not self.budget.admits(len(self._ot_trials)):
+        if first_ask and self.budget_path is not None and not spending_of(self.budget_path).admits(len(self._ot_trials)):
+            if self._ot_study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+                # Trials running or paused: the measured cost per period falls as they spread their
+                # start-up over more periods, and PromotionASHA resumes the best paused one meanwhile.
+                return None
             self.closed_by_budget = True
             return Searcher.FINISHED
         # What TPE's own rule sees at this moment: a TPE proposal needs n_startup finished trials.
         finished = len(self._ot_study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)))
+        if first_ask and self.rungs and finished >= self._n_startup and \
+                not self._ot_study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
+            self._propose_from_rungs(trial_id)
         params = super().suggest(trial_id)
         if params is None:
             return None
@@ -61,18 +75,29 @@ class SweepSearch(OptunaSearch):
             return {**params, **self._warm_overrides[number]}
         return params
 
-    def save(self, checkpoint_path: str):
-        # The budget is the Tuner's (its state saved with the scheduler's): not a copy in the searcher's.
-        budget, self.budget = self.budget, None
-        try:
-            super().save(checkpoint_path)
-        finally:
-            self.budget = budget
+    def on_trial_result(self, trial_id: str, result: dict):
+        # At the trial's eval period, not Tune's training_iteration: the rungs are eval periods, and
+        # a retried trial's repeated periods land on the steps they had.
+        if trial_id in self._ot_trials and trial_id not in self._completed_trials and self._time_attr in result:
+            self._ot_trials[trial_id].report(result[self.metric], int(result[self._time_attr]))
 
-    def restore(self, checkpoint_path: str):
-        budget = self.budget
-        super().restore(checkpoint_path)
-        self.budget = budget
+    def _propose_from_rungs(self, trial_id: str) -> None:
+        """Enqueue the rung model's proposal (or a random one), which the next ask takes."""
+        trials = self._ot_study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED))
+        dims = max((len(t.params) for t in trials), default=1)
+        params, rung = rung_model.propose(
+            self._ot_study, self._ask_params, self.rungs, direction=self._ot_study.direction.name.lower(),
+            seed=self.model_seed, min_points=max(self._n_startup, dims + 1), multivariate_group=callable(self._space))
+        self._ot_study.enqueue_trial(params)
+        self.modelled_on = {**getattr(self, "modelled_on", {}), trial_id: rung}
+
+    def _ask_params(self, study) -> dict:
+        if callable(self._space):
+            trial = study.ask()
+            self._suggest_from_define_by_run_func(self._space, trial)
+        else:
+            trial = study.ask(fixed_distributions=self._space)
+        return trial.params
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False):
         self.finished.add(trial_id)

@@ -1,20 +1,25 @@
-"""A budgeted sweep's hard stop, and the search state Tune does not save.
+"""A budgeted sweep's spending: its hard stop, which configurations may start, and the search
+state Tune does not save.
 
-`BudgetStop` is a Tune Stopper: it keeps each trial's latest `compute_s` (or `kimg`), which a trial
-reports cumulatively across its pauses (sweeper.trial.ledger), and stops the whole experiment once
-their sum reaches the budget. Trials running then have each spent at most one eval period past it.
+`Spending` keeps each trial's latest `compute_s` (or `kimg`), which a trial reports cumulatively
+across its pauses (sweeper.trial.ledger), and the eval periods it reported. `BudgetStop`, a Tune
+Stopper, stops the whole experiment once their sum reaches the budget; trials running then have
+each spent at most one eval period past it. The searcher asks `admits` before a new configuration:
+a plan (sweeper.search.plan) expects each configuration to train `periods_per_config` eval periods
+on average; once trials have reported, the cost of a period is what they spent per period reported
+(start-up, MLflow, checkpoints and evaluation included), not the probe's estimate. A configuration
+starts only while all started ones, at that cost, fit the budget: where a period costs twice the
+estimate, half the configurations start, and the budget still pays for the promotions to max_t.
 
-It also admits new configurations (`admits`, asked by the searcher): a plan (sweeper.search.plan)
-expects each configuration to train `periods_per_config` eval periods on average; once trials have
-reported, the cost of a period is what they spent per period reported (start-up, MLflow, checkpoints
-and evaluation included), not the probe's estimate. A configuration starts only while all started
-ones, at that cost, fit the budget: where a period costs twice the estimate, half the configurations
-start, and the budget still pays for the promotions to max_t (promotions go first: PromotionASHA).
+Tune pickles a Stopper with its experiment state and unpickles a copy on restore, while the searcher
+and the callbacks keep the Tuner's own objects: several copies would each count part of the
+spending. So the Spending lives in this process's registry, by the experiment's path, and every
+copy of `BudgetStop` finds it there (`spending_of`); the driver registers it (`register_spending`) before `fit()`, from
+the saved state on a resume. Written by hand: Tune has no shared state between these parts.
 
-Tune saves neither a scheduler's state nor a stopper's in its experiment checkpoint (both are
-pickled once, empty, with the Tuner). `SaveSearchState` writes both, as plain JSON, next to the
-experiment whenever they change; `sweeper resume` reads them back (`read_search_state`) before
-`Tuner.fit()`, so the rungs continue where they were and the budget counts what was spent.
+Tune saves neither a scheduler's state nor this Spending where a resume could read them: both are
+written, as plain JSON, to `search_state.json` next to the experiment whenever they change
+(`SaveSearchState`), and read back (`read_search_state`) before `Tuner.fit()` on a resume.
 """
 from __future__ import annotations
 
@@ -23,13 +28,14 @@ import json
 import pyarrow.fs
 from ray.tune import Callback, Stopper
 
-from sweeper.definition import Budget
+from sweeper.definition import Budget, parse_budget
 from trainables.cache import write_atomic
 
 STATE_FILE = "search_state.json"
+_REGISTRY: dict[str, "Spending"] = {}
 
 
-class BudgetStop(Stopper):
+class Spending:
     def __init__(self, budget: Budget, periods_per_config: float | None = None, cost_per_period: float | None = None):
         """`periods_per_config`, `cost_per_period`: the plan's, for `admits` (None: admit every one)."""
         self.budget = budget
@@ -38,12 +44,18 @@ class BudgetStop(Stopper):
         self.spent_by: dict[str, float] = {}  # trial id -> its cumulative spend, as last reported
         self.periods_by: dict[str, int] = {}  # trial id -> eval periods it reported
 
-    def __call__(self, trial_id: str, result: dict) -> bool:
+    def record(self, trial_id: str, result: dict) -> None:
         value = result.get(self.key)
         if isinstance(value, (int, float)):
             self.spent_by[trial_id] = max(self.spent_by.get(trial_id, 0.0), float(value))
             self.periods_by[trial_id] = max(self.periods_by.get(trial_id, 0), int(result.get("eval_period", 0)))
-        return False
+
+    @property
+    def spent(self) -> float:
+        return sum(self.spent_by.values())
+
+    def exhausted(self) -> bool:
+        return self.spent >= self.budget.amount
 
     def cost_per_period(self) -> float | None:
         """As measured by the trials so far; the plan's estimate before any reported."""
@@ -57,26 +69,47 @@ class BudgetStop(Stopper):
             return True
         return (started + 1) * self.periods_per_config * cost <= self.budget.amount
 
-    @property
-    def spent(self) -> float:
-        return sum(self.spent_by.values())
+    def state(self) -> dict:
+        return {"budget": str(self.budget), "periods_per_config": self.periods_per_config,
+                "cost_per_period": self.estimate, "spent_by": dict(self.spent_by), "periods_by": dict(self.periods_by)}
+
+    @classmethod
+    def from_state(cls, state: dict) -> "Spending":
+        spending = cls(parse_budget(state["budget"]), state["periods_per_config"], state["cost_per_period"])
+        spending.spent_by = {k: float(v) for k, v in state["spent_by"].items()}
+        spending.periods_by = {k: int(v) for k, v in state["periods_by"].items()}
+        return spending
+
+
+def register_spending(path: str, spending: Spending) -> Spending:
+    """The Spending of the experiment at `path`, for every copy of its BudgetStop in this process."""
+    _REGISTRY[path] = spending
+    return spending
+
+
+def spending_of(path: str) -> Spending:
+    return _REGISTRY[path]
+
+
+class BudgetStop(Stopper):
+    """Tune's Stopper for the Spending registered under `path`."""
+
+    def __init__(self, path: str):
+        self.path = path
+
+    def __call__(self, trial_id: str, result: dict) -> bool:
+        spending_of(self.path).record(trial_id, result)
+        return False
 
     def stop_all(self) -> bool:
-        return self.spent >= self.budget.amount
-
-    def state(self) -> dict:
-        return {"budget": str(self.budget), "spent_by": dict(self.spent_by), "periods_by": dict(self.periods_by)}
-
-    def restore(self, state: dict) -> None:
-        self.spent_by = {k: float(v) for k, v in state["spent_by"].items()}
-        self.periods_by = {k: int(v) for k, v in state["periods_by"].items()}
+        return spending_of(self.path).exhausted()
 
 
 class SaveSearchState(Callback):
-    """After each step of Tune's loop: the scheduler's and the budget's state, where either changed."""
+    """After each step of Tune's loop: the scheduler's state and the Spending, where either changed."""
 
-    def __init__(self, path: str, scheduler=None, stop: BudgetStop | None = None):
-        self.path, self.scheduler, self.stop = path, scheduler, stop
+    def __init__(self, path: str, scheduler=None):
+        self.path, self.scheduler = path, scheduler
         self._written = None
 
     def on_step_end(self, iteration: int, trials: list, **info):
@@ -86,8 +119,9 @@ class SaveSearchState(Callback):
         self.save()
 
     def save(self) -> None:
+        spending = _REGISTRY.get(self.path)
         state = {"scheduler": self.scheduler.state() if self.scheduler is not None else None,
-                 "budget": self.stop.state() if self.stop is not None else None}
+                 "budget": spending.state() if spending is not None else None}
         text = json.dumps(state, sort_keys=True)
         if text != self._written:
             _write(self.path, text.encode())

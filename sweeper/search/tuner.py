@@ -20,7 +20,7 @@ from sweeper.search.plan import Plan, fixed_plan
 from sweeper.search.promotion import PromotionASHA, RunningLimiter
 from sweeper.search.scheduler import WarmStartASHA
 from sweeper.search.searcher import SweepSearch
-from sweeper.search.spending import BudgetStop, SaveSearchState
+from sweeper.search.spending import BudgetStop, SaveSearchState, Spending, register_spending
 
 TIME_ATTR = "eval_period"
 
@@ -99,13 +99,12 @@ def build_scheduler(sweep: Sweep, plan: Plan | None = None):
     return FIFOScheduler()
 
 
-def _budget_stop(sweep: Sweep, plan: Plan | None) -> BudgetStop | None:
-    if sweep.budget is None:
-        return None
+def _register_spending(sweep: Sweep, plan: Plan | None, path: str) -> None:
     if plan is None or math.isnan(plan.cost):
-        return BudgetStop(sweep.budget)
-    return BudgetStop(sweep.budget, periods_per_config=plan.cost / plan.cost_per_period / plan.num_samples,
-                      cost_per_period=plan.cost_per_period)
+        register_spending(path, Spending(sweep.budget))
+        return
+    register_spending(path, Spending(sweep.budget, periods_per_config=plan.cost / plan.cost_per_period / plan.num_samples,
+                            cost_per_period=plan.cost_per_period))
 
 
 def build_tuner(sweep: Sweep, trainable, *, storage_path: str | Path, run_name: str, available: dict,
@@ -119,14 +118,18 @@ def build_tuner(sweep: Sweep, trainable, *, storage_path: str | Path, run_name: 
     per_trial = per_trial or sweep.resources.per_trial(available.get("GPU", 0))
     scheduler = build_scheduler(sweep, plan)
     searcher = searcher or build_searcher(sweep)
-    stop = _budget_stop(sweep, plan)
-    if stop is not None:
-        searcher.budget = stop
+    stop = None
+    if sweep.budget is not None:
+        key = search_state_path or f"{storage_path}/{run_name}"
+        _register_spending(sweep, plan, key)
+        searcher.budget_path, stop = key, BudgetStop(key)
     concurrency = max_concurrent(sweep, available, per_trial)
     if isinstance(scheduler, PromotionASHA):
+        # TPE models the highest rung with enough results (sweeper.search.rung_model).
+        searcher.rungs, searcher.model_seed = scheduler.state()["rungs"], sweep.searcher.seed
         # Tune's own limit counts paused trials as running; a paused trial frees its place here.
         searcher, concurrency = RunningLimiter(searcher, concurrency), None
-    saver = [SaveSearchState(search_state_path, scheduler if isinstance(scheduler, PromotionASHA) else None, stop)] \
+    saver = [SaveSearchState(search_state_path, scheduler if isinstance(scheduler, PromotionASHA) else None)] \
         if search_state_path else []
     shown = shown_metrics(sweep, reported)
     return tune.Tuner(
