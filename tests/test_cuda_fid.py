@@ -14,6 +14,7 @@ import torch
 
 from sweeper.definition import Sweep
 from sweeper.kinds.gan import GAN
+from sweeper.kinds.refstats import REPORT, SELECT
 from trainables.config import GANConfig
 from trainables.data import toy_faces
 from trainables.metrics import (
@@ -59,8 +60,13 @@ def test_reference_stats_run_in_a_gpu_task_and_the_driver_never_initialises_cuda
     prepared = SimpleNamespace(data=toy_faces(256, 64, seed=1), key="toy-256")
     inputs = GAN.inputs(sweep, prepared, available={"CPU": 2, "GPU": 1})
     stats = inputs.trial["ref_stats"]
-    assert stats.extractor_name == "inception-v3-compat" and inputs.final["final_stats"] is stats
-    assert not stats.cache_hit and stats.computed_in not in (None, os.getpid())
+    # With a GPU the per-eval FID is the standard one: the per-eval statistics are fid_select's (the
+    # SELECT half), one computation; fid_final's are the other half's, computed in a task of their own.
+    assert stats.extractor_name == "inception-v3-compat" and inputs.final["select_stats"] is stats
+    assert stats.half == SELECT and not stats.cache_hit and stats.computed_in not in (None, os.getpid())
+    report = inputs.final["final_stats"]
+    assert report is not stats and report.half == REPORT and report.extractor_name == "inception-v3-compat"
+    assert not set(report.indices) & set(stats.indices) and report.computed_in != os.getpid()
     assert torch.cuda.is_initialized() == initialised_before
     assert (torch.cuda.memory_allocated() if initialised_before else 0) == allocated_before
 

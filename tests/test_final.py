@@ -16,6 +16,7 @@ from ray import tune
 
 from sweeper.definition import Sweep
 from sweeper.driver import final
+from sweeper.kinds.base import Kind
 from sweeper.kinds.classifier import CLASSIFIER
 from sweeper.kinds.gan import GAN
 from sweeper.kinds.refstats import REPORT, SELECT, half_indices, reference_stats, refstats_key
@@ -66,7 +67,7 @@ def test_the_best_of_each_group_by_the_selection_number():
 def test_the_classifier_picks_on_validation_and_test_acc_only_reports():
     # No selection draw: every candidate is tested once, and the winner is the best by validation
     # accuracy among the tested, whatever their test accuracy says.
-    assert final.select_metric(CLASSIFIER) is None and final.select_metric(GAN) == "fid_select"
+    assert Kind.select_metric is None and CLASSIFIER.select_metric is None and GAN.select_metric == "fid_select"
     table = pd.DataFrame({"trial_id": ["a", "b", "c"], "outcome": ["completed"] * 3,
                           "best_val_acc": [0.90, 0.80, 0.95], "test_acc": [0.70, 0.99, math.nan]})
     assert final.winner(table, *CLASSIFIER.winner_by(None), measured=CLASSIFIER.final_metric) == "a"

@@ -36,7 +36,13 @@ def test_quick_changes_only_the_budget():
     quick = sweep.resolve(quick=True)
     assert quick.config.resolution == 32 and quick.num_samples < sweep.num_samples
     assert quick.config.loss == sweep.config.loss == "wgan-gp"
-    assert quick.space == sweep.space and quick.warm_start == sweep.warm_start
+    assert quick.space == sweep.space and quick.warm_points == sweep.warm_points
+    # Its warm starts are whole published configs: --quick shrinks their budget as it does the sweep's
+    # config (the command line wins over the file), and changes nothing else of them.
+    assert len(quick.warm_start) == len(sweep.warm_start) == 2
+    for before, after in zip(sweep.warm_start, quick.warm_start):
+        assert isinstance(before, GANConfig) and after == before.replace(**sweep.quick.config)
+        assert after.resolution == 32 and after.num_evals == quick.config.num_evals
 
 
 def test_space_values_are_validated_before_anything_runs():
@@ -180,5 +186,6 @@ def test_sweep_level_knobs_are_validated(changes, message):
 
 def test_quick_shrinks_the_final_evaluation_too():
     quick = load_sweep(WGANGP).resolve(quick=True)
-    assert quick.final.top_k == 1 and quick.config.final_fid_samples == 256
+    # 128 generated images per final draw (fid_select, then fid_final) against 256 real images per half.
+    assert quick.final.top_k == 1 and quick.config.final_fid_samples == 128 and quick.config.ref_samples == 256
     assert load_sweep(WGANGP).final.top_k == 3 and GANConfig().final_fid_samples == 10_000

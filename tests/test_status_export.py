@@ -229,15 +229,23 @@ def test_export_steps_is_every_metric_history(sweep, tmp_path):
     table = pq.read_table(path)
     assert table.schema.field("eval_period").type == pa.int64()
     frame = table.to_pandas()
-    assert sorted(frame.columns) == sorted(["trial_id", "run_id", "eval_period", METRIC, "loss"])
+    # What the trainable reported, and what every trial reports beside it (sweeper.trial.ledger): the
+    # sweep's objective (the best score so far) and the device-seconds spent so far.
+    keys = [METRIC, f"{METRIC}_best", "compute_s", "loss"]
+    assert sorted(frame.columns) == sorted(["trial_id", "run_id", "eval_period", *keys])
     client = MlflowClient(sweep["uri"])
     expected = []
     for run in _children(client):
-        histories = {k: _history(client, run.info.run_id, k) for k in ("eval_period", METRIC, "loss")}
-        for step in sorted(histories["eval_period"]):
+        histories = {k: _history(client, run.info.run_id, k) for k in ("eval_period", *keys)}
+        steps = sorted(histories["eval_period"])
+        assert [histories[f"{METRIC}_best"][s] for s in steps] == \
+            [max(histories[METRIC][t] for t in steps[:i + 1]) for i in range(len(steps))]  # mode max
+        spent = [histories["compute_s"][s] for s in steps]
+        assert spent[0] > 0 and spent == sorted(spent), spent
+        for step in steps:
             expected.append((run.data.tags["sweeper.trial_id"], run.info.run_id, step,
-                             histories[METRIC][step], histories["loss"][step]))
-    assert sorted(frame[["trial_id", "run_id", "eval_period", METRIC, "loss"]].itertuples(index=False, name=None)) \
+                             *(histories[k][step] for k in keys)))
+    assert sorted(frame[["trial_id", "run_id", "eval_period", *keys]].itertuples(index=False, name=None)) \
         == sorted(expected)
 
 

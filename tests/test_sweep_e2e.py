@@ -1,5 +1,6 @@
-"""The README's quick start, end to end: a real Ray Tune sweep with Optuna and ASHA, real GAN
-training on toy-faces, real FID, everything landing in a real MLflow sqlite store."""
+"""The README's quick start, end to end: a real Ray Tune sweep with Optuna and promotion-based
+successive halving (the GAN default), real GAN training on toy-faces, real FID, everything landing
+in a real MLflow sqlite store."""
 import json
 import os
 import re
@@ -76,27 +77,59 @@ def test_mlflow_holds_a_parent_run_and_nested_trial_runs(quick_sweep):
         assert len(grids) == len(fids) and all(g.endswith(".png") for g in grids)
 
 
-def test_asha_stops_some_trials_early(quick_sweep):
-    _, client, _ = quick_sweep
-    _, children = _runs(client)
+def test_promotion_pauses_trials_at_the_first_rung_and_only_the_promoted_reach_max_t(quick_sweep):
+    result, client, workdir = quick_sweep
+    (parent,), children = _runs(client)
+    # --quick's 4 eval periods: Promotion's rungs 2 and 4 (max_t), eta 3. Every trial pauses at 2; a
+    # promoted one resumes and completes at 4; one never promoted ends stopped-early at 2.
+    record = json.loads(Path(client.download_artifacts(parent.info.run_id, "rungs.json", str(workdir))).read_text())
+    assert record["rungs"] == [2, 4] and record["eta"] == 3
+    decided = {}
+    for row in record["decisions"]:
+        decided.setdefault(row["trial_id"], {})[row["rung"]] = (row["decision"], row["value"])
     outcomes = [c.data.tags["sweeper.outcome"] for c in children]
     assert "stopped-early" in outcomes and "completed" in outcomes, outcomes
-    evals = {len(client.get_metric_history(c.info.run_id, "fid")) for c in children}
-    assert len(evals) > 1  # trials ran for different numbers of eval periods
+    expected = {"completed": (4, ["promoted", "completed"]), "stopped-early": (2, ["stopped"])}
+    for child, outcome in zip(children, outcomes):
+        trial_id = child.data.tags["sweeper.trial_id"]
+        fids = [m.value for m in client.get_metric_history(child.info.run_id, "fid")]
+        if outcome not in expected:  # a diverged trial (it may happen to a searched config) ends where it broke
+            continue
+        periods, decisions = expected[outcome]
+        assert len(fids) == periods and trial_id in decided, (trial_id, outcome, fids)
+        rungs = sorted(decided[trial_id])
+        assert rungs == [2, 4][:len(decisions)] and [decided[trial_id][r][0] for r in rungs] == decisions
+        # The value at each rung is the objective, fid_best: the lowest per-eval FID up to the rung.
+        for rung in rungs:
+            assert decided[trial_id][rung][1] == pytest.approx(min(fids[:rung]), rel=1e-9)
+        tag = child.data.tags["sweeper.rungs"].split("; ")
+        assert [part.split(":")[0] for part in tag] == [str(r) for r in rungs]
+        assert [part.split()[-1] for part in tag] == decisions
+    # The best configuration at the first rung is always promoted.
+    at_first = {t: rungs[2] for t, rungs in decided.items() if 2 in rungs}
+    assert at_first[min(at_first, key=lambda t: at_first[t][1])][0] == "promoted"
+    counts = [sum(r in rungs for rungs in decided.values()) for r in (2, 4)]
+    assert f"rungs: {counts[0]} at 2, {counts[1]} at 4 eval periods" in result.stdout
 
 
 MODEL = "wgangp-quick-generator"  # --quick sweeps register apart from real ones
 
 
-def test_quick_sweeps_register_apart_and_best_is_the_lowest_fid_final(quick_sweep):
+def test_quick_sweeps_register_apart_and_best_is_the_lowest_fid_select_among_the_reported(quick_sweep):
     _, client, _ = quick_sweep
     _, children = _runs(client)
     assert [m.name for m in client.search_registered_models()] == [MODEL]
+    selected = {c.info.run_id: c.data.metrics["fid_select"] for c in children if "fid_select" in c.data.metrics}
     final = {c.info.run_id: c.data.metrics["fid_final"] for c in children if "fid_final" in c.data.metrics}
-    assert len(final) >= 2  # the top searched and warm-start trials were measured again
+    # top_k = 1: the top searched and the top warm-start trial, each measured on the selection draw
+    # and, as its group's pick, on the report draw.
+    assert len(final) == 2 and set(final) == set(selected)
+    # The winner is picked by fid_select; fid_final, on another draw, took no part.
     version = client.get_model_version_by_alias(MODEL, "best")
-    assert version.run_id == min(final, key=final.get)
+    assert version.run_id == min(final, key=lambda run_id: selected[run_id])
     assert float(version.tags["fid_final"]) == pytest.approx(final[version.run_id], rel=1e-5)
+    assert float(version.tags["fid_select"]) == pytest.approx(selected[version.run_id], rel=1e-5)
+    assert version.tags["sweeper.fid_final_draw"] == "report-half-v1"
     assert version.tags["sweeper.fid_final_extractor"] == "inception-v3-compat"
     assert version.tags["sweeper.final_fid_samples"] == "96" and version.tags["sweeper.ref_samples"] == "128"
     assert version.tags["sweeper.best_alias_decision"].startswith("moved")
@@ -119,14 +152,18 @@ def test_fid_final_is_the_standard_fid_and_every_fid_names_its_extractor_and_sam
             assert child.data.tags["sweeper.fid_final_extractor"] == "inception-v3-compat"
 
 
-def test_warm_starts_run_their_full_budget_and_tpe_proposes_half_the_trials(quick_sweep):
+def test_warm_starts_enter_at_the_first_rung_like_any_configuration(quick_sweep):
     _, client, _ = quick_sweep
     _, children = _runs(client)
     origins = [c.data.tags["sweeper.proposed_by"] for c in children]
-    assert origins.count("warm-start") == 2 and origins.count("tpe") >= len(children) / 2, origins
+    assert origins.count("warm-start") == 2, origins
     for child in children:
         if child.data.tags["sweeper.proposed_by"] == "warm-start":
-            assert len(client.get_metric_history(child.info.run_id, "fid")) == 4  # max_t, never stopped
+            # With Promotion a hand-tuned config pauses at rung 2 like the others and reaches max_t only
+            # if promoted (Ray's ASHA, which never stopped warm starts, always ran them to 4).
+            evals = len(client.get_metric_history(child.info.run_id, "fid"))
+            assert (evals, child.data.tags["sweeper.outcome"]) in ((2, "stopped-early"), (4, "completed")), evals
+            assert child.data.tags["sweeper.rungs"].startswith("2: ")
 
 
 def test_best_holds_the_winning_trials_best_checkpoint_and_generates_any_batch(quick_sweep):
@@ -193,8 +230,11 @@ def test_parent_run_compares_the_search_with_the_re_measured_baseline(quick_swee
     assert len(measured_warm) == 1 and metrics["baseline_fid_final"] == pytest.approx(measured_warm[0])
     # Either sign: the search may not beat the hand-tuned configs, and then the gain is negative.
     assert metrics["fid_final_gain_over_baseline"] == pytest.approx(metrics["baseline_fid_final"] - min(searched))
-    assert metrics["fid_final"] == pytest.approx(min(final.values()))
-    assert "hand-tuned baseline (warm start, full budget): fid_final" in result.stdout
+    # The sweep's fid_final is its winner's (picked by fid_select), not the lowest fid_final measured.
+    winner = next(c for c in children if c.data.tags["sweeper.trial_id"] == parents[0].data.tags["sweeper.best_trial"])
+    assert winner.info.run_id == client.get_model_version_by_alias(MODEL, "best").run_id
+    assert metrics["fid_final"] == pytest.approx(final[winner.info.run_id])
+    assert "hand-tuned baseline (warm start): fid_final" in result.stdout
 
 
 def test_ctrl_c_ends_every_run_killed_registers_nothing_and_says_how_to_resume(tmp_path):
@@ -233,3 +273,13 @@ def _some_fid_logged(db) -> bool:
             return connection.execute("select count(*) from metrics where key = 'fid'").fetchone()[0] > 0
         except sqlite3.OperationalError:  # tables not created yet
             return False
+
+
+def test_half_the_trials_are_proposed_once_tpe_is_informed(quick_sweep):
+    # Under Promotion, once n_startup trials have a result at the first rung: by the rung model
+    # ("tpe"), or for a third of those proposals at random ("random"; sweeper.search.rung_model).
+    _, client, _ = quick_sweep
+    _, children = _runs(client)
+    origins = [c.data.tags["sweeper.proposed_by"] for c in children]
+    assert origins.count("tpe") + origins.count("random") >= len(children) / 2, origins
+    assert set(origins) <= {"warm-start", "startup", "tpe", "random"}, origins

@@ -126,7 +126,7 @@ def test_the_summary_names_the_baseline_trial_and_what_it_ran():
     assert trial == "a"
     assert text.startswith("warm_start[0] {'g_lr': 0.0001, 'd_norm': 'instance'}; fixed for it: lr_schedule=")
     metrics, lines = kind_of(sweep.config).summarise(sweep, pd.DataFrame(rows))
-    assert lines[0].startswith("hand-tuned baseline (warm start, full budget): fid_final 30.00 (trial a); ")
+    assert lines[0].startswith("hand-tuned baseline (warm start): fid_final 30.00 (trial a); ")
     assert lines[1] == f"  trial a = {text}"
 
 

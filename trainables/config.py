@@ -123,8 +123,13 @@ class GANConfig(Config):
     steps_per_eval: int = 500
     num_evals: int = 20
     fid_samples: int = 5000  # generated images per eval's FID/KID
-    ref_samples: int = 10000  # real images in the FID reference statistics (capped at the dataset)
-    final_fid_samples: int = 10000  # generated images for `fid_final`, the re-measurement of the best trials
+    # Real images in each FID reference statistics, per half: the real images split into two disjoint
+    # halves, one for everything that selects (the per-eval FID, `fid_select`), the other for the
+    # reported `fid_final` (capped at the half's size; sweeper.kinds.refstats).
+    ref_samples: int = 10000
+    # Generated images of each of the final evaluation's two draws of the best trials (other z each):
+    # `fid_select`, which picks the winner, and `fid_final`, which is reported (sweeper.driver.final).
+    final_fid_samples: int = 10000
     # Feature extractor of the per-eval FID: "standard" (Inception), "proxy" (random conv, ~100x
     # cheaper on a CPU) or "auto" (standard where trials get GPUs, proxy otherwise). `fid_final`
     # always uses the standard extractor when its weights are available.

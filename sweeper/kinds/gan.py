@@ -135,7 +135,7 @@ class GANKind(Kind):
         verdict = (f"the best searched trial is {gain:.2f} better" if gain > 0 else
                    f"the search did NOT beat it: its best trial is {-gain:.2f} worse")
         trial, config = baseline_trial(sweep, table, "fid_final", "min")
-        return metrics, [f"hand-tuned baseline (warm start, full budget): fid_final {baseline:.2f} (trial {trial}); "
+        return metrics, [f"hand-tuned baseline (warm start): fid_final {baseline:.2f} (trial {trial}); "
                          f"{verdict}", *([f"  trial {trial} = {config}"] if config else [])]
 
     def log_model(self, tracking, run_id: str, cfg, checkpoint_dir: str, name: str) -> str:

@@ -5,9 +5,10 @@ alone would see few points, and Optuna's own ranking of PRUNED trials puts every
 COMPLETE one. Here a proposal is drawn from a TPE model of one rung r: every trial with a value at
 r (its objective, `fid_best`, at eval period r) is a point, and trials in flight that have not
 reached r count at the worst value seen there (a constant liar, so parallel proposals spread out).
-r is the highest rung with at least `min_points` points (BOHB: the number of parameters + 1); below
-that, and for a `random_fraction` of proposals (BOHB's 1/3), the proposal is random, so the model
-cannot lock onto an early, misleading rung. Written by hand: Optuna samples from one study's
+r is the highest rung with at least `min_points` points (the sweep's n_startup_trials, TPE's own
+rule; BOHB's default, the number of parameters + 1, a small sweep never reaches); for a
+`RANDOM_FRACTION` of proposals (BOHB's 1/3) the proposal is random, so the model cannot lock onto
+an early, misleading rung. Written by hand: Optuna samples from one study's
 trials; a model per rung is BOHB's, which Ray ships only with its ConfigSpace-based searcher.
 """
 from __future__ import annotations

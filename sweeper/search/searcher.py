@@ -19,6 +19,7 @@ from sweeper.search.spending import spending_of
 from sweeper.tracking.outcomes import OOM
 
 WARM_START, STARTUP, TPE = "warm-start", "startup", "tpe"
+RANDOM = "random"  # under successive halving: the rung model's share of random proposals
 
 
 class SweepSearch(OptunaSearch):
@@ -55,9 +56,12 @@ class SweepSearch(OptunaSearch):
                 return None
             self.closed_by_budget = True
             return Searcher.FINISHED
-        # What TPE's own rule sees at this moment: a TPE proposal needs n_startup finished trials.
+        # What TPE's own rule sees at this moment: a TPE proposal needs n_startup finished trials;
+        # under successive halving, n_startup trials with a result at the first rung (most of them
+        # wait there paused, unfinished for Optuna).
         finished = len(self._ot_study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)))
-        if first_ask and self.rungs and finished >= self._n_startup and \
+        informed = self._at_first_rung() if self.rungs else finished
+        if first_ask and self.rungs and informed >= self._n_startup and \
                 not self._ot_study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
             self._propose_from_rungs(trial_id)
         params = super().suggest(trial_id)
@@ -67,8 +71,10 @@ class SweepSearch(OptunaSearch):
         # trial number i is warm start i, whatever its params look like.
         number = self._ot_trials[trial_id].number
         if first_ask:
+            modelled = getattr(self, "modelled_on", {})
             self.proposed_by[trial_id] = (WARM_START if number < self._n_warm
-                                          else TPE if finished >= self._n_startup else STARTUP)
+                                          else (TPE if modelled[trial_id] is not None else RANDOM) if trial_id in modelled
+                                          else TPE if informed >= self._n_startup else STARTUP)
         if number < min(self._n_warm, len(self._warm_overrides)):
             # Only the trial's Tune config carries them (run_trial applies it): Optuna's study and
             # its TPE model know the searched params alone.
@@ -81,13 +87,14 @@ class SweepSearch(OptunaSearch):
         if trial_id in self._ot_trials and trial_id not in self._completed_trials and self._time_attr in result:
             self._ot_trials[trial_id].report(result[self.metric], int(result[self._time_attr]))
 
+    def _at_first_rung(self) -> int:
+        return sum(self.rungs[0] in t.intermediate_values for t in self._ot_study.get_trials(deepcopy=False))
+
     def _propose_from_rungs(self, trial_id: str) -> None:
         """Enqueue the rung model's proposal (or a random one), which the next ask takes."""
-        trials = self._ot_study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED))
-        dims = max((len(t.params) for t in trials), default=1)
         params, rung = rung_model.propose(
             self._ot_study, self._ask_params, self.rungs, direction=self._ot_study.direction.name.lower(),
-            seed=self.model_seed, min_points=max(self._n_startup, dims + 1), multivariate_group=callable(self._space))
+            seed=self.model_seed, min_points=self._n_startup, multivariate_group=callable(self._space))
         self._ot_study.enqueue_trial(params)
         self.modelled_on = {**getattr(self, "modelled_on", {}), trial_id: rung}
 
