@@ -1,22 +1,62 @@
-"""Does the sweep pay? The same compute given to three arms on real CIFAR-10 cats (32 px):
+"""Does the sweep pay? Four arms on the same space (search_spaces/wgangp.py), the same data (real
+CIFAR-10 cats, 32 px, `../shared/data/cifar10-catdog:cat`) and the same compute budget B each:
 
-  (a) ASHA + TPE with the seed warm starts (search_spaces/wgangp.py as it ships),
-  (b) FIFO random search, every trial its full budget (Optuna's random startup for all trials),
-  (c) the best seed configuration of (a) alone, trained for (a)'s whole compute.
+  (c) the best seed configuration alone, trained for all of B: seed 000 (wgangp.py's first warm
+      start, which the cost probe also times; chosen once, before any result), one trial;
+  (b) FIFO random search: no warm starts, every proposal random (n_startup_trials = num_samples);
+  (a) ASHA + TPE as it was: the shipped sweep with `scheduler=ASHA()` (warm starts never stopped);
+  (n) the new default: Promotion + TPE, `Sweep(budget=B)` (a cost probe, a plan, promotion).
 
-(a) runs first; its trial-seconds T set the budget of the others: (b) gets round(T / the mean
-trial-seconds of a full-budget trial in (a)) trials, (c) round(T / its seconds per eval period)
-eval periods. Prints, per arm: trials, trial-seconds used, the best `fid_final` (standard
-Inception, `--final-samples` generated vs `--ref-samples` real images), and the trial-seconds the
-arm needed to first reach the best per-eval FID that (c) reached in its budget (the per-eval FID is
-the random-conv proxy on a CPU, so that target is a proxy number; cumulative trial-seconds = the sum over the arm's trials of
-their time since start, read from MLflow's timestamps).
+Every arm is a real sweep (`sweeper.driver.run.run_sweep`, in process) with `budget=B`: the budget's
+own stop ends (c), (b) and (a), which are given far more trials / eval periods than B pays for;
+(n) is planned by it. (c) and (n) run `--repeats` times (config seed and TPE seed = the repeat),
+(a) and (b) once (seed 0). All trials hold 1 CPU (CPU size: two at a time, (c) alone) or, with
+`--gpu`, a GPU share ("auto"; (c) a whole GPU, so that B = 1 gpu-h is an hour of it).
 
-Run from the repository root: python bench/sweep_efficiency.py   (--gpu for a larger size; --help)
-It writes into a temporary working directory (its own MLflow store and Ray results) and prints
-figures; it asserts nothing.
+Measured per arm:
+- compute: the sum of its trials' final `compute_s` (plus, for (n), the probe's cost, which its
+  budget pays), and its deviation from B. The budget's stop lets the trial that crosses B finish
+  the eval period it is in, so an arm may exceed B by up to one period (at the CPU size a period
+  costs ~3-8 cpu-s, 2-4% of B); (n) spends what its plan starts, which can be less than B;
+- final FID: the arm's winner (the sweep's registered generator) draws `--final-samples` images
+  with one fixed z seed for every arm; standard Inception features (inception-v3-compat); FID
+  against the cached statistics of the REPORT half of the real cats (`ref_samples` of them, the
+  half no selection used). CI: 95% normal bootstrap interval, the FID +- 1.96 x the standard
+  deviation of the FIDs of resamples of the generated features (the real statistics fixed). What
+  it estimates is FID at N generated images, the footing every arm shares (FID's small-sample bias
+  stays in); only the spread of the resamples is used, because a resample holds ~63% distinct
+  images and its FID sits above the sample's, so percentiles would shift the interval. The
+  `--resamples` draws of indices are shared by every arm, so FID_n / FID_c (each repeat pair, and
+  mean over repeats / mean over repeats) gets a paired bootstrap CI the same way. The resamples'
+  FIDs use tr sqrt(R S_g R) = sum sqrt(eig(A A^T) / (N-1)), A = centred features @ R, R =
+  sqrt(S_real): the same number as frechet_distance (printed as a check), from an N x N (or D x D)
+  matrix. The CI covers the generated sample only; training variance is what the repeats show;
+- compute (n) needed to reach FID_c(B): in wall order of (n)'s eval periods, the budget counted so
+  far (probe + each trial's latest compute_s) when its best per-eval FID first reached the best
+  per-eval FID of (c) of the same repeat. Per-eval FID is the trials' own (on a CPU the random-conv
+  proxy, on `fid_samples` images: a proxy number; with --gpu the standard one);
+- (n)'s plan (rungs, configurations per bracket, cost per period) and the rank correlations between
+  its rungs (`rank_corr.*` of its parent run: only from 3 trials recorded at both rungs), and for
+  every arm rho(FID@2, FID@6): Spearman's rank correlation of the trials' best per-eval FID after 2
+  and after 6 eval periods, over those that trained 6 (does the first rung predict the second?).
+
+CPU size (default): B = 200 cpu-s, widths 16, batch 64, 10 G steps per eval period, (a)/(b) trials
+of 12 periods, per-eval proxy FID on 512 images vs 1,000 real, each sweep's own final evaluation
+on top 1 per group and 64 images per draw (it only picks between the searched and the warm-start
+candidate), and the comparison FID on 400 generated vs 1,000 real images: Inception runs ~2-7
+images/s on 2 CPU cores, and these ~4,700 images are a third to a half of the run's time. Compute
+is wall time x CPUs: other load on the machine changes what B buys (the kimg column shows it).
+`--gpu`: B = 1 gpu-h per arm, widths 64, 500 G steps per period, 20 periods for (a)/(b), standard
+FID per eval on 5,000 images, each half's 2,500 real images, 10,000 images for the final draws and
+the comparison. Sizes were fixed before any result; nothing here is tuned to an answer.
+
+Run from the repository root: python bench/sweep_efficiency.py [--gpu] [--repeats 3] [--budget
+200cpu-s] [--arms c,n,a,b] [--final-samples 400] [--resamples 200]. It works in a temporary
+directory (its own MLflow store and Ray results; the dataset and statistics caches are shared),
+prints each sweep's console and then markdown tables; it asserts nothing.
 """
 import argparse
+import math
 import os
 import sys
 import tempfile
@@ -27,107 +67,224 @@ ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data" / "cifar10-catdog"
 sys.path.insert(0, str(ROOT))
 
-CPU = dict(num_samples=12, num_evals=6, steps_per_eval=50, width=16, batch=64, fid_samples=512,
-           ref_samples=2000, final_samples=1000, top_k=2)
-GPU = dict(num_samples=64, num_evals=20, steps_per_eval=500, width=64, batch=64, fid_samples=5000,
-           ref_samples=5000, final_samples=10000, top_k=3)
+CPU = dict(budget="200cpu-s", width=16, batch_size=64, steps_per_eval=10, num_evals=12, fid_samples=512,
+           ref_samples=1000, final_fid_samples=64, top_k=1, final_samples=400)
+GPU = dict(budget="1gpu-h", width=64, batch_size=64, steps_per_eval=500, num_evals=20, fid_samples=5000,
+           ref_samples=2500, final_fid_samples=10000, top_k=3, final_samples=10000)
+MANY = 10_000  # trials / eval periods the budget ends first: (b) and (a) trials, (c) periods
+Z_SEED = 4_000_037  # every arm's comparison images are drawn with this seed
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--gpu", action="store_true", help="the GPU size (64 trials of 20 x 500 steps)")
-    for key, value in CPU.items():
-        parser.add_argument(f"--{key.replace('_', '-')}", type=int, default=None, help=f"CPU default {value}")
+    parser.add_argument("--gpu", action="store_true", help="GPU size: B = 1 gpu-h per arm")
+    parser.add_argument("--repeats", type=int, default=3, help="repeats of (c) and (n), seeds 0..R-1")
+    parser.add_argument("--budget", help="B per arm, e.g. 200cpu-s (default: the size's)")
+    parser.add_argument("--arms", default="c,n,a,b", help="a subset of c,n,a,b")
+    parser.add_argument("--final-samples", type=int, help="generated images per arm for the comparison FID")
+    parser.add_argument("--resamples", type=int, default=200, help="bootstrap resamples")
     args = parser.parse_args()
-    size = {k: getattr(args, k) if getattr(args, k) is not None else v for k, v in (GPU if args.gpu else CPU).items()}
+    size = dict(GPU if args.gpu else CPU)
+    size["final_samples"] = args.final_samples or size["final_samples"]
     if not DATA.is_dir():
         sys.exit(f"needs the CIFAR-10 cats at {DATA} (see ../shared/data/README.md)")
-    os.chdir(tempfile.mkdtemp(prefix="sweep-efficiency-"))
-    print(f"size: {size}; working directory {os.getcwd()}", flush=True)
+    from sweeper.definition import ASHA, TPE, FinalEval, Resources, parse_budget
     from sweeper.driver.loader import load_sweep
 
+    budget = parse_budget(args.budget or size["budget"])
+    os.chdir(tempfile.mkdtemp(prefix="sweep-efficiency-"))
+    print(f"B = {budget} per arm; size {size}; working directory {os.getcwd()}", flush=True)
     shipped = load_sweep(ROOT / "search_spaces" / "wgangp.py")
-    base = shipped.config.replace(
-        data=f"{DATA}:cat", resolution=32, g_width=size["width"], d_width=size["width"], batch_size=size["batch"],
-        steps_per_eval=size["steps_per_eval"], num_evals=size["num_evals"], fid_samples=size["fid_samples"],
-        ref_samples=size["ref_samples"], final_fid_samples=size["final_samples"])
-    rows = [run_arm("a_asha_tpe", shipped.with_(config=base, num_samples=size["num_samples"], name="bench-a"), size)]
-    compute = rows[0]["trial_seconds"]
+    base = shipped.with_config(dict(
+        data=f"{DATA}:cat", resolution=32, g_width=size["width"], d_width=size["width"],
+        batch_size=size["batch_size"], steps_per_eval=size["steps_per_eval"], num_evals=size["num_evals"],
+        fid_samples=size["fid_samples"], ref_samples=size["ref_samples"],
+        final_fid_samples=size["final_fid_samples"]), "bench").with_(budget=budget, final=FinalEval(size["top_k"]))
 
-    full = rows[0]["table"][rows[0]["table"]["eval_periods"] == size["num_evals"]]
-    n_random = max(1, round(compute / full["trial_seconds"].mean()))
-    from sweeper import TPE
+    def arm(kind: str, seed: int):
+        sweep = base.with_(name=f"bench-{kind}{seed}", config=base.config.replace(seed=seed), searcher=TPE(seed=seed))
+        if kind == "c":  # the seed's whole config, alone: one trial, stopped by the budget
+            return sweep.with_(warm_start=base.warm_start[:1], num_samples=1, scheduler=None,
+                               config=sweep.config.replace(num_evals=MANY),
+                               resources=Resources(gpu_fraction=1.0) if args.gpu else sweep.resources)
+        if kind == "b":
+            return sweep.with_(warm_start=(), num_samples=MANY, scheduler=None,
+                               searcher=TPE(seed=seed, n_startup_trials=MANY))
+        if kind == "a":  # TPE's startup as in a sweep of up to 23 trials (the warm starts count)
+            return sweep.with_(num_samples=MANY, scheduler=ASHA(), searcher=TPE(seed=seed, n_startup_trials=2))
+        return sweep  # (n): scheduler "auto" = Promotion; the plan sets num_samples and num_evals
 
-    random_search = shipped.with_(config=base, num_samples=n_random, name="bench-b", warm_start=(), scheduler=None,
-                                  searcher=TPE(seed=1, n_startup_trials=n_random), max_concurrent=2)
-    rows.append(run_arm("b_fifo_random", random_search, size))
-    rows.append(run_arm("c_best_seed_alone", seed_alone(shipped, base, rows[0]["table"], compute), size))
-
-    target = rows[2]["last_fid"]
-    print(f"\nsame compute: {compute:.0f} trial-seconds for (a); target = the best per-eval FID (c) reached {target:.2f} "
-          f"({rows[0]['eval_extractor']})")
-    print("| arm | trials | trial-seconds | best fid_final | trial-seconds to reach the target |")
-    print("|---|---|---|---|---|")
-    for row in rows:
-        reach = row["timeline"]
-        first = next((t for t, fid in reach if fid <= target), None)
-        print(f"| {row['arm']} | {row['trials']} | {row['trial_seconds']:.0f} | {row['fid_final']:.2f} "
-              f"({row['final_extractor']}) | {'not reached' if first is None else f'{first:.0f}'} |")
-
-
-def seed_alone(shipped, base, table, compute):
-    """(c): the warm-start config with the lowest fid_final in (a), for (a)'s compute."""
-    from ray import tune
-
-    warm = table[table["warm_start"] == True].sort_values("fid_final")  # noqa: E712
-    best = warm.iloc[0]
-    params = {c.removeprefix("config."): _plain(best[c]) for c in table if c.startswith("config.") and best[c] == best[c]}
-    per_period = best["trial_seconds"] / best["eval_periods"]
-    periods = max(1, round(compute / per_period))
-    print(f"(c): {params}, {periods} eval periods", flush=True)
-    space = {k: tune.choice([v]) for k, v in params.items()}
-    return shipped.with_(config=base.replace(num_evals=periods), space=space, warm_start=(params,), num_samples=1,
-                         name="bench-c")
+    kinds = args.arms.split(",")
+    order = [(k, r) for r in range(args.repeats) for k in ("c", "n") if k in kinds] + \
+            [(k, 0) for k in ("a", "b") if k in kinds]
+    measure = Measure(size, args.gpu)
+    rows = [run_arm(kind, seed, arm(kind, seed), budget, measure) for kind, seed in order]
+    report(rows, budget, measure, args.resamples)
 
 
-def _plain(value):
-    return value.item() if hasattr(value, "item") else value  # numpy scalars from the table
+def run_arm(kind: str, seed: int, sweep, budget, measure) -> dict:
+    import cloudpickle
 
-
-def run_arm(arm: str, sweep, size: dict) -> dict:
-    from sweeper.definition import FinalEval
     from sweeper.driver.run import run_sweep
+    from sweeper.kinds import complete
 
-    sweep = sweep.with_(final=FinalEval(top_k=size["top_k"])).validate()
     start = time.perf_counter()
-    summary = run_sweep(sweep, sweep_file=f"bench/{arm}", quick=False)
+    summary = run_sweep(complete(sweep).validate(), sweep_file=f"bench/sweep_efficiency:{kind}", quick=False)
     client = summary.tracking.client()
-    timeline = _timeline(client, summary.tracking)
+    parent = client.get_run(summary.tracking.parent_run_id).data
+    planned = cloudpickle.loads((Path(parent.tags["sweeper.experiment_path"]) / "sweep.pkl").read_bytes())
+    probe = budget.amount - planned.budget.amount  # what the cost probe spent ((n) only)
     table = summary.table
-    row = {"arm": arm, "trials": len(table), "trial_seconds": float(table["trial_seconds"].sum()),
-           "fid_final": summary.final_value, "final_extractor": summary.measured_on, "table": table,
-           "timeline": timeline, "last_fid": timeline[-1][1] if timeline else float("nan"),
-           "eval_extractor": dict(summary.tracking.child_tags)["sweeper.fid_extractor"]}
-    print(f"[{arm}] {row['trials']} trials, {row['trial_seconds']:.0f} trial-seconds, best fid_final "
-          f"{summary.final_value:.2f}, wall {time.perf_counter() - start:.0f} s", flush=True)
+    hist = histories(client, table)
+    row = dict(kind=kind, seed=seed, trials=len(table), probe=probe, early_late=early_late(hist),
+               kimg=float(table["kimg"].fillna(0).sum()),
+               compute=probe + float(table["compute_s"].fillna(0).sum()), timeline=timeline(hist, probe),
+               winner=summary.winner, fid_final=summary.final_value,
+               proposed_by=table.set_index("trial_id")["proposed_by"].get(summary.winner),
+               plan={k: v for k, v in parent.params.items() if k.startswith("plan.")},
+               rank_corr={k.split(".", 1)[1]: v for k, v in parent.metrics.items() if k.startswith("rank_corr.")})
+    row["feats"] = measure.features(summary) if summary.model_version else None
+    row["wall"] = time.perf_counter() - start
+    print(f"[{kind}{seed}] {row['trials']} trials, compute {row['compute']:.1f} of {budget} (probe {probe:.1f}), "
+          f"winner {summary.winner}, wall {row['wall']:.0f} s", flush=True)
     return row
 
 
-def _timeline(client, tracking) -> list[tuple[float, float]]:
-    """(cumulative trial-seconds, best per-eval FID so far) at every eval of the arm, in wall order."""
-    runs = client.search_runs([tracking.experiment_id], f"tags.`mlflow.parentRunId` = '{tracking.parent_run_id}'")
-    spans, events = [], []
-    for run in runs:
-        history = sorted(client.get_metric_history(run.info.run_id, "fid"), key=lambda m: m.timestamp)
-        if history:
-            spans.append((run.info.start_time, history[-1].timestamp))
-            events += [(m.timestamp, m.value) for m in history]
-    timeline, best = [], float("inf")
-    for when, fid in sorted(events):
+def histories(client, table) -> dict:
+    """run id -> [(time logged, eval period, compute_s, per-eval fid)] of each trial of an arm."""
+    out = {}
+    for run_id in table["run_id"].dropna():
+        fid = {m.step: m.value for m in client.get_metric_history(run_id, "fid")}
+        out[run_id] = [(m.timestamp, m.step, m.value, fid.get(m.step, math.inf))
+                       for m in client.get_metric_history(run_id, "compute_s")]
+    return out
+
+
+def timeline(hist: dict, probe: float) -> list[tuple[float, float]]:
+    """(compute counted so far, best per-eval FID so far) after each eval period, in wall order."""
+    spent, best, out = {}, math.inf, []
+    for _, run_id, compute, fid in sorted((t, r, c, f) for r, events in hist.items() for t, _, c, f in events):
+        spent[run_id] = compute
         best = min(best, fid)
-        used = sum(max(0, min(when, end) - begin) for begin, end in spans) / 1000
-        timeline.append((used, best))
-    return timeline
+        out.append((probe + sum(spent.values()), best))
+    return out
+
+
+def early_late(hist: dict, early: int = 2, late: int = 6) -> str:
+    """Spearman's rho of the trials' best per-eval FID at `early` and at `late` eval periods, over
+    the arm's trials that reached `late` (whatever stopped or paused the others)."""
+    from scipy.stats import spearmanr
+
+    pairs = [[min(f for _, p, _, f in events if p <= at) for at in (early, late)]
+             for events in hist.values() if max((p for _, p, _, _ in events), default=0) >= late]
+    return f"{spearmanr(*zip(*pairs)).statistic:+.2f} ({len(pairs)})" if len(pairs) >= 3 else f"- ({len(pairs)})"
+
+
+class Measure:
+    """The comparison FID: a winner's Inception features, and FIDs of bootstrap resamples of them."""
+
+    def __init__(self, size: dict, gpu: bool):
+        import torch
+
+        from sweeper.kinds.refstats import REPORT, reference_stats
+        from trainables.data import prepare
+        from trainables.metrics import standard_spec
+
+        self.n, self.device = size["final_samples"], torch.device("cuda" if gpu else "cpu")
+        self.extractor = standard_spec().build(self.device)
+        data = prepare(f"{DATA}:cat", 32).data  # the sweeps' cache entries: statistics computed once
+        self.real = reference_stats(data.images, data.fingerprint, self.extractor, size["ref_samples"], half=REPORT)
+
+    def features(self, summary):
+        import torch
+
+        from sweeper.kinds.generators import load
+        from trainables.metrics import extract
+        from trainables.training.evaluate import to_uint8
+
+        G = load(f"models:/{summary.model}/{summary.model_version}", summary.tracking.uri, self.device)
+        z = torch.randn(self.n, summary.best_config["z_dim"], generator=torch.Generator().manual_seed(Z_SEED))
+        with torch.no_grad():
+            images = torch.cat([to_uint8(G(b.to(self.device))).cpu() for b in z.split(250)])
+        return torch.from_numpy(extract(self.extractor, images, progress="comparison features"))
+
+    def fids(self, feats, draws):
+        """FID of feats[idx] for each row idx of `draws` (module docstring)."""
+        import torch
+
+        t = dict(dtype=torch.float64, device=self.device)
+        F, mu_r, sigma_r = feats.to(**t), torch.tensor(self.real.mu, **t), torch.tensor(self.real.sigma, **t)
+        values, vectors = torch.linalg.eigh(sigma_r)
+        FR = F @ (vectors * values.clamp(min=0).sqrt()) @ vectors.T
+        n, small = len(F), len(F) <= F.shape[1]
+        gram = FR @ FR.T if small else None
+        out = []
+        for idx in draws.to(self.device):
+            X = F[idx]
+            mu = X.mean(0)
+            if small:
+                g = gram[idx][:, idx]
+                g = g - g.mean(0, keepdim=True) - g.mean(1, keepdim=True) + g.mean()
+            else:
+                A = FR[idx] - FR[idx].mean(0)
+                g = A.T @ A
+            root = torch.linalg.eigvalsh(g / (n - 1)).clamp(min=0).sqrt().sum()
+            out.append(((mu - mu_r) ** 2).sum() + ((X - mu) ** 2).sum() / (n - 1) + sigma_r.trace() - 2 * root)
+        return torch.stack(out).cpu().numpy()
+
+
+def report(rows: list[dict], budget, measure: Measure, resamples: int) -> None:
+    import numpy as np
+    import torch
+
+    from trainables.metrics import feature_stats, frechet_distance
+
+    n = measure.n
+    draws = torch.cat([torch.arange(n)[None], torch.randint(0, n, (resamples, n), generator=torch.Generator().manual_seed(0))])
+    for row in rows:
+        row["fid"] = measure.fids(row["feats"], draws) if row["feats"] is not None else np.full(resamples + 1, np.nan)
+    check = next((r for r in rows if r["feats"] is not None), None)
+    if check is not None:  # the bootstrap's formula against the library's at the full sample
+        exact = frechet_distance(*feature_stats(check["feats"].numpy()), measure.real.mu, measure.real.sigma)
+        print(f"check: frechet_distance {exact:.4f}, bootstrap formula {check['fid'][0]:.4f}")
+
+    def ci(values) -> str:  # the full sample's value +- 1.96 bootstrap standard deviations (module docstring)
+        half = 1.96 * np.std(values[1:], ddof=1)
+        return f"{values[0]:.2f} [{values[0] - half:.2f}, {values[0] + half:.2f}]"
+
+    names = dict(c="(c) seed 000 alone", b="(b) FIFO random", a="(a) ASHA + TPE", n="(n) Promotion + TPE, budget")
+    print(f"\nB = {budget} per arm; comparison FID: inception-v3-compat, {n} generated (z seed {Z_SEED}) vs "
+          f"{measure.real.n_samples} real (REPORT half), 95% normal bootstrap CI over {resamples} resamples\n")
+    print("| arm | seed | trials | kimg | compute | vs B | winner (proposed by) | sweep's fid_final | best per-eval FID "
+          "| rho(FID@2, FID@6) (trials) | FID [95% CI] | wall s |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        best = r["timeline"][-1][1] if r["timeline"] else math.nan
+        print(f"| {names[r['kind']]} | {r['seed']} | {r['trials']} | {r['kimg']:.0f} | {r['compute']:.1f} | "
+              f"{100 * (r['compute'] / budget.amount - 1):+.1f}% | {r['winner']} ({r['proposed_by']}) | "
+              f"{r['fid_final'] or math.nan:.2f} | {best:.2f} | {r['early_late']} | {ci(r['fid'])} | {r['wall']:.0f} |")
+    by = {(r["kind"], r["seed"]): r for r in rows}
+    pairs = [(by["n", s], by["c", s]) for s in sorted({r["seed"] for r in rows}) if ("n", s) in by and ("c", s) in by]
+    if pairs:
+        print("\n| repeat | FID_n / FID_c [95% paired CI] | target: (c)'s best per-eval FID | compute (n) needed "
+              "to reach it | (n)'s plan | rank correlations between rungs |")
+        print("|---|---|---|---|---|---|")
+        for rn, rc in pairs:
+            target = rc["timeline"][-1][1] if rc["timeline"] else math.nan
+            reach = next((spent for spent, best in rn["timeline"] if best <= target), None)
+            needed = "not reached" if reach is None else f"{reach:.1f} ({reach / budget.amount:.2f} B)"
+            p = rn["plan"]
+            plan = (f"rungs {p.get('plan.rungs')}, configurations per bracket {p.get('plan.brackets')}, "
+                    f"{float(p.get('plan.cost_per_period', 'nan')):.1f} per period, expected "
+                    f"{float(p.get('plan.expected_cost', 'nan')):.0f} + probe {rn['probe']:.0f}")
+            corr = ", ".join(f"{k.replace('_', '->')} {v:+.2f}" for k, v in rn["rank_corr"].items()) or "-"
+            print(f"| {rn['seed']} | {ci(rn['fid'] / rc['fid'])} | {target:.2f} | {needed} | {plan} | {corr} |")
+        mean_n = np.mean([rn["fid"] for rn, _ in pairs], axis=0)
+        mean_c = np.mean([rc["fid"] for _, rc in pairs], axis=0)
+        print(f"\nmean FID_n {ci(mean_n)}, mean FID_c {ci(mean_c)}, mean FID_n / mean FID_c {ci(mean_n / mean_c)} "
+              f"over {len(pairs)} repeats (goal: <= 0.75 with the CI below 1)")
+        if ("a", 0) in by:
+            print(f"mean FID_n / FID_a {ci(mean_n / by['a', 0]['fid'])} (goal: below 1)")
 
 
 if __name__ == "__main__":

@@ -29,7 +29,10 @@ def plan_sweep(sweep: Sweep, kind, shared: dict, per_trial: dict) -> tuple[Sweep
     plan = plan_budget(left.amount, cost.per_period(budget.unit, promotion.first_rung),
                        eta=promotion.reduction_factor, first_rung=promotion.first_rung,
                        max_brackets=promotion.max_brackets)
-    planned = sweep.with_(config=sweep.config.replace(num_evals=plan.max_t), num_samples=plan.num_samples,
+    # The plan's count is what its estimated cost pays for, rounded down; the budget's admission
+    # (sweeper.search.spending), at the cost the trials measure, decides how many really start:
+    # fewer where a period costs more, up to twice as many where the rounding or the estimate left room.
+    planned = sweep.with_(config=sweep.config.replace(num_evals=plan.max_t), num_samples=2 * plan.num_samples,
                           budget=left).validate()
     lines = [cost.line(budget), *describe(plan, budget.unit),
              f"  the trials may spend {left} (the budget less the probe); the sweep stops when they have"]
