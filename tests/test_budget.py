@@ -4,7 +4,6 @@ best value (not its last), paused trials resumed exactly from their checkpoints,
 in the middle resumed with its rungs and spending intact, repeating no eval period."""
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -12,6 +11,7 @@ from pathlib import Path
 
 import pytest
 from mlflow.tracking import MlflowClient
+from sessions import kill_session
 
 pytestmark = pytest.mark.slow  # whole sweeps: a minute or two each
 
@@ -153,18 +153,6 @@ def test_paused_trials_resume_exactly_and_the_best_train_to_a_long_horizon(budge
     assert longest > rungs["rungs"][1]  # someone trained past the second rung
 
 
-def _session(sid: int) -> list[int]:
-    found = []
-    for entry in Path("/proc").iterdir():
-        try:
-            stat = (entry / "stat").read_text()
-            if entry.name.isdigit() and int(stat[stat.rindex(")") + 2:].split()[3]) == sid:
-                found.append(int(entry.name))
-        except (OSError, ValueError):
-            continue
-    return found
-
-
 def _search_state(workdir: Path) -> dict | None:
     states = list((workdir / "sweeps" / "ray_results").glob("walk-*/search_state.json"))
     try:
@@ -188,11 +176,7 @@ def test_a_budgeted_sweep_killed_in_the_middle_resumes_its_rungs_and_budget(tmp_
                 assert sweep.poll() is None and time.monotonic() < deadline, (tmp_path / "first.log").read_text()
                 time.sleep(0.5)
         finally:
-            for pid in _session(sweep.pid):
-                try:
-                    os.kill(pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
+            kill_session(sweep.pid)
             sweep.wait()
     before = _search_state(tmp_path)
     result = _sweeper(tmp_path, "resume")

@@ -13,6 +13,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
+from sessions import kill_session, session
 
 pytestmark = pytest.mark.slow  # real sweeps (killed, resumed, failing): minutes
 
@@ -58,20 +59,6 @@ def _wait_for_fids(db: Path, n: int, sweep) -> None:
         time.sleep(1)
 
 
-def _session(sid: int) -> dict[int, str]:
-    """pid -> command line of every process in session `sid` (the driver's, and what Ray started)."""
-    found = {}
-    for entry in Path("/proc").iterdir():
-        try:
-            stat = (entry / "stat").read_text()
-            fields = stat[stat.rindex(")") + 2:].split()
-            if entry.name.isdigit() and int(fields[3]) == sid:
-                found[int(entry.name)] = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
-        except (OSError, ValueError):
-            continue
-    return found
-
-
 @pytest.fixture(scope="module")
 def resumed(tmp_path_factory):
     workdir = tmp_path_factory.mktemp("resume")
@@ -83,17 +70,13 @@ def resumed(tmp_path_factory):
         try:
             # A trial process killed outright (as a lost spot instance or the OOM killer would).
             _wait_for_fids(db, 2, sweep)
-            trials = [pid for pid, cmd in _session(sweep.pid).items() if cmd.startswith("ray::ImplicitFunc")]
-            assert trials, _session(sweep.pid)
+            trials = [pid for pid, cmd in session(sweep.pid).items() if cmd.startswith("ray::ImplicitFunc")]
+            assert trials, session(sweep.pid)
             os.kill(trials[0], signal.SIGKILL)
             # Then the driver with everything it started, as a crashed machine would.
             _wait_for_fids(db, _fids(db) + 4, sweep)
         finally:
-            for pid in _session(sweep.pid):
-                try:
-                    os.kill(pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
+            kill_session(sweep.pid)
             sweep.wait()
     killed_at = _fids(db)
     result = subprocess.run([sys.executable, "-m", "sweeper", "resume"], cwd=workdir, env=_env(),
