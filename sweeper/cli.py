@@ -196,6 +196,16 @@ def describe(sweep, storage: str | None = None) -> str:
     return "\n".join(lines)
 
 
+def _short(value: float) -> str:
+    """3 significant digits, or as many as it takes not to round to another value's look: an EMA
+    decay of 0.9999 is not "1" (which would mean a frozen EMA)."""
+    for digits in (3, 4, 5, 6):
+        text = f"{value:.{digits}g}"
+        if float(text) != round(value) or value == round(value):
+            return text
+    return repr(value)
+
+
 def _space_lines(space, searched) -> list[str]:
     if callable(space):
         return [f"  define-by-run {space.__name__}(): {', '.join(sorted(searched))}"]
@@ -222,7 +232,7 @@ def _report(summary) -> str:
 
         return "\n".join(lines + [f"nothing registered: {why_nothing(summary.table, summary.final_metric)}",
                                   f"MLflow store: {summary.tracking.uri}"])
-    config = ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in summary.best_config.items())
+    config = ", ".join(f"{k}={_short(v)}" if isinstance(v, float) else f"{k}={v}" for k, v in summary.best_config.items())
     measured_on = f"  ({summary.measured_on})" if summary.measured_on else ""
     row = summary.table[summary.table["trial_id"] == summary.winner].iloc[0]
     per_eval = next((c for c in summary.table.columns if c.startswith("best_") and c != summary.final_metric), None)

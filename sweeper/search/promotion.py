@@ -120,7 +120,8 @@ class PromotionASHA(FIFOScheduler):
             counts = ", ".join(f"{len(rungs[i])}@{self._rungs[i]}" for i in range(s, len(self._rungs)))
             lines.append(f"bracket {s}: recorded {counts}")
         if self._forced:
-            lines.append(f"{self._forced} promotions forced (a concurrency limit counting paused trials)")
+            lines.append(f"{self._forced} promotions forced (new configurations held back: a budget, or a limit "
+                         f"counting paused trials)")
         return "\n".join(lines)
 
     def state(self) -> dict:
