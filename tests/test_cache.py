@@ -165,10 +165,10 @@ def test_converted_writers_leave_readable_files(tmp_path):
 def test_resume_state_files_are_written_whole_on_a_local_filesystem(tmp_path):
     import pyarrow.fs
 
-    from sweeper.driver.resume import _write
+    from trainables.cache import write_whole  # what resume's state files and the search state are written with
 
     fs, folder = pyarrow.fs.FileSystem.from_uri(str(tmp_path))
-    _write(fs, f"{folder}/sweeper.json", b'{"status": "running"}')
-    _write(fs, f"{folder}/sweeper.json", b'{"status": "finished"}')
+    write_whole(fs, f"{folder}/sweeper.json", b'{"status": "running"}')
+    write_whole(fs, f"{folder}/sweeper.json", b'{"status": "finished"}')
     assert Path(tmp_path / "sweeper.json").read_bytes() == b'{"status": "finished"}'
     assert os.listdir(tmp_path) == ["sweeper.json"]

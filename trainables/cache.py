@@ -67,3 +67,15 @@ def file_sha256(path: str | os.PathLike) -> str:
         while chunk := f.read(1 << 20):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+def write_whole(fs, path: str, data: bytes) -> None:
+    """`data` at `path` on a pyarrow filesystem, seen whole or not at all: atomically on a local
+    disk (a reader sees the old file or the new one), and as an object store's put, atomic already."""
+    import pyarrow.fs
+
+    if isinstance(fs, pyarrow.fs.LocalFileSystem):
+        write_atomic(path, data)
+        return
+    with fs.open_output_stream(path) as f:
+        f.write(data)

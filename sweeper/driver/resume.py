@@ -22,7 +22,7 @@ import pyarrow.fs
 from ray import cloudpickle, tune
 
 from sweeper.driver.moved import old_module_names
-from trainables.cache import write_atomic
+from trainables.cache import write_whole
 from trainables.errors import BadInput
 
 log = logging.getLogger("sweeper")
@@ -60,14 +60,14 @@ def split_experiment_path(path: str) -> tuple[str, str]:
 def write_state(state: SweepState, sweep) -> None:
     fs, path = pyarrow.fs.FileSystem.from_uri(state.path)
     fs.create_dir(path, recursive=True)
-    _write(fs, f"{path}/{SWEEP_FILE}", cloudpickle.dumps(sweep))
-    _write(fs, f"{path}/{STATE_FILE}", json.dumps(dataclasses.asdict(state), indent=2).encode())
+    write_whole(fs, f"{path}/{SWEEP_FILE}", cloudpickle.dumps(sweep))
+    write_whole(fs, f"{path}/{STATE_FILE}", json.dumps(dataclasses.asdict(state), indent=2).encode())
 
 
 def set_status(state: SweepState, status: str) -> SweepState:
     state = dataclasses.replace(state, status=status)
     fs, path = pyarrow.fs.FileSystem.from_uri(state.path)
-    _write(fs, f"{path}/{STATE_FILE}", json.dumps(dataclasses.asdict(state), indent=2).encode())
+    write_whole(fs, f"{path}/{STATE_FILE}", json.dumps(dataclasses.asdict(state), indent=2).encode())
     return state
 
 
@@ -123,12 +123,3 @@ class AlreadyFinished(Exception):
 
 def now() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S")
-
-
-def _write(fs, path: str, data: bytes) -> None:
-    if isinstance(fs, pyarrow.fs.LocalFileSystem):
-        write_atomic(path, data)  # a reader sees the old file or the new one, never a part of it
-        return
-    # An object store's put is atomic already: the object appears whole or not at all.
-    with fs.open_output_stream(path) as f:
-        f.write(data)

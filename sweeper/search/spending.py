@@ -29,7 +29,7 @@ import pyarrow.fs
 from ray.tune import Callback, Stopper
 
 from sweeper.definition import Budget, parse_budget
-from trainables.cache import write_atomic
+from trainables.cache import write_whole
 
 STATE_FILE = "search_state.json"
 _REGISTRY: dict[str, "Spending"] = {}
@@ -141,7 +141,4 @@ def _write(path: str, data: bytes) -> None:
     fs, root = pyarrow.fs.FileSystem.from_uri(path)
     if isinstance(fs, pyarrow.fs.LocalFileSystem):
         fs.create_dir(root, recursive=True)
-        write_atomic(f"{root}/{STATE_FILE}", data)
-        return
-    with fs.open_output_stream(f"{root}/{STATE_FILE}") as f:  # an object store's put is atomic
-        f.write(data)
+    write_whole(fs, f"{root}/{STATE_FILE}", data)
