@@ -183,6 +183,7 @@ def describe(sweep, storage: str | None = None) -> str:
              "search space:", *_space_lines(sweep.space, searched),
              "warm start:", *(f"  {point}" + (f"; {text}" if (text := sweep.warm_start_text(i)) else "")
                               for i, point in enumerate(sweep.warm_points)),
+             *(f"  {neighbour.text()}" for neighbour in sweep.enqueued_neighbours()),
              f"searcher: {sweep.searcher}", f"scheduler: {sweep.scheduler} on eval_period, max {sweep.config.num_evals}",
              f"objective: {sweep.objective} (the best {sweep.metric} a trial reached: rungs, searcher, final candidates)",
              f"budget: {sweep.budget or 'none'}"

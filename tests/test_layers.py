@@ -60,7 +60,7 @@ def test_a_sweep_pickled_by_the_old_layout_resumes_as_the_same_sweep(tmp_path):
     trial = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=1)).ask()
     sweep.space(trial)
     assert {"optimizer", "g_lr", "d_lr", "z_dim", "g_norm", "d_norm"} <= set(trial.params)
-    assert build_searcher(sweep)._points_to_evaluate == today.warm_points
+    assert build_searcher(sweep)._points_to_evaluate[:len(today.warm_points)] == today.warm_points
 
 
 def test_a_dict_space_sweep_pickled_by_the_old_layout_loads(tmp_path):

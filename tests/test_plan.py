@@ -1,12 +1,18 @@
 """A budget's text and the plan derived from it: the rungs, brackets and configurations match plans
-computed by hand (sweeper.search.plan's docstring gives the rule). Pure: no Ray."""
+computed by hand (sweeper.search.plan's docstring gives the rule), and the rungs in compute where
+trials differ in cost per period. No Ray started."""
 import json
 
 import pytest
+from ray import tune
 
+from sweeper import Promotion, Sweep
 from sweeper.definition.budget import Budget, parse_budget
 from sweeper.definition.options import SweepError
+from sweeper.kinds import complete
 from sweeper.search.plan import Plan, bracket_periods, describe, plan_budget
+from sweeper.search.tuner import build_scheduler
+from trainables.config import GANConfig
 
 
 @pytest.mark.parametrize("text, amount, unit", [
@@ -91,3 +97,21 @@ def test_describe_names_the_rungs_and_brackets():
     assert lines[1:] == ["  bracket 0: 9 at 2 -> 3 at 6 -> 1 at 18", "  bracket 1: 3 at 6 -> 1 at 18",
                          "  bracket 2: 1 at 18", "  expected cost 1800 gpu-s (20 gpu-s per eval period)"]
     json.dumps(lines)
+
+
+def test_rungs_are_in_compute_where_the_space_searches_what_a_period_costs():
+    def sweep(space, **kwargs):
+        return complete(Sweep("c", GANConfig(num_evals=20), space=space, **kwargs)).validate()
+
+    costly = sweep({"n_critic": tune.choice([1, 5]), "g_lr": tune.uniform(1e-4, 1e-3)}, budget="600cpu-s")
+    assert costly.scheduler.rungs_in == "compute"
+    assert sweep({"g_lr": tune.uniform(1e-4, 1e-3)}).scheduler.rungs_in == "periods"
+    assert sweep({"n_critic": tune.choice([1, 5])}, scheduler=Promotion(rungs_in="periods")).scheduler.rungs_in == "periods"
+    plan = plan_budget(540, 10.0)
+    rungs = build_scheduler(costly, plan).rungs
+    assert rungs.periods == plan.rungs and rungs.compute_attr == "compute_s"
+    assert rungs.compute == tuple((r - 0.5) * 10.0 for r in plan.rungs[:-1])
+    assert build_scheduler(costly.with_(budget=parse_budget("900kimg")), plan).rungs.compute_attr == "kimg"
+    assert build_scheduler(costly.with_(budget=None)).rungs.compute == ()  # no measured cost: periods
+    with pytest.raises(SweepError, match="scheduler.rungs_in: 'flops'"):
+        Promotion(rungs_in="flops")

@@ -14,7 +14,7 @@ from ray import tune
 from ray.tune.search import Searcher
 
 from sweeper.search.plan import plan_budget
-from sweeper.search.promotion import PromotionASHA, RunningLimiter
+from sweeper.search.promotion import PromotionASHA, Rungs, RunningLimiter
 
 DEADLINE_S = 150  # Tune's own time budget: a deadlocked run ends there and fails the test
 
@@ -32,7 +32,9 @@ def train(config):
             f.write(f"{period} {start}\n")
         with tempfile.TemporaryDirectory() as d:
             Path(d, "state.json").write_text(json.dumps({"period": period}))
-            tune.report({"period": period, "loss": config["x"] + 1 / period},
+            # `compute`: what the trial has spent, at its cost per period: costs[x % len(costs)], else 1.
+            cost = config.get("costs", [1])[config["x"] % len(config.get("costs", [1]))]
+            tune.report({"period": period, "loss": config["x"] + 1 / period, "compute": period * cost},
                         checkpoint=tune.Checkpoint.from_directory(d))
 
 
@@ -59,11 +61,11 @@ def ray_local():
     ray.shutdown()
 
 
-def _fit(tmp_path, scheduler, num_samples, xs=None, **tune_config):
+def _fit(tmp_path, scheduler, num_samples, xs=None, space=(), **tune_config):
     """`xs`: a grid of these values of x (else the search algorithm proposes `num_samples`)."""
     log_dir = tmp_path / "logs"
     log_dir.mkdir()
-    space = {"log_dir": str(log_dir), "max_t": scheduler.state()["rungs"][-1]}
+    space = {"log_dir": str(log_dir), "max_t": scheduler.state()["rungs"][-1], **dict(space)}
     # reuse_actors: a resumed trial restores its checkpoint in another trial's process, 5x faster
     # here than a process per start (the sweep's setting, where the same assertions hold too).
     tuner = tune.Tuner(
@@ -98,16 +100,19 @@ def test_the_best_third_of_each_rung_go_on_from_their_checkpoints(ray_local, tmp
     plan = plan_budget(36, 1.0, first_rung=1, max_brackets=2)
     assert (plan.rungs, plan.configs, plan.cost) == ((1, 3, 9), (9, 3), 36)
     scheduler = PromotionASHA.from_plan(plan, time_attr="period")
-    # Trials join the brackets in turn: x = 0..8 bracket 0, x = 9..11 bracket 1.
+    # Trials join the bracket furthest below its share (9 : 3), worked by hand: x = 1, 5, 9 bracket 1,
+    # the others bracket 0. A budget that stops admitting after 4 trials has started both brackets.
+    in_1 = [1, 5, 9]
+    in_0 = [x for x in range(12) if x not in in_1]
     results, logs = _fit(tmp_path, scheduler, plan.num_samples, search_alg=RunningLimiter(InOrder(), max_concurrent=2))
     _assert_exact_continuation(logs, plan.rungs)
     last = {x: lines[-1][0] for x, lines in logs.items()}
     assert set(last.values()) <= set(plan.rungs)  # a trial that never went on ended where it paused
     # Loss x + 1/period ranks the trials by x at every rung: the best 1/3 of each rung went on.
-    bracket_0 = [sorted(x for x in range(9) if last[x] >= r) for r in plan.rungs]
-    bracket_1 = [sorted(x for x in range(9, 12) if last[x] >= r) for r in plan.rungs[1:]]
-    assert bracket_0 == [list(range(9)), [0, 1, 2], [0]] and bracket_1 == [[9, 10, 11], [9]]
-    assert all(logs[x][0] == (1, 0) and (2, 1) not in logs[x] for x in range(9, 12))  # no pause at period 1
+    bracket_0 = [sorted(x for x in in_0 if last[x] >= r) for r in plan.rungs]
+    bracket_1 = [sorted(x for x in in_1 if last[x] >= r) for r in plan.rungs[1:]]
+    assert bracket_0 == [in_0, [0, 2, 3], [0]] and bracket_1 == [in_1, [1]]
+    assert all(logs[x][0] == (1, 0) and (2, 1) not in logs[x] for x in in_1)  # no pause at period 1
     assert any(start > 0 for lines in logs.values() for _, start in lines), "no trial resumed from a checkpoint"
     assert sum(last.values()) == plan.cost  # the periods trained: exactly the plan's
     assert sorted(r.metrics["training_iteration"] for r in results) == sorted(last.values())
@@ -134,3 +139,33 @@ def test_with_tunes_own_concurrency_limit_the_run_still_ends(ray_local, tmp_path
     _assert_exact_continuation(logs, (1, 3))
     assert scheduler.state()["forced"] > 0
     assert logs[0][-1][0] == 3 and logs[2][-1][0] == 1
+
+
+def test_rungs_in_compute_compare_trials_at_equal_compute_not_equal_periods(ray_local, tmp_path):
+    # Rungs 2, 6, 18 periods of a config costing 1 a period: rung 2 at compute 1.5, rung 6 at 5.5
+    # (half a period early: the report nearest the horizon). Trial x costs 2, 1 or 0.5 a period
+    # (x % 3 = 0, 1, 2), so it reaches the first rung at period 1, 2 or 3: compute 2, 2, 1.5.
+    rungs = Rungs.in_compute((2, 6, 18), 1.0, "compute")
+    assert rungs.compute == (1.5, 5.5)
+    scheduler = PromotionASHA(rungs=rungs, eta=3, time_attr="period")
+    results, logs = _fit(tmp_path, scheduler, 6, space={"costs": [2.0, 1.0, 0.5]},
+                         search_alg=RunningLimiter(InOrder(), max_concurrent=2))
+    first_pause = {x: max(period for period, start in lines if start == 0) for x, lines in logs.items()}
+    assert first_pause == {x: [1, 2, 3][x % 3] for x in range(6)}
+    # The best (x 0, at 2 a period) pauses next where its compute reaches rung 6's, period 3 (compute
+    # 6), and trains its whole run: the last rung is max_t periods, not compute.
+    assert [start for _, start in logs[0]] == [0, 1, 1, *[3] * 15]
+    assert max(lines[-1][0] for lines in logs.values()) == 18
+    state = scheduler.state()
+    assert len(state["records"][0][0]) == 6 and state["forced"] == 0
+    assert "in compute" in scheduler.debug_string()
+
+
+def test_a_rung_reached_is_the_highest_whose_horizon_the_result_has_reached():
+    periods = Rungs((2, 6, 18))
+    assert [periods.reached({"t": t}, "t") for t in (1, 2, 5, 6, 17, 18)] == [None, 0, 0, 1, 1, 2]
+    compute = Rungs.in_compute((2, 6, 18), 10.0, "spent")
+    assert compute.reached({"t": 1, "spent": 14.9}, "t") is None and compute.reached({"t": 1, "spent": 15}, "t") == 0
+    assert compute.reached({"t": 17, "spent": 54.9}, "t") == 0 and compute.reached({"t": 3, "spent": 60}, "t") == 1
+    assert compute.reached({"t": 18, "spent": 20}, "t") == 2  # max_t periods ends a cheap trial's run
+    assert compute.reached({"spent": 99}, "t") is None

@@ -4,6 +4,7 @@ from ray import tune
 
 from sweeper import TPE, Promotion, Sweep
 from sweeper.kinds import complete
+from sweeper.search.promotion import Rungs
 from sweeper.search.tuner import build_searcher
 from trainables.config import GANConfig
 
@@ -66,3 +67,16 @@ def test_without_rungs_the_searcher_is_optunas_own_tpe():
         searcher.on_trial_complete(f"a{i}", None)
     searcher.suggest("b")
     assert not getattr(searcher, "modelled_on", {})
+
+
+def test_with_rungs_in_compute_a_result_is_told_once_at_the_rung_its_compute_reached():
+    # Rungs 2, 6 periods of a config costing 10 a period: rung 2 at compute 15, rung 6 is max_t
+    # periods. This trial costs 20 a period: it reaches rung 2 at period 1, told there at step 2
+    # (where the rung model reads rung 2), and nothing more until max_t.
+    searcher = _searcher()
+    searcher.rung_clock = Rungs.in_compute((2, 6), 10.0, "compute_s")
+    searcher.suggest("t")
+    for period in range(1, 7):
+        searcher.on_trial_result("t", {"fid_best": 10.0 - period, "eval_period": period, "compute_s": 20.0 * period})
+    trial = searcher._ot_study.get_trials(deepcopy=False)[0]
+    assert trial.intermediate_values == {2: 9.0, 6: 4.0}

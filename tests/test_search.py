@@ -10,7 +10,7 @@ from ray import tune
 
 from sweeper import ASHA, TPE, Resources, Sweep
 from sweeper.kinds import complete
-from sweeper.search.searcher import STARTUP, WARM_START
+from sweeper.search.searcher import STARTUP, WARM_NEIGHBOUR, WARM_START
 from sweeper.search.searcher import TPE as PROPOSED_BY_TPE
 from sweeper.search.tuner import build_searcher, build_tuner, max_concurrent
 from trainables.config import GANConfig
@@ -69,8 +69,10 @@ def test_with_a_small_concurrency_tpe_proposes_most_trials(steered):
     origins = [searcher.proposed_by[r.metrics["trial_id"]] for r in results]
     assert len(origins) == sweep.num_samples
     assert origins.count(WARM_START) == 1
+    # The warm start is at the bottom of g_lr's range: its x0.5 neighbour would be itself, x2 runs.
+    assert origins.count(WARM_NEIGHBOUR) == 1
     assert origins.count(PROPOSED_BY_TPE) > sweep.num_samples / 2, origins
-    assert set(origins) <= {WARM_START, STARTUP, PROPOSED_BY_TPE}
+    assert set(origins) <= {WARM_START, WARM_NEIGHBOUR, STARTUP, PROPOSED_BY_TPE}
     assert searcher.finished == {r.metrics["trial_id"] for r in results}
 
 

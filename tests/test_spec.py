@@ -138,6 +138,8 @@ def test_dry_run_prints_the_resolved_sweep_without_starting_ray(tmp_path):
     assert "seed = 3" in result.stdout and "resolution = 32" in result.stdout
     assert "define-by-run space(): beta1, beta2, d_lr, d_norm, diffaugment, ema_decay, g_lr" in result.stdout
     assert "{'optimizer': 'adam', 'g_lr': 8e-05, 'd_lr': 0.0001" in result.stdout  # seed 000 warm start
+    # 6 trials: the 2 warm starts take the third that warm starts and neighbours may have.
+    assert "warm-start neighbour" not in result.stdout
     assert list(tmp_path.iterdir()) == []
 
 

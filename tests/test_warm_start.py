@@ -1,7 +1,8 @@
 """A warm start that is a whole config runs as the whole published config: its non-searched values
 that differ from the sweep's config are its trial's fixed overrides (in that trial's Tune config
 only, applied and logged by the trial), what is prepared once per sweep stays the sweep's, and a
-dict warm start naming a prepared key is an error (real Optuna; no training)."""
+dict warm start naming a prepared key is an error. Each warm start's neighbours (its learning rates
+x1/2 and x2, in range) follow it, with its overrides, as searched trials (real Optuna; no training)."""
 import shutil
 from pathlib import Path
 
@@ -9,8 +10,9 @@ import pytest
 from ray import tune
 
 from sweeper import TPE, Sweep, SweepError
+from sweeper.definition.space import suggest_optimizer
 from sweeper.kinds import complete, kind_of
-from sweeper.search.searcher import STARTUP, WARM_START
+from sweeper.search.searcher import STARTUP, WARM_NEIGHBOUR, WARM_START
 from sweeper.search.searcher import TPE as PROPOSED_BY_TPE
 from sweeper.search.tuner import build_searcher
 from sweeper.tracking.outcomes import baseline_trial
@@ -98,6 +100,7 @@ def test_the_searcher_gives_the_overrides_to_the_warm_start_trial_only():
     for trial_id in ("t0", "t1"):
         searcher.on_trial_complete(trial_id, {sweep.objective: 1.0, "eval_period": sweep.config.num_evals})
     later = [searcher.suggest(f"t{i}") for i in range(2, 5)]
+    # 6 trials: the 2 warm starts take their third; no neighbour (test_the_searcher_proposes_...).
     assert [searcher.proposed_by[f"t{i}"] for i in range(5)] == [WARM_START, WARM_START] + [PROPOSED_BY_TPE] * 3
     assert all(set(config) == set(SPACE) for config in later), later
     assert STARTUP not in searcher.proposed_by.values()
@@ -140,3 +143,74 @@ def test_a_searcher_pickled_before_overrides_resumes_without_them(tmp_path):
         tuner = tune.Tuner.restore(str(tmp_path), tune.with_resources(run_trial, {"cpu": 1}))
     searcher = tuner._local_tuner._tune_config.search_alg
     assert searcher._warm_overrides == ()
+    # Nor neighbours: its enqueued points are warm starts, with no overrides.
+    assert searcher._n_neighbours == 0 and searcher._overrides(0) == {}
+
+
+def _optimizer_space(trial):
+    suggest_optimizer(trial, ["adam", "sgd"], lr=(1e-5, 1e-3))
+
+
+def test_the_neighbours_of_a_whole_config_scale_both_learning_rates_and_keep_its_overrides():
+    published = PUBLISHED.replace(g_lr=1e-4, d_lr=4e-4, optimizer="adam")
+    at_the_top = {"optimizer": "sgd", "g_lr": 1e-3, "d_lr": 2e-4, "momentum": 0.5}
+    at_the_corner = {"optimizer": "sgd", "g_lr": 1e-3, "d_lr": 1e-3, "momentum": 0.5}
+    sweep = _sweep(space=_optimizer_space, warm_start=[published, at_the_top, at_the_corner])
+    fixed = {"d_norm": "instance", "lr_schedule": "linear-decay", "batch_size": 128}
+    assert sweep.warm_overrides[0] == fixed
+    adam = {"optimizer": "adam", "beta1": published.beta1, "beta2": published.beta2}
+    assert sweep.neighbour_points == [
+        {**adam, "g_lr": 5e-5, "d_lr": 2e-4}, {**adam, "g_lr": 2e-4, "d_lr": 8e-4},
+        # x2 puts g_lr at the range's top, d_lr still moves: a neighbour.
+        {"optimizer": "sgd", "g_lr": 5e-4, "d_lr": 1e-4, "momentum": 0.5},
+        {"optimizer": "sgd", "g_lr": 1e-3, "d_lr": 4e-4, "momentum": 0.5},
+        # At the top in both, x2 is the warm start itself: only x0.5.
+        {"optimizer": "sgd", "g_lr": 5e-4, "d_lr": 5e-4, "momentum": 0.5}]
+    assert sweep.neighbour_overrides == [fixed, fixed, {}, {}, {}]
+    assert [(n.of, n.factor) for n in sweep.neighbours] == [(0, 0.5), (0, 2.0), (1, 0.5), (1, 2.0), (2, 0.5)]
+    assert sweep.neighbours[0].text() == "warm-start neighbour of [0]: g_lr=5e-05, d_lr=0.0002 (x0.5)"
+    # Neighbours are searched trials for the final evaluation: no warm start has their params.
+    assert not any(sweep.is_warm_start({**n.params, **n.overrides}) for n in sweep.neighbours)
+    assert all(sweep.warm_start_index({**n.params, **n.overrides}) is None for n in sweep.neighbours)
+
+
+def test_only_learning_rate_ranges_are_scaled():
+    # A learning rate searched as a choice is no range, lr_gamma no learning rate: no neighbours.
+    space = {"g_lr": tune.choice([1e-4, 2e-4]), "lr_gamma": tune.uniform(0.1, 0.9)}
+    sweep = _sweep(config=CONFIG.replace(lr_schedule="step"), space=space, warm_start=[{"g_lr": 1e-4, "lr_gamma": 0.2}])
+    assert sweep.neighbours == []
+    assert _sweep(warm_neighbours=()).neighbours == []
+
+
+def test_the_searcher_proposes_the_warm_starts_then_their_neighbours_with_their_overrides():
+    sweep = _sweep(num_samples=18)  # a third, 6, less the 2 warm starts: 4 neighbours, two of each
+    searcher = build_searcher(sweep)
+    searcher.set_search_properties(sweep.objective, sweep.mode, dict(sweep.space))
+    configs = [searcher.suggest(f"t{i}") for i in range(7)]
+    assert [searcher.proposed_by[f"t{i}"] for i in range(7)] == [WARM_START] * 2 + [WARM_NEIGHBOUR] * 4 + [STARTUP]
+    fixed = sweep.warm_overrides[0]
+    assert configs[2:6] == [{"g_lr": 5e-5, "d_norm": "instance", **fixed}, {"g_lr": 2e-4, "d_norm": "instance", **fixed},
+                            {"g_lr": 1.5e-4, "d_norm": "none"}, {"g_lr": 6e-4, "d_norm": "none"}]
+    # Optuna's trials know the searched params alone.
+    assert searcher._ot_trials["t2"].params == {"g_lr": 5e-5, "d_norm": "instance"}
+    assert searcher.suggest("t2") == configs[2]  # asked again, the same config
+
+
+@pytest.mark.parametrize("num_samples, configs, enqueued", [(6, None, 0), (9, None, 1), (12, None, 2), (18, None, 4),
+                                                             (30, None, 4), (6, 12, 2), (12, 6, 0)])
+def test_warm_starts_and_neighbours_take_at_most_a_third_of_the_configurations(num_samples, configs, enqueued):
+    # Two warm starts: the neighbours fill what they leave of a third of the configurations (a
+    # budget's plan passes its own count as `configs`).
+    sweep = _sweep(num_samples=num_samples)
+    assert len(sweep.neighbours) == 4
+    searcher = build_searcher(sweep, configs=configs)
+    assert searcher._points_to_evaluate == sweep.warm_points + sweep.neighbour_points[:enqueued]
+    assert searcher._neighbour_overrides == tuple(sweep.neighbour_overrides[:enqueued])
+
+
+@pytest.mark.parametrize("factors, shown", [((0.5, 1.0), "1.0"), ((0,), "0"), ((-2.0,), "-2.0"),
+                                            ((float("inf"),), "inf"), (("x2",), "'x2'"), (2.0, "2.0")])
+def test_a_bad_neighbour_factor_is_a_one_line_error(factors, shown):
+    with pytest.raises(SweepError, match=r"^warm_neighbours: ") as caught:
+        _sweep(warm_neighbours=factors)
+    assert shown in str(caught.value) and "\n" not in str(caught.value)

@@ -37,6 +37,9 @@ class ASHA:
     reduction_factor: int = 2
 
 
+RUNGS_IN = ("auto", "periods", "compute")
+
+
 @dataclass(frozen=True)
 class Promotion:
     """Asynchronous successive halving with promotion (sweeper.search.promotion), the default for GAN
@@ -45,16 +48,27 @@ class Promotion:
     Rungs at `first_rung` x reduction_factor^i eval periods. Without a budget, up to the config's
     num_evals, one bracket of num_samples trials; with one (`Sweep(budget=...)`), the rungs, the
     horizon, the trials and up to `max_brackets` Hyperband brackets come from the budget
-    (sweeper.search.plan)."""
+    (sweeper.search.plan).
+
+    `rungs_in`: "periods", or "compute" (with a budget: a trial reaches a rung when its compute
+    reaches what the rung's periods of the plan's config cost, so trials that differ in cost per
+    period are compared at equal compute; the last rung stays max_t periods, the end of every
+    trial's schedule; sweeper.search.promotion). Without a budget there is no measured cost to put
+    rungs in compute, and they are periods. "auto" (the default): "compute" where the space
+    searches a key that changes the cost of a period (the kind's `cost_keys`: for GANs n_critic,
+    batch_size, g_width, d_width, arch), else "periods"."""
     reduction_factor: int = 3
     first_rung: int = 2
     max_brackets: int = 3
+    rungs_in: str = "auto"
 
     def __post_init__(self):
         for key, low in (("reduction_factor", 2), ("first_rung", 1), ("max_brackets", 1)):
             value = getattr(self, key)
             if type(value) is not int or value < low:
                 raise SweepError(f"scheduler.{key}: must be an int >= {low}, got {value!r}")
+        if self.rungs_in not in RUNGS_IN:
+            raise SweepError(f"scheduler.rungs_in: {self.rungs_in!r} is not one of {', '.join(map(repr, RUNGS_IN))}")
 
 
 @dataclass(frozen=True)

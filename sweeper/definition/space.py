@@ -69,12 +69,7 @@ def warm_start_params(space, point) -> dict:
             if not _inside(key, space[key], value):
                 raise SpaceError(f"{key}={value!r} is outside the search space")
         return values
-    trial = optuna.trial.FixedTrial(values)
-    with warnings.catch_warnings():
-        # FixedTrial only warns about a value outside its range; we refuse it below.
-        warnings.filterwarnings("ignore", message=".*out of the range", category=UserWarning)
-        # A ValueError here: the space suggested a name the point lacks, or with bad arguments.
-        _no_constants(space(_NamedErrors(trial)))
+    trial = _fixed_trial(space, values)
     for name, value in trial.params.items():
         distribution = trial.distributions[name]
         if not _contains(distribution, value):
@@ -84,6 +79,18 @@ def warm_start_params(space, point) -> dict:
         if unused:
             raise SpaceError(f"key {unused[0]!r} is never suggested by the search space for this point")
     return dict(trial.params)
+
+
+def float_ranges(space, params: dict) -> dict[str, tuple[float, float, float | None]]:
+    """{key: (low, high, step or None)} of the keys among a point's searched `params` that the space
+    searches as a float range (a choice of floats is no range): where a value may move to. A
+    define-by-run space is run on the point itself, so the ranges are those of the point's branch."""
+    if callable(space):
+        distributions = _fixed_trial(space, params).distributions
+        return {key: (d.low, d.high, d.step) for key, d in distributions.items()
+                if isinstance(d, optuna.distributions.FloatDistribution)}
+    return {key: (domain.lower, domain.upper, getattr(domain.sampler, "q", None))
+            for key, domain in space.items() if key in params and _is_float_range(domain)}
 
 
 def same_params(params: dict, point: dict) -> bool:
@@ -113,6 +120,23 @@ def _inside(key: str, domain, value) -> bool:
     if hasattr(domain, "categories"):
         return value in corners
     return corners[0] <= value <= corners[1]
+
+
+def _is_float_range(domain) -> bool:
+    # ray.tune's Float domain, by name: a definition imports no Ray. Its Integer one has bounds too.
+    return type(domain).__name__ == "Float"
+
+
+def _fixed_trial(space: Callable, values: dict) -> optuna.trial.FixedTrial:
+    """A define-by-run space run on a point: what it suggested (`params`) and from which
+    distributions."""
+    trial = optuna.trial.FixedTrial(values)
+    with warnings.catch_warnings():
+        # FixedTrial only warns about a value outside its range; the caller refuses it.
+        warnings.filterwarnings("ignore", message=".*out of the range", category=UserWarning)
+        # A ValueError here: the space suggested a name the point lacks, or with bad arguments.
+        _no_constants(space(_NamedErrors(trial)))
+    return trial
 
 
 def _contains(distribution, value) -> bool:

@@ -17,8 +17,23 @@ from typing import Callable
 
 from sweeper.definition.budget import Budget, parse_budget
 from sweeper.definition.options import ASHA, AUTO, TPE, FinalEval, Promotion, Quick, Resources, SweepError
-from sweeper.definition.space import SpaceError, same_params, searched_keys, space_samples, warm_start_params
-from sweeper.definition.warm import check_warm_start, note, sweeps_own, warm_overrides
+from sweeper.definition.space import (
+    SpaceError,
+    float_ranges,
+    same_params,
+    searched_keys,
+    space_samples,
+    warm_start_params,
+)
+from sweeper.definition.warm import (
+    Neighbour,
+    check_factors,
+    check_warm_start,
+    neighbours_of,
+    note,
+    sweeps_own,
+    warm_overrides,
+)
 from trainables.config import Config, ConfigError, field_types
 
 
@@ -28,6 +43,8 @@ class Sweep:
     config: Config                          # the fixed part of every trial's config (GANConfig, ClassifierConfig, ...)
     space: object = field(default_factory=dict)  # {key: ray.tune domain} or define-by-run fn (sweeper.definition.space)
     warm_start: tuple = ()                  # hand-tuned points (dicts or whole configs) tried first
+    # Each warm start's learning rates times each factor, tried next (sweeper.definition.warm); () for none.
+    warm_neighbours: tuple[float, ...] = (0.5, 2.0)
     trainable: Callable | None = None       # None: the config kind's own (train_gan, train_classifier)
     metric: str | None = None               # None: the config kind's own ("fid" min, "val_acc" max)
     mode: str | None = None
@@ -72,12 +89,15 @@ class Sweep:
             raise SweepError(f"budget: expected a Budget or text such as '2gpu-h', got {self.budget!r}")
         if self.final.top_k < 1:
             raise SweepError(f"final.top_k: must be >= 1, got {self.final.top_k}")
+        check_factors(self.warm_neighbours)
         _config_or_error(self.config, {}, "config")
         try:
             for where, params in space_samples(self.space):
                 _config_or_error(self.config, params, where)
             for i, changes in enumerate(self.warm_changes):
                 _config_or_error(self.config, changes, f"warm_start[{i}]")
+            for neighbour in self.neighbours:
+                _config_or_error(self.config, {**neighbour.params, **neighbour.overrides}, neighbour.text())
         except SpaceError as e:
             raise SweepError(str(e)) from None
         self._refuse_searched_prepared_keys()
@@ -109,6 +129,32 @@ class Sweep:
     def warm_changes(self) -> list[dict]:
         """Each warm start's config changes (params and overrides): its trial's Tune config."""
         return [{**params, **overrides} for params, overrides in zip(self.warm_points, self.warm_overrides)]
+
+    @property
+    def neighbours(self) -> list[Neighbour]:
+        """Every warm start's neighbours, in order (sweeper.definition.warm): the candidates, of which
+        the searcher enqueues the first few (`enqueued_neighbours`)."""
+        points = self.warm_points
+        ranges = [float_ranges(self.space, params) for params in points]
+        return neighbours_of(points, self.warm_overrides, ranges, self.warm_neighbours)
+
+    @property
+    def neighbour_points(self) -> list[dict]:
+        """The searched params of each neighbour, in order."""
+        return [neighbour.params for neighbour in self.neighbours]
+
+    @property
+    def neighbour_overrides(self) -> list[dict]:
+        """Each neighbour's fixed overrides: its warm start's."""
+        return [neighbour.overrides for neighbour in self.neighbours]
+
+    def enqueued_neighbours(self, configs: int | None = None) -> list[Neighbour]:
+        """The neighbours the searcher enqueues after the warm starts: warm starts and neighbours
+        together take at most a third of the sweep's `configs` (None: num_samples; a budget's plan
+        passes its count), the neighbours what the warm starts leave of it, so that at least two
+        thirds stay the search's (6 quick trials and 2 warm starts: no neighbour; 32 trials: 8)."""
+        cap = (self.num_samples if configs is None else configs) // 3 - len(self.warm_start)
+        return self.neighbours[:max(0, cap)]
 
     def is_warm_start(self, params: dict) -> bool:
         """Whether a trial's sampled params are one of the warm-start points."""

@@ -23,17 +23,37 @@ A dict warm start names searched keys only; naming a prepared key is an error, s
 run with another value of it. `--quick`, `--data` and `--set` change the whole-config warm starts'
 non-searched keys as they change the sweep's config (`Sweep.with_config`): the command line wins
 over the file, so a quick sweep's warm starts are narrow too.
+
+Neighbours (`neighbours_of`): a hand-tuned config's learning rate is the value most often a little
+off, so each warm start also brings configurations that differ from it only there: its searched
+learning rates (`is_learning_rate`: `lr`, `*_lr`, `lr_*` float ranges; `g_lr` and `d_lr` with
+`suggest_optimizer`) all multiplied by one factor of `Sweep.warm_neighbours` (x1/2 and x2 by default),
+so the G/D ratio is kept. Each rate is then put back into its range in the space (a log range's
+bound, a quantized range's grid), and a neighbour that lands on its warm start or on an earlier
+point is dropped: a warm start at the top of the range has no x2 neighbour. A neighbour keeps its
+warm start's fixed overrides (the same whole config with another learning rate), but it is no warm
+start: never equal in its params to one, it is ranked, stopped and evaluated with the searched
+trials. A learning rate searched as a choice is no range and is not scaled; a warm start without
+a searched learning-rate range has no neighbours. How many of them run is the searcher's decision
+(`sweeper.search.tuner.build_searcher`: at most a third of the configurations).
 """
 from __future__ import annotations
 
 import dataclasses
+import math
+from dataclasses import dataclass
 
 from sweeper.definition.options import SweepError
+from sweeper.definition.space import same_params
 
 # Budget, measurement and machine keys that stay the sweep's (see above); a config class lacking
 # one simply has none.
 SWEEP_OWNED = frozenset({"num_evals", "steps_per_eval", "fid_samples", "ref_samples", "final_fid_samples",
                          "val_fraction", "test_fraction", "seed", "device", "mixed_precision", "cuda_graph"})
+
+
+# Named like a learning rate but not one: the "step" schedule's multiplier.
+NOT_RATES = frozenset({"lr_gamma"})
 
 
 def sweep_keys(config) -> set[str]:
@@ -74,6 +94,57 @@ def note(overrides: dict, own: dict, config) -> str:
     if own:
         parts.append("the sweep's own: " + ", ".join(f"{k}={getattr(config, k)!r} (not {v!r})" for k, v in own.items()))
     return "; ".join(parts)
+
+
+def is_learning_rate(key: str) -> bool:
+    return key not in NOT_RATES and (key == "lr" or key.endswith("_lr") or key.startswith("lr_"))
+
+
+@dataclass(frozen=True)
+class Neighbour:
+    """Warm start `of` with its learning rates `rates` multiplied by `factor` (then put in range)."""
+    of: int
+    factor: float
+    rates: tuple[str, ...]
+    params: dict      # the searched params Optuna enqueues
+    overrides: dict   # its warm start's fixed overrides
+
+    def text(self) -> str:
+        """One line for `--dry-run`."""
+        return f"warm-start neighbour of [{self.of}]: {_items({k: self.params[k] for k in self.rates})} (x{self.factor:g})"
+
+
+def neighbours_of(points: list[dict], overrides: list[dict], ranges: list[dict], factors) -> list[Neighbour]:
+    """Each warm start's neighbours, warm start by warm start and factor by factor. `points` and
+    `overrides`: the warm starts' params and fixed overrides; `ranges`: per warm start,
+    `sweeper.definition.space.float_ranges` of its params. A neighbour whose params are those of a
+    warm start or an earlier neighbour (`same_params`, as `Sweep.is_warm_start` compares) is dropped."""
+    found: list[Neighbour] = []
+    for i, (point, fixed, bounds) in enumerate(zip(points, overrides, ranges)):
+        rates = tuple(key for key in point if is_learning_rate(key) and key in bounds)
+        for factor in factors if rates else ():
+            params = {**point, **{key: _into(point[key] * factor, *bounds[key]) for key in rates}}
+            if not any(same_params(params, earlier) for earlier in [*points, *(n.params for n in found)]):
+                found.append(Neighbour(i, factor, rates, params, dict(fixed)))
+    return found
+
+
+def check_factors(factors) -> None:
+    """Every factor a finite number > 0 other than 1 (which would be the warm start itself)."""
+    if not isinstance(factors, (tuple, list)):
+        raise SweepError(f"warm_neighbours: {factors!r} must be a tuple of learning-rate factors, e.g. (0.5, 2.0), "
+                         f"or () for none")
+    for factor in factors:
+        number = isinstance(factor, (int, float)) and not isinstance(factor, bool)
+        if not (number and math.isfinite(factor) and factor > 0 and factor != 1):
+            raise SweepError(f"warm_neighbours: {factor!r} in {tuple(factors)!r} must be a finite factor > 0 "
+                             f"other than 1")
+
+
+def _into(value: float, low: float, high: float, step: float | None) -> float:
+    if step:
+        value = low + round((value - low) / step) * step
+    return min(max(value, low), high)
 
 
 def _outside(config, point, params: dict) -> dict:

@@ -36,6 +36,12 @@ def plan_sweep(sweep: Sweep, kind, shared: dict, per_trial: dict) -> tuple[Sweep
                           budget=left).validate()
     lines = [cost.line(budget), *describe(plan, budget.unit),
              f"  the trials may spend {left} (the budget less the probe); the sweep stops when they have"]
+    if promotion.rungs_in == "compute" and len(plan.rungs) > 1:
+        attr = "kimg" if budget.unit == "kimg" else "compute_s"
+        costly = ", ".join(sorted(set(kind.cost_keys) & sweep.searched_keys())) or "the space"
+        lines.append(f"  rungs in compute ({costly} searched: trials differ in cost per period): a trial reaches "
+                     f"rung {plan.rungs[0]} at {attr} {(plan.rungs[0] - 0.5) * plan.cost_per_period:.4g}, ... ; "
+                     f"the last rung is {plan.max_t} periods, the end of every trial's schedule")
     return planned, plan, lines
 
 

@@ -200,7 +200,8 @@ def _tuner(run: Running, restore: bool):
         run_trial, kind=run.kind, train_fn=sweep.trainable, base=sweep.config, shared=run.inputs.trial,
         tracking=run.tracking, cpus=sweep.resources.cpus, metric=sweep.metric, mode=sweep.mode)
     if not restore:
-        searcher = build_searcher(sweep)
+        # A budget's sweep has room for more trials than its plan's (the budget stops it): the plan's third.
+        searcher = build_searcher(sweep, configs=run.plan.num_samples if run.plan else None)
         storage, name = resume.split_experiment_path(run.path)
         return build_tuner(sweep, trainable, storage_path=storage, run_name=name, available=run.available,
                            per_trial=run.per_trial, reported=run.kind.shown_metrics, searcher=searcher,

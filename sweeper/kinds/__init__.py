@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from sweeper.definition import AUTO, Quick, Sweep, parse_budget
+from sweeper.definition import AUTO, Promotion, Quick, Sweep, parse_budget
 from sweeper.kinds.base import Inputs, Kind
 from sweeper.kinds.classifier import CLASSIFIER
 from sweeper.kinds.gan import GAN
@@ -30,7 +30,19 @@ def complete(sweep: Sweep) -> Sweep:
         changes["scheduler"] = kind.scheduler
     if isinstance(sweep.budget, str):
         changes["budget"] = parse_budget(sweep.budget)
+    scheduler = changes.get("scheduler", sweep.scheduler)
+    if isinstance(scheduler, Promotion) and scheduler.rungs_in == AUTO:
+        changes["scheduler"] = dataclasses.replace(scheduler, rungs_in=_rungs_in(kind, sweep))
     return dataclasses.replace(sweep, **changes)
+
+
+def _rungs_in(kind: Kind, sweep: Sweep) -> str:
+    """"compute" where the space searches a key that changes the cost of a period (Promotion)."""
+    try:
+        searched = sweep.searched_keys()
+    except Exception:  # noqa: BLE001 - a broken space: Sweep.validate() names its error on one line
+        return AUTO
+    return "compute" if set(kind.cost_keys) & searched else "periods"
 
 
 __all__ = ["Kind", "Inputs", "kind_of", "complete", "GAN", "CLASSIFIER"]

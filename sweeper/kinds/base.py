@@ -50,6 +50,9 @@ class Kind:
     shown_metrics: tuple = ()        # on the console beside the sweep's metric (sweeper.search.console)
     quick = None                     # the `--quick` budget (a sweeper.definition.Quick)
     scheduler = ASHA()               # the sweep's default scheduler (Sweep(scheduler="auto"))
+    # Config keys that change what an eval period costs: where a space searches one, Promotion's
+    # rungs are in compute (Promotion.rungs_in="auto").
+    cost_keys: tuple = ()
     # Config changes that shorten the one eval period sweeper.search.footprint runs to measure a trial's
     # GPU memory (Resources(gpu_fraction="auto")); num_evals is set to 1 anyway.
     footprint_changes: dict = {}

@@ -32,6 +32,8 @@ class GANKind(Kind):
     shown_metrics = ("fid", "kid", "kimg", "img_per_s")
     # GAN trials pay off late (LR schedules, EMA): the promising ones must reach a long horizon.
     scheduler = Promotion()
+    # D steps per G step (a period is G steps), images per step, the networks' size.
+    cost_keys = ("n_critic", "batch_size", "g_width", "d_width", "arch")
     # The footprint probe (sweeper.search.footprint): 20 G steps reach the steady state (optimiser moments,
     # cuDNN workspaces, a CUDA graph captured after its warm-up steps); the FID at the sweep's own
     # fid_samples, whose batches set the evaluation's peak.

@@ -9,8 +9,19 @@ A trial reaching max_t (the last rung) completes. Built on Tune's scheduler API 
 HyperBandForBOHB pauses and resumes trials (PAUSE, `choose_trial_to_run`).
 
 Brackets (Hyperband's, `sweeper.search.plan`): bracket s starts its trials at rung s, and each
-bracket ranks and promotes among its own trials. Trials join brackets in the order Tune adds them:
-the first `bracket_sizes[0]` bracket 0, the next bracket 1, ...; trials beyond them bracket 0.
+bracket ranks and promotes among its own trials. Trials join brackets in turn, in proportion to
+the brackets' sizes: each new trial joins the bracket furthest below its share (9, 3, 1 configurations:
+brackets 0, 1, 2, 0, 0, 1, ...). A budget that stops admitting configurations early (a period
+cost more than the plan's estimate) then cuts every bracket alike, not the last ones only.
+
+Rungs in compute (`Rungs.compute`): where trials differ in cost per period (a searched `n_critic`,
+batch or width), a trial reaches rung i < k when its compute (`compute_s`, or `kimg` for a kimg
+budget) reaches what rungs[i] periods of the plan's reference config cost, so configurations are
+compared at equal compute, not at equal periods. Reports come once per period, so the threshold is
+half a reference period below the horizon: a trial reaches the rung at the report nearest to it.
+The last rung stays max_t periods, the end of every trial's schedule (its LR decay, its EMA): a
+finalist trains its whole run, and a cheap configuration that finishes its run before a rung's
+compute finishes there.
 
 Once the search algorithm has no more configurations to give (all started, or a budget admits no
 more), no rung gets another record than those of trials still training, and a rung's top 1/eta is
@@ -34,6 +45,7 @@ from __future__ import annotations
 
 import logging
 import math
+from dataclasses import dataclass
 from typing import Sequence
 
 from ray.tune.experiment import Trial
@@ -43,12 +55,43 @@ from ray.tune.search import ConcurrencyLimiter, Searcher
 logger = logging.getLogger(__name__)
 
 
+@dataclass(frozen=True)
+class Rungs:
+    """Where a result stands among the rungs: `periods`, the rung horizons in `time_attr` units
+    (eval periods), ascending, the last max_t; `compute`, where rungs are in compute, the threshold
+    of each rung but the last in `compute_attr` units (module docstring)."""
+    periods: tuple[int, ...]
+    compute: tuple[float, ...] = ()
+    compute_attr: str = "compute_s"
+
+    @classmethod
+    def in_compute(cls, periods: Sequence[int], cost_per_period: float, compute_attr: str) -> "Rungs":
+        """Rung i < k at (periods[i] - 1/2) x `cost_per_period`: the report nearest the horizon."""
+        return cls(tuple(periods), tuple((r - 0.5) * cost_per_period for r in periods[:-1]), compute_attr)
+
+    def reached(self, result: dict, time_attr: str) -> int | None:
+        """The highest rung the result has reached; None below the first (or without a time)."""
+        t = result.get(time_attr)
+        if t is None:
+            return None
+        if t >= self.periods[-1]:
+            return len(self.periods) - 1
+        if self.compute and result.get(self.compute_attr) is not None:
+            spent = result[self.compute_attr]
+            reached = [i for i, threshold in enumerate(self.compute) if spent >= threshold]
+        else:
+            reached = [i for i, r in enumerate(self.periods) if t >= r]
+        return reached[-1] if reached else None
+
+
 class PromotionASHA(FIFOScheduler):
-    def __init__(self, *, rungs: Sequence[int], eta: int = 3, bracket_sizes: Sequence[int] = (),
+    def __init__(self, *, rungs: Sequence[int] | Rungs, eta: int = 3, bracket_sizes: Sequence[int] = (),
                  time_attr: str = "training_iteration", metric: str | None = None, mode: str | None = None):
-        """`rungs`: horizons in `time_attr` units, ascending; the last is max_t. `bracket_sizes`:
-        trials per bracket (bracket s starts at rungs[s]); empty: one bracket."""
+        """`rungs`: horizons in `time_attr` units, ascending, the last max_t; or a `Rungs` (in
+        compute). `bracket_sizes`: trials per bracket (bracket s starts at rungs[s]); empty: one bracket."""
         super().__init__()
+        self._clock = rungs if isinstance(rungs, Rungs) else Rungs(tuple(rungs))
+        rungs = self._clock.periods
         _check(rungs, eta, bracket_sizes, mode)
         self._rungs, self._eta, self._time_attr = tuple(rungs), eta, time_attr
         self._sizes = tuple(bracket_sizes) or (0,)
@@ -61,9 +104,16 @@ class PromotionASHA(FIFOScheduler):
         self._search_done = False  # the search algorithm gives no more configurations
 
     @classmethod
-    def from_plan(cls, plan, **kwargs) -> "PromotionASHA":
-        """From a `sweeper.search.plan.Plan`: its rungs, eta and configurations per bracket."""
-        return cls(rungs=plan.rungs, eta=plan.eta, bracket_sizes=plan.configs, **kwargs)
+    def from_plan(cls, plan, compute_attr: str | None = None, **kwargs) -> "PromotionASHA":
+        """From a `sweeper.search.plan.Plan`: its rungs, eta and configurations per bracket;
+        with `compute_attr` its rungs in compute, at the plan's cost per period."""
+        rungs = Rungs.in_compute(plan.rungs, plan.cost_per_period, compute_attr) if compute_attr else plan.rungs
+        return cls(rungs=rungs, eta=plan.eta, bracket_sizes=plan.configs, **kwargs)
+
+    @property
+    def rungs(self) -> Rungs:
+        # A scheduler pickled before rungs could be in compute (`sweeper resume` of such a sweep) has no clock.
+        return self.__dict__.get("_clock") or Rungs(self._rungs)
 
     def set_search_properties(self, metric: str | None, mode: str | None, **spec) -> bool:
         if (self._metric and metric) or (self._mode and mode):
@@ -84,16 +134,15 @@ class PromotionASHA(FIFOScheduler):
             _limiter_call(tune_controller, "on_pause", trial)
 
     def on_trial_result(self, tune_controller, trial: Trial, result: dict) -> str:
-        t = result.get(self._time_attr)
-        if t is None:
+        k = self.rungs.reached(result, self._time_attr)
+        if k is None:
             return TrialScheduler.CONTINUE
         self._search_done = _search_done(tune_controller)
         s = self._bracket.setdefault(trial.trial_id, 0)
-        k = self._rung_at(t)
-        if k is None or k < s or trial.trial_id in self._promoted[s][k]:
+        if k < s or trial.trial_id in self._promoted[s][k]:
             return TrialScheduler.CONTINUE
         self._records[s][k].setdefault(trial.trial_id, _number(result.get(self._metric)))
-        if t >= self._rungs[-1]:
+        if k == len(self._rungs) - 1:
             return TrialScheduler.STOP
         if self._promotable(s, k, trial.trial_id):
             # Promoted the moment it arrives: it goes on in its own process, as resuming would.
@@ -115,7 +164,8 @@ class PromotionASHA(FIFOScheduler):
         return self._unstick(tune_controller, paused)
 
     def debug_string(self) -> str:
-        lines = [f"PromotionASHA: rungs {', '.join(map(str, self._rungs))}, eta {self._eta}"]
+        lines = [f"PromotionASHA: rungs {', '.join(map(str, self._rungs))}, eta {self._eta}"
+                 + (f" (in {self.rungs.compute_attr})" if self.rungs.compute else "")]
         for s, rungs in enumerate(self._records):
             counts = ", ".join(f"{len(rungs[i])}@{self._rungs[i]}" for i in range(s, len(self._rungs)))
             lines.append(f"bracket {s}: recorded {counts}")
@@ -143,17 +193,13 @@ class PromotionASHA(FIFOScheduler):
         self._promoted = [[set(p) for p in rungs] for rungs in state["promoted"]]
 
     def _next_bracket(self) -> int:
-        n, start = len(self._bracket), 0
-        for s, size in enumerate(self._sizes):
-            if n < start + size:
-                return s
-            start += size
-        return 0
-
-    def _rung_at(self, t: float) -> int | None:
-        """The highest rung whose horizon `t` has reached."""
-        reached = [i for i, r in enumerate(self._rungs) if t >= r]
-        return reached[-1] if reached else None
+        """The bracket furthest below its share of the trials so far (the earlier on a tie)."""
+        if len(self._sizes) == 1:
+            return 0
+        joined = [0] * len(self._sizes)
+        for s in self._bracket.values():
+            joined[s] += 1
+        return min(range(len(self._sizes)), key=lambda s: (joined[s] / self._sizes[s] if self._sizes[s] else math.inf, s))
 
     def _key(self, value: float) -> float:
         """Lower is better; a missing or NaN value is the worst."""
@@ -249,8 +295,11 @@ def _number(value) -> float:
 
 
 def _search_done(tune_controller) -> bool:
+    """No configuration will start that has not started yet: the search algorithm gives no more
+    and none waits to start (Tune creates a grid's trials at once, pending)."""
     search_alg = getattr(tune_controller, "search_alg", None)
-    return bool(search_alg is not None and search_alg.is_finished())
+    return bool(search_alg is not None and search_alg.is_finished()
+                and not any(t.status == Trial.PENDING for t in tune_controller.get_trials()))
 
 
 def _limiter_call(tune_controller, hook: str, trial: Trial) -> None:

@@ -18,13 +18,16 @@ from sweeper.search import rung_model
 from sweeper.search.spending import spending_of
 from sweeper.tracking.outcomes import OOM
 
-WARM_START, STARTUP, TPE = "warm-start", "startup", "tpe"
+WARM_START, WARM_NEIGHBOUR, STARTUP, TPE = "warm-start", "warm-neighbour", "startup", "tpe"
 RANDOM = "random"  # under successive halving: the rung model's share of random proposals
 
 
 class SweepSearch(OptunaSearch):
     # A searcher pickled before warm starts had overrides (`sweeper resume` of such a sweep) has none.
     _warm_overrides: tuple = ()
+    # One pickled before warm starts had neighbours has none (sweeper.definition.warm).
+    _n_neighbours = 0
+    _neighbour_overrides: tuple = ()
     # A budgeted sweep's experiment path, under which its Spending is registered
     # (sweeper.search.spending): no new configuration while the budget, at the cost per period
     # measured so far, cannot pay for it. Set by the Tuner's builder.
@@ -34,15 +37,23 @@ class SweepSearch(OptunaSearch):
     # (sweeper.search.rung_model) and its seed. Empty: one model of finished trials, Optuna's own.
     rungs: tuple = ()
     model_seed = 0
+    # Rungs in compute (sweeper.search.promotion.Rungs): a trial's value is told once per rung it
+    # reaches, at the rung's horizon in periods, whatever period it reached it at; None: at every period.
+    rung_clock = None
 
-    def __init__(self, *, time_attr: str, max_t: int, n_startup_trials: int, warm_overrides=(), **kwargs):
-        """`warm_overrides`: per warm start, the config values its trial fixes beyond the params
-        Optuna enqueues (a whole published config's batch size, LR schedule, ...; Sweep.warm_overrides)."""
+    def __init__(self, *, time_attr: str, max_t: int, n_startup_trials: int, warm_overrides=(),
+                 neighbour_overrides=(), **kwargs):
+        """`points_to_evaluate`: the warm starts' params, then their neighbours'; `warm_overrides`:
+        per warm start, the config values its trial fixes beyond the params Optuna enqueues (a whole
+        published config's batch size, LR schedule, ...; Sweep.warm_overrides); `neighbour_overrides`:
+        the same per neighbour, one for each of the last points (their number)."""
         super().__init__(**kwargs)
         self._time_attr, self._max_t, self._n_startup = time_attr, max_t, n_startup_trials
-        self._n_warm = len(kwargs.get("points_to_evaluate") or ())
+        self._n_neighbours = len(neighbour_overrides)
+        self._n_warm = len(kwargs.get("points_to_evaluate") or ()) - self._n_neighbours
         self._warm_overrides = tuple(dict(overrides) for overrides in warm_overrides)
-        self.proposed_by: dict[str, str] = {}  # trial id -> WARM_START, STARTUP or TPE
+        self._neighbour_overrides = tuple(dict(overrides) for overrides in neighbour_overrides)
+        self.proposed_by: dict[str, str] = {}  # trial id -> WARM_START, WARM_NEIGHBOUR, STARTUP, TPE or RANDOM
         # Trials Tune finished (completed, stopped or errored). Tune calls nothing here for the trials
         # it tears down after Ctrl-C, so a trial missing from this set was interrupted.
         self.finished: set[str] = set()
@@ -67,25 +78,53 @@ class SweepSearch(OptunaSearch):
         params = super().suggest(trial_id)
         if params is None:
             return None
-        # Enqueued warm-start points are the study's first trials (Optuna asks WAITING ones first):
-        # trial number i is warm start i, whatever its params look like.
+        # Enqueued points are the study's first trials (Optuna asks WAITING ones first): trial number
+        # i is warm start i, then neighbour i - n_warm, whatever its params look like.
         number = self._ot_trials[trial_id].number
         if first_ask:
-            modelled = getattr(self, "modelled_on", {})
-            self.proposed_by[trial_id] = (WARM_START if number < self._n_warm
-                                          else (TPE if modelled[trial_id] is not None else RANDOM) if trial_id in modelled
-                                          else TPE if informed >= self._n_startup else STARTUP)
-        if number < min(self._n_warm, len(self._warm_overrides)):
-            # Only the trial's Tune config carries them (run_trial applies it): Optuna's study and
-            # its TPE model know the searched params alone.
-            return {**params, **self._warm_overrides[number]}
-        return params
+            self.proposed_by[trial_id] = self._origin(trial_id, number, informed)
+        # Only the trial's Tune config carries the overrides (run_trial applies it): Optuna's study
+        # and its TPE model know the searched params alone.
+        return {**params, **self._overrides(number)}
+
+    def _origin(self, trial_id: str, number: int, informed: int) -> str:
+        if number < self._n_warm:
+            return WARM_START
+        if number < self._n_warm + self._n_neighbours:
+            return WARM_NEIGHBOUR
+        modelled = getattr(self, "modelled_on", {})
+        if trial_id in modelled:
+            return TPE if modelled[trial_id] is not None else RANDOM
+        return TPE if informed >= self._n_startup else STARTUP
+
+    def _overrides(self, number: int) -> dict:
+        """The enqueued point `number`'s fixed overrides; {} for a searched trial, and for a warm
+        start of a searcher pickled before warm starts had overrides."""
+        if number < self._n_warm:
+            return self._warm_overrides[number] if number < len(self._warm_overrides) else {}
+        if number - self._n_warm < len(self._neighbour_overrides):
+            return self._neighbour_overrides[number - self._n_warm]
+        return {}
 
     def on_trial_result(self, trial_id: str, result: dict):
         # At the trial's eval period, not Tune's training_iteration: the rungs are eval periods, and
         # a retried trial's repeated periods land on the steps they had.
         if trial_id in self._ot_trials and trial_id not in self._completed_trials and self._time_attr in result:
-            self._ot_trials[trial_id].report(result[self.metric], int(result[self._time_attr]))
+            step = self._step(trial_id, result)
+            if step is not None:
+                self._ot_trials[trial_id].report(result[self.metric], step)
+
+    def _step(self, trial_id: str, result: dict) -> int | None:
+        """The step to tell a result at (the rung model reads the values at the rung horizons)."""
+        clock = self.rung_clock
+        if clock is None or not clock.compute:
+            return int(result[self._time_attr])
+        k = clock.reached(result, self._time_attr)
+        told = self.__dict__.setdefault("_rungs_told", {}).setdefault(trial_id, set())
+        if k is None or clock.periods[k] in told:
+            return None
+        told.add(clock.periods[k])
+        return clock.periods[k]
 
     def _at_first_rung(self) -> int:
         return sum(self.rungs[0] in t.intermediate_values for t in self._ot_study.get_trials(deepcopy=False))

@@ -61,10 +61,13 @@ def trial_dirname(trial) -> str:
     return trial.trial_id
 
 
-def build_searcher(sweep: Sweep) -> SweepSearch:
+def build_searcher(sweep: Sweep, configs: int | None = None) -> SweepSearch:
+    """Optuna's TPE with the warm starts enqueued first, then as many of their neighbours as a third
+    of `configs` leaves (Sweep.enqueued_neighbours; None: num_samples; a budget's plan passes its count)."""
     define_by_run = callable(sweep.space)
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # not a line per study created
     n_startup = sweep.searcher.startup_trials(sweep.num_samples)
+    neighbours = sweep.enqueued_neighbours(configs)
     # constant_liar: trials in flight count as bad results, so parallel proposals spread out;
     # multivariate + group model the parameters jointly, per branch of a conditional space.
     with warnings.catch_warnings():
@@ -78,9 +81,11 @@ def build_searcher(sweep: Sweep) -> SweepSearch:
         space=sweep.space if define_by_run else None,
         metric=sweep.objective if define_by_run else None,
         mode=sweep.mode if define_by_run else None,
-        points_to_evaluate=sweep.warm_points or None,
-        # A whole-config warm start's other values (sweeper.definition.warm) go in its trial's config.
+        points_to_evaluate=[*sweep.warm_points, *(n.params for n in neighbours)] or None,
+        # A whole-config warm start's other values (sweeper.definition.warm) go in its trial's config,
+        # and in its neighbours'.
         warm_overrides=sweep.warm_overrides,
+        neighbour_overrides=[n.overrides for n in neighbours],
         sampler=sampler)
 
 
@@ -91,12 +96,20 @@ def build_scheduler(sweep: Sweep, plan: Plan | None = None):
         promotion = sweep.scheduler
         plan = plan or fixed_plan(sweep.config.num_evals, sweep.num_samples, eta=promotion.reduction_factor,
                                   first_rung=promotion.first_rung)
-        return PromotionASHA.from_plan(plan, time_attr=TIME_ATTR)
+        return PromotionASHA.from_plan(plan, compute_attr=_compute_attr(sweep, plan), time_attr=TIME_ATTR)
     if isinstance(sweep.scheduler, ASHA):
         return WarmStartASHA(warm_points=sweep.warm_points, time_attr=TIME_ATTR, max_t=sweep.config.num_evals,
                              grace_period=sweep.scheduler.grace_period,
                              reduction_factor=sweep.scheduler.reduction_factor)
     return FIFOScheduler()
+
+
+def _compute_attr(sweep: Sweep, plan: Plan) -> str | None:
+    """What a trial's rungs are counted in where they are in compute (Promotion.rungs_in): the
+    budget's unit, in which the plan measured a period; None: in eval periods."""
+    if sweep.scheduler.rungs_in != "compute" or math.isnan(plan.cost_per_period) or sweep.budget is None:
+        return None
+    return "kimg" if sweep.budget.unit == "kimg" else "compute_s"
 
 
 def _register_spending(sweep: Sweep, plan: Plan | None, path: str) -> None:
@@ -117,7 +130,7 @@ def build_tuner(sweep: Sweep, trainable, *, storage_path: str | Path, run_name: 
     scheduler's and the budget's state are saved for a resume (None: not saved)."""
     per_trial = per_trial or sweep.resources.per_trial(available.get("GPU", 0))
     scheduler = build_scheduler(sweep, plan)
-    searcher = searcher or build_searcher(sweep)
+    searcher = searcher or build_searcher(sweep, configs=plan.num_samples if plan else None)
     stop = None
     if sweep.budget is not None:
         key = search_state_path or f"{storage_path}/{run_name}"
@@ -127,6 +140,7 @@ def build_tuner(sweep: Sweep, trainable, *, storage_path: str | Path, run_name: 
     if isinstance(scheduler, PromotionASHA):
         # TPE models the highest rung with enough results (sweeper.search.rung_model).
         searcher.rungs, searcher.model_seed = scheduler.state()["rungs"], sweep.searcher.seed
+        searcher.rung_clock = scheduler.rungs
         # Tune's own limit counts paused trials as running; a paused trial frees its place here.
         searcher, concurrency = RunningLimiter(searcher, concurrency), None
     saver = [SaveSearchState(search_state_path, scheduler if isinstance(scheduler, PromotionASHA) else None)] \
