@@ -176,7 +176,7 @@ class PromotionASHA(FIFOScheduler):
 
     def state(self) -> dict:
         """The rung records as plain data (JSON-able: lists, dicts, str, float)."""
-        return {"rungs": list(self._rungs), "eta": self._eta, "bracket_sizes": list(self._sizes),
+        return {"rungs": list(self._rungs), "eta": self._eta, "bracket_sizes": list(self._sizes), "mode": self._mode,
                 "bracket": dict(self._bracket), "forced": self._forced,
                 "records": [[dict(r) for r in rungs] for rungs in self._records],
                 "promoted": [[sorted(p) for p in rungs] for rungs in self._promoted]}

@@ -1,7 +1,9 @@
 """What promotion-based successive halving decided (sweeper.search.promotion), in MLflow.
 
-Each trial's run gets a `sweeper.rungs` tag: at every rung it reached, its objective value and the
-decision (promoted, stopped: paused there and never promoted, completed: reached max_t). The parent
+Each trial's run gets a `sweeper.rungs` tag: at every rung it reached, its objective value, the
+rung's cutoff (the worst value promoted from it: a trial stopped there did worse) and the decision
+(promoted, stopped: paused there and never promoted, completed: reached max_t), e.g.
+`2: 231.4 (cutoff 240.1) promoted; 6: 118.2 completed`. The parent
 gets `rungs.json` (every record) and, for each pair of consecutive rungs, the Spearman rank
 correlation of the trials' values at both (`rank_corr.<r_i>_<r_j>`, from 3 trials up): near 1, the
 early rung ranked configurations as the later one did and halving was safe; near 0 or below, early
@@ -18,16 +20,20 @@ PROMOTED, STOPPED, COMPLETED = "promoted", "stopped", "completed"
 
 
 def decisions(state: dict) -> list[dict]:
-    """One row per trial and rung it was recorded at: bracket, rung (eval periods), value, decision."""
+    """One row per trial and rung it was recorded at: bracket, rung (eval periods), value, the
+    rung's cutoff (None where none was promoted), decision."""
     rows = []
     last = len(state["rungs"]) - 1
+    worst = max if state.get("mode", "min") == "min" else min
     for s, rungs in enumerate(state["records"]):
         for k, recorded in enumerate(rungs):
             promoted = set(state["promoted"][s][k])
+            went_on = [v for t, v in recorded.items() if t in promoted and _finite(v)]
+            cutoff = worst(went_on) if went_on and k < last else None
             for trial_id, value in recorded.items():
                 decision = COMPLETED if k == last else PROMOTED if trial_id in promoted else STOPPED
                 rows.append({"trial_id": trial_id, "bracket": s, "rung": state["rungs"][k], "value": value,
-                             "decision": decision})
+                             "cutoff": cutoff, "decision": decision})
     return rows
 
 
@@ -51,7 +57,8 @@ def log_rungs(client, parent_run_id: str, runs: dict[str, str], state: dict) -> 
     rows = decisions(state)
     by_trial: dict[str, list[str]] = {}
     for row in rows:
-        by_trial.setdefault(row["trial_id"], []).append(f"{row['rung']}: {row['value']:.4g} {row['decision']}")
+        cutoff = f" (cutoff {row['cutoff']:.4g})" if row["cutoff"] is not None else ""
+        by_trial.setdefault(row["trial_id"], []).append(f"{row['rung']}: {row['value']:.4g}{cutoff} {row['decision']}")
     for trial_id, parts in by_trial.items():
         if trial_id in runs:
             client.set_tag(runs[trial_id], "sweeper.rungs", "; ".join(parts))
