@@ -117,6 +117,7 @@ def _prepare(args) -> int:
 def _run(args) -> int:
     from sweeper.driver.cluster import check_placement, storage_uri
     from sweeper.driver.loader import load_sweep
+    from sweeper.driver.preflight import check_device
     from sweeper.kinds import kind_of
     from sweeper.tracking.runs import check_reachable, default_tracking_uri
 
@@ -126,6 +127,7 @@ def _run(args) -> int:
         quick=args.quick, overrides=args.overrides, num_samples=args.num_samples, data=args.data, name=args.name,
         budget=args.budget)
     kind_of(sweep.config).check(sweep)
+    check_device(sweep)  # a dry run too: it is the sweep's value, not the store, that is wrong
     if args.dry_run:
         print(describe(sweep, args.storage))
         return 0

@@ -3,7 +3,9 @@ separates real from real' vs noise/toy-faces; load_extractor resolves weights as
 import functools
 import hashlib
 import http.server
+import logging
 import os
+import pickle
 import threading
 import warnings
 from pathlib import Path
@@ -20,6 +22,7 @@ from trainables.metrics import (
     extract,
     extractor_by_name,
     feature_stats,
+    fid_weights,
     frechet_distance,
     kernel_inception_distance,
     load_extractor,
@@ -143,8 +146,26 @@ def test_inception_from_weights_file(monkeypatch, tmp_path, cats):
         extractor = load_extractor("cpu")
     assert isinstance(extractor, InceptionFeatures)
     assert extractor.name == "inception-v3-compat" and extractor.weights_path == str(weights)
+    # The full sha256 of the file's bytes, not a prefix: it names the features in tags and cache keys.
+    assert extractor.weights_sha256 == hashlib.sha256(weights.read_bytes()).hexdigest()
+    assert features_module.standard_spec().weights_sha256 == extractor.weights_sha256
     feats = extract(extractor, cats[:4])
     assert feats.shape == (4, 2048) and np.isfinite(feats).all()
+
+
+def test_weights_changed_after_they_were_chosen_are_refused(monkeypatch, tmp_path):
+    # The trial builds from the spec the driver chose: the bytes it loads must be the ones hashed then.
+    weights = tmp_path / "inception.pth"
+    fake_inception_weights(monkeypatch, weights)
+    monkeypatch.setenv("SWEEPER_FID_WEIGHTS", str(weights))
+    spec = features_module.standard_spec()
+    state = torch.load(weights, weights_only=True)
+    state["fc.bias"] = state["fc.bias"] + 1  # same keys and shapes: only the hash tells it apart
+    torch.save(state, weights)
+    with pytest.raises(ValueError, match=f"sha256 .* is not the {spec.weights_sha256} chosen"):
+        spec.build("cpu")
+    rebuilt = features_module.standard_spec()  # chosen anew: another hash, so another footing
+    assert rebuilt.weights_sha256 == hashlib.sha256(weights.read_bytes()).hexdigest() != spec.weights_sha256
 
 
 class _MakesDirectory:
@@ -164,6 +185,65 @@ def test_weights_file_that_would_run_code_is_refused(monkeypatch, tmp_path):
     with pytest.raises(ValueError, match="neither a plain state dict"):
         load_extractor("cpu")
     assert not marker.exists()
+    # Given by path to the network itself (as a trial does), it is read weights-only, never by
+    # torch-fidelity's own loader (a full unpickle).
+    with pytest.raises(pickle.UnpicklingError):
+        InceptionFeatures(evil)
+    assert not marker.exists()
+
+
+class _OldStyleStateDict(dict):
+    """A state dict pickled with a class of its own: the weights-only unpickler refuses it, as it
+    may refuse the published file, and unpickling it runs no code."""
+
+
+def _published_stand_in(tmp_path, monkeypatch) -> tuple[Path, dict]:
+    """A file that loads only by a full unpickle, made the published file by its full sha256."""
+    monkeypatch.setenv("SWEEPER_CACHE", str(tmp_path / "cache"))  # a cache of this test's own
+    state = {"w": torch.arange(6.0).reshape(2, 3), "b": torch.ones(3)}
+    path = tmp_path / fid_weights.PUBLISHED_FILE
+    torch.save(_OldStyleStateDict(state), path)
+    monkeypatch.setattr(fid_weights, "PUBLISHED_SHA256", hashlib.sha256(path.read_bytes()).hexdigest())
+    return path, state
+
+
+def test_the_published_file_is_converted_once_into_a_plain_state_dict(monkeypatch, tmp_path):
+    path, state = _published_stand_in(tmp_path, monkeypatch)
+    with pytest.raises(pickle.UnpicklingError):
+        torch.load(path, weights_only=True)
+    weights = fid_weights.admit(path)
+    plain = Path(weights.path)
+    assert plain.parent == features_module.cache_dir() / "fid" and plain != path
+    assert weights.sha256 == hashlib.sha256(plain.read_bytes()).hexdigest()
+    loaded = torch.load(plain, weights_only=True)
+    assert loaded.keys() == state.keys() and all(torch.equal(loaded[k], state[k]) for k in state)
+    mtime = plain.stat().st_mtime_ns
+    assert fid_weights.admit(path) == weights and plain.stat().st_mtime_ns == mtime  # cached, not converted again
+    # The same refusal for a file one bit away from the published one: the full hash, not a prefix.
+    path.write_bytes(path.read_bytes() + b"\0")
+    with pytest.raises(ValueError, match="neither a plain state dict"):
+        fid_weights.admit(path)
+
+
+@pytest.mark.parametrize("damage", ["flip a byte", "truncate", "lose the sidecar"])
+def test_a_damaged_cached_copy_is_rebuilt_with_a_one_line_warning(monkeypatch, tmp_path, caplog, damage):
+    path, state = _published_stand_in(tmp_path, monkeypatch)
+    plain = Path(fid_weights.admit(path).path)
+    sidecar = plain.with_name(plain.name + ".sha256")
+    data = plain.read_bytes()
+    if damage == "flip a byte":  # in the tensor bytes: it still unpickles, only its hash tells
+        offset = data.rindex(state["w"].numpy().tobytes()) + 1
+        plain.write_bytes(data[:offset] + bytes([data[offset] ^ 1]) + data[offset + 1:])
+        assert torch.load(plain, weights_only=True).keys() == state.keys()
+    elif damage == "truncate":
+        plain.write_bytes(data[:100])
+    else:
+        sidecar.unlink()
+    with caplog.at_level("WARNING", logger=fid_weights.__name__):
+        weights = fid_weights.admit(path)
+    warnings_ = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings_) == 1 and "\n" not in warnings_[0] and "damaged" in warnings_[0] and str(plain) in warnings_[0]
+    assert plain.read_bytes() == data and weights.sha256 == hashlib.sha256(data).hexdigest() == sidecar.read_text()
 
 
 class _Quiet(http.server.SimpleHTTPRequestHandler):
@@ -186,18 +266,20 @@ def local_server(tmp_path):
 @pytest.mark.parametrize("good_hash", [True, False])
 def test_download_is_hash_checked_and_atomic(monkeypatch, tmp_path, local_server, good_hash):
     root, url = local_server
-    payload = b"weights" * 1000
-    (root / "w.pth").write_bytes(payload)
-    prefix = hashlib.sha256(payload).hexdigest()[:8] if good_hash else "00000000"
+    torch.save({"w": torch.ones(1000)}, root / "w.pth")
+    payload = (root / "w.pth").read_bytes()
+    # Only the last hex digit wrong: a prefix check would take it.
+    digest = hashlib.sha256(payload).hexdigest()
+    expected = digest if good_hash else digest[:-1] + ("0" if digest[-1] != "0" else "1")
     monkeypatch.setattr(features_module, "INCEPTION_URL", f"{url}/w.pth")
-    monkeypatch.setattr(features_module, "INCEPTION_SHA256_PREFIX", prefix)
+    monkeypatch.setattr(features_module, "INCEPTION_SHA256", expected)
     monkeypatch.delenv("SWEEPER_OFFLINE")
     monkeypatch.setenv("SWEEPER_CACHE", str(tmp_path / "cache"))
     path = features_module._download_weights()
     fid_cache = features_module.cache_dir() / "fid"
     if good_hash:
-        assert path == str(fid_cache / features_module.INCEPTION_FILE)
-        assert Path(path).read_bytes() == payload
+        assert path == fid_weights.Weights(str(fid_cache / features_module.INCEPTION_FILE), digest)
+        assert Path(path.path).read_bytes() == payload
         assert [p.name for p in fid_cache.iterdir()] == [features_module.INCEPTION_FILE]  # no temp file left
     else:
         assert path is None and list(fid_cache.iterdir()) == []

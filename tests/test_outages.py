@@ -35,7 +35,7 @@ sweep = Sweep(
 '''
 
 
-def _start_server(root, port):
+def start_server(root, port):
     log = (root / "server.log").open("ab")  # appended across the restart
     return subprocess.Popen(
         [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
@@ -44,7 +44,7 @@ def _start_server(root, port):
         env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"})
 
 
-def _stop(process):
+def stop_server(process):
     os.killpg(process.pid, signal.SIGTERM)
     process.wait(timeout=60)
 
@@ -63,7 +63,7 @@ def outage_sweep(tmp_path_factory):
     (root / "space.py").write_text(SPACE)
     port = free_port()
     uri = f"http://127.0.0.1:{port}"
-    server = _start_server(root, port)
+    server = start_server(root, port)
     with one_cpu_nodes(tmp_path_factory.getbasetemp() / "cache", workers=2) as (cluster, workers):
         try:
             wait_until_up(f"{uri}/health", server, root / "server.log")
@@ -79,17 +79,17 @@ def outage_sweep(tmp_path_factory):
                     time.sleep(1)
                 cluster.remove_node(workers[0])  # one of the three trials loses its machine
                 removed = workers[0].node_id
-                _stop(server)
+                stop_server(server)
                 outage = (time.time(), time.time() + OUTAGE_S)
                 time.sleep(OUTAGE_S)
-                server = _start_server(root, port)
+                server = start_server(root, port)
                 wait_until_up(f"{uri}/health", server, root / "server.log")
                 code = sweep.wait(timeout=600)
             assert code == 0, (root / "sweep.log").read_text()[-5000:]
             surviving = {node.node_id for node in cluster.list_all_nodes()}
             yield client, root, removed, surviving, outage
         finally:
-            _stop(server)
+            stop_server(server)
 
 
 def _trials(client):

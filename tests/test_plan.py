@@ -1,6 +1,7 @@
 """A budget's text and the plan derived from it: the rungs, brackets and configurations match plans
 computed by hand (sweeper.search.plan's docstring gives the rule), and the rungs in compute where
 trials differ in cost per period. No Ray started."""
+import dataclasses
 import json
 
 import pytest
@@ -10,6 +11,7 @@ from sweeper import Promotion, Sweep
 from sweeper.definition.budget import Budget, parse_budget
 from sweeper.definition.options import SweepError
 from sweeper.kinds import complete
+from sweeper.search.cost import PeriodCost
 from sweeper.search.plan import Plan, bracket_periods, describe, plan_budget
 from sweeper.search.tuner import build_scheduler
 from trainables.config import GANConfig
@@ -107,11 +109,16 @@ def test_rungs_are_in_compute_where_the_space_searches_what_a_period_costs():
     assert costly.scheduler.rungs_in == "compute"
     assert sweep({"g_lr": tune.uniform(1e-4, 1e-3)}).scheduler.rungs_in == "periods"
     assert sweep({"n_critic": tune.choice([1, 5])}, scheduler=Promotion(rungs_in="periods")).scheduler.rungs_in == "periods"
-    plan = plan_budget(540, 10.0)
+    # The probe's period: 10 cpu-s, 8 of them training (2 s a period of evaluation and checkpoint).
+    probe = PeriodCost(setup_s=5.0, period_s=10.0, held=1, kimg=3.2, train_s=8.0)
+    assert probe.rung_cost("cpu-s") == ("train_compute_s", 8.0) and probe.rung_cost("kimg") == ("kimg", 3.2)
+    assert dataclasses.replace(probe, train_s=None).rung_cost("cpu-s") == ("compute_s", 10.0)
+    plan = dataclasses.replace(plan_budget(540, probe.per_period("cpu-s", 2)), rung_cost=probe.rung_cost("cpu-s"))
     rungs = build_scheduler(costly, plan).rungs
-    assert rungs.periods == plan.rungs and rungs.compute_attr == "compute_s"
-    assert rungs.compute == tuple((r - 0.5) * 10.0 for r in plan.rungs[:-1])
-    assert build_scheduler(costly.with_(budget=parse_budget("900kimg")), plan).rungs.compute_attr == "kimg"
+    assert rungs.periods == plan.rungs and rungs.compute_attr == "train_compute_s"
+    assert rungs.compute == tuple((r - 0.5) * 8.0 for r in plan.rungs[:-1])
+    periods_only = costly.with_(scheduler=Promotion(rungs_in="periods"))
+    assert build_scheduler(periods_only, plan).rungs.compute == ()
     assert build_scheduler(costly.with_(budget=None)).rungs.compute == ()  # no measured cost: periods
     with pytest.raises(SweepError, match="scheduler.rungs_in: 'flops'"):
         Promotion(rungs_in="flops")

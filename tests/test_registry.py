@@ -1,11 +1,28 @@
-"""When `@best` moves: only to a version better on the same footing (a real MLflow sqlite registry)."""
+"""Where `@best` points: the best version on the new version's footing, recomputed from a real MLflow
+registry (a sqlite store; a real `mlflow server` where sweeps register at once or the server fails)."""
+import http.client
+import http.server
+import logging
+import os
+import random
+import signal
+import subprocess
+import sys
+import threading
+from dataclasses import replace
+
 import pytest
+from conftest import free_port, wait_until_up
 from mlflow.tracking import MlflowClient
 
-from sweeper.tracking.registry import ALIAS, FOOTING_TAG, model_name, promote
+from sweeper.kinds.gan import extractor_footing
+from sweeper.tracking.registry import ALIAS, DECISION_TAG, model_name, promote, tag_version
+from trainables.metrics import ExtractorSpec
 
-FOOTING = {"sweeper.fid_final_extractor": "inception-v3-compat", "sweeper.data_fingerprint": "abc",
-           "sweeper.resolution": "64", "sweeper.final_fid_samples": "10000", "sweeper.ref_samples": "5000"}
+SHA_A, SHA_B = "a" * 64, "b" * 64
+INCEPTION_FP32 = ExtractorSpec("inception-v3-compat", 2048, "/weights.pth", "fp32", SHA_A)
+FOOTING = {**extractor_footing(INCEPTION_FP32), "sweeper.data_fingerprint": "abc", "sweeper.resolution": "64",
+           "sweeper.final_fid_samples": "10000", "sweeper.ref_samples": "5000"}
 NAME = "cats-generator"
 
 
@@ -16,24 +33,31 @@ def client(tmp_path):
     return client
 
 
-def _version(client, tmp_path, fid, **changes) -> str:
+def _version(client, tmp_path, fid, footing=FOOTING, name=NAME, **changes) -> str:
+    """A version tagged as sweeper.driver.register tags it: created bare, then tag_version."""
     source = tmp_path / "model"
     source.mkdir(exist_ok=True)
-    tags = {**FOOTING, FOOTING_TAG: ",".join(FOOTING), "fid_final": str(fid), **changes}
-    return client.create_model_version(NAME, source=str(source), tags=tags).version
+    version = client.create_model_version(name, source=str(source)).version
+    tags = {"fid_final": str(fid), **{k: v for k, v in changes.items() if k in ("fid_final", "test_acc")}}
+    footing = {**footing, **{k: v for k, v in changes.items() if k not in tags}}
+    tag_version(client, name, version, tags=tags, footing=footing, description="test")
+    return version
 
 
-def _best(client) -> str:
-    return client.get_model_version_by_alias(NAME, ALIAS).version
+def _best(client, name=NAME) -> str:
+    return client.get_model_version_by_alias(name, ALIAS).version
 
 
 def test_first_version_takes_best_and_a_better_one_moves_it(client, tmp_path):
     v1 = _version(client, tmp_path, 40.0)
-    assert promote(client, NAME, v1, "fid_final", "min")[0] and _best(client) == v1
+    assert promote(client, NAME, v1, "fid_final", "min").moved and _best(client) == v1
     v2 = _version(client, tmp_path, 35.5)
-    moved, why = promote(client, NAME, v2, "fid_final", "min")
-    assert moved and _best(client) == v2 and "35.5 below version 1's 40" in why
-    assert client.get_model_version(NAME, v2).tags["sweeper.best_alias_decision"] == why
+    moved, why, updated = promote(client, NAME, v2, "fid_final", "min")
+    assert moved and updated and _best(client) == v2 and "35.5 below version 1's 40" in why
+    # The line names the footing it compared on: extractor, weights (cut), precision.
+    assert "fid_final_extractor=inception-v3-compat" in why and f"fid_final_weights_sha256={SHA_A[:12]}" in why
+    assert "fid_final_precision=fp32" in why and "of 2 versions" in why
+    assert client.get_model_version(NAME, v2).tags[DECISION_TAG] == why
 
 
 @pytest.mark.parametrize("changes, key", [
@@ -43,33 +67,210 @@ def test_first_version_takes_best_and_a_better_one_moves_it(client, tmp_path):
     ({"sweeper.final_fid_samples": "256"}, "sweeper.final_fid_samples"),
     ({"sweeper.resolution": "32"}, "sweeper.resolution"),
     ({"sweeper.ref_samples": "512"}, "sweeper.ref_samples"),
+    ({"sweeper.fid_final_draw": "report-half-v1"}, "sweeper.fid_final_draw"),  # a footing key the old one lacks
 ])
 def test_best_does_not_move_to_a_worse_or_incomparable_version(client, tmp_path, changes, key):
     v1 = _version(client, tmp_path, 40.0)
     promote(client, NAME, v1, "fid_final", "min")
     # Incomparable versions get a much lower FID: the footing, not the number, must stop them.
     v2 = _version(client, tmp_path, 45.0 if key is None else 5.0, **changes)
-    moved, why = promote(client, NAME, v2, "fid_final", "min")
-    assert not moved and _best(client) == v1
+    moved, why, updated = promote(client, NAME, v2, "fid_final", "min")
+    assert not moved and updated and _best(client) == v1
     assert ("is not below version 1's 40" in why) if key is None else (key in why and "another footing" in why)
+
+
+@pytest.mark.parametrize("other", [
+    replace(INCEPTION_FP32, precision="bf16"),        # a bf16 FID is not an fp32 one
+    replace(INCEPTION_FP32, precision="tf32"),
+    replace(INCEPTION_FP32, weights_sha256=SHA_B),    # another file under the name inception-v3-compat
+])
+def test_the_extractor_footing_keeps_precision_and_weights_apart(client, tmp_path, other):
+    v1 = _version(client, tmp_path, 40.0)
+    promote(client, NAME, v1, "fid_final", "min")
+    v2 = _version(client, tmp_path, 5.0, footing={**FOOTING, **extractor_footing(other)})
+    moved, why, _ = promote(client, NAME, v2, "fid_final", "min")
+    assert not moved and _best(client) == v1 and "another footing" in why
+    # Nor does a later version on v1's footing ever rank v2: it is the best of its own footing only.
+    v3 = _version(client, tmp_path, 39.0)
+    assert promote(client, NAME, v3, "fid_final", "min").moved and _best(client) == v3
+
+
+def test_best_is_the_argmin_of_the_registry_not_of_the_last_alias(client, tmp_path):
+    fids = {_version(client, tmp_path, fid): fid for fid in (40.0, 31.0, 35.0)}
+    # @best set by hand (or by an older sweeper) to a version that is not the best on its footing.
+    client.set_registered_model_alias(NAME, ALIAS, "1")
+    v4 = _version(client, tmp_path, 33.0)
+    fids[v4] = 33.0
+    moved, why, _ = promote(client, NAME, v4, "fid_final", "min")
+    assert not moved and _best(client) == min(fids, key=fids.get) == "2"
+    assert "is not below version 2's 31" in why and "of 4 versions" in why
+
+
+def test_a_tie_keeps_the_older_version(client, tmp_path):
+    v1 = _version(client, tmp_path, 40.0)
+    promote(client, NAME, v1, "fid_final", "min")
+    v2 = _version(client, tmp_path, 40.0)
+    assert not promote(client, NAME, v2, "fid_final", "min").moved and _best(client) == v1
 
 
 def test_a_version_without_a_finite_fid_never_takes_best(client, tmp_path):
     v1 = _version(client, tmp_path, float("inf"))
-    assert not promote(client, NAME, v1, "fid_final", "min")[0]
+    assert not promote(client, NAME, v1, "fid_final", "min").moved
+    assert ALIAS not in client.get_registered_model(NAME).aliases
+
+
+def test_a_half_tagged_version_is_on_no_footing(client, tmp_path):
+    # A concurrent sweep's version whose tags are still being written (no sweeper.footing yet).
+    v1 = client.create_model_version(NAME, source=str(tmp_path), tags={**FOOTING, "fid_final": "1"}).version
+    v2 = _version(client, tmp_path, 40.0)
+    assert promote(client, NAME, v2, "fid_final", "min").moved and _best(client) == v2 != v1
 
 
 def test_a_higher_is_better_metric_moves_best_upwards_only(client, tmp_path):
     v1 = _version(client, tmp_path, 0.0, test_acc="0.80")
-    assert promote(client, NAME, v1, "test_acc", "max")[0]
+    assert promote(client, NAME, v1, "test_acc", "max").moved
     v2 = _version(client, tmp_path, 0.0, test_acc="0.75")
-    moved, why = promote(client, NAME, v2, "test_acc", "max")
+    moved, why, _ = promote(client, NAME, v2, "test_acc", "max")
     assert not moved and "is not above version 1's 0.8" in why
     v3 = _version(client, tmp_path, 0.0, test_acc="0.85")
-    assert promote(client, NAME, v3, "test_acc", "max")[0] and _best(client) == v3
+    assert promote(client, NAME, v3, "test_acc", "max").moved and _best(client) == v3
 
 
-def test_quick_sweeps_register_under_their_own_name():
-    assert model_name("wgangp", "generator") == "wgangp-generator"
-    assert model_name("wgangp", "generator", quick=True) == "wgangp-quick-generator"
-    assert model_name("pets", "classifier") == "pets-classifier"
+def test_a_quick_sweeps_model_never_competes_with_the_real_one(client, tmp_path):
+    real = model_name("cats", "generator")
+    assert real == NAME
+    v1 = _version(client, tmp_path, 40.0)
+    promote(client, real, v1, "fid_final", "min")
+    # A --quick sweep of the same name, same footing and a far better (CPU-budget) FID.
+    quick = model_name("cats", "generator", quick=True)
+    client.create_registered_model(quick)
+    q1 = _version(client, tmp_path, 5.0, name=quick)
+    assert promote(client, quick, q1, "fid_final", "min").moved and _best(client, quick) == q1
+    assert _best(client, real) == v1 and len(client.search_model_versions(f"name = '{real}'")) == 1
+
+
+# --- a real `mlflow server`: sweeps registering at once, and a server that fails ---
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    root = tmp_path_factory.mktemp("registry_server")
+    port = free_port()
+    log = (root / "server.log").open("ab")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
+         "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}", "--artifacts-destination", str(root / "artifacts")],
+        cwd=root, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"})
+    try:
+        wait_until_up(f"http://127.0.0.1:{port}/health", process, root / "server.log")
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        os.killpg(process.pid, signal.SIGTERM)
+        process.wait(timeout=60)
+        log.close()
+
+
+def _server_version(client, name: str, fid: float) -> str:
+    """Registered as a sweep registers its winner: a version of a run's model, then tagged."""
+    run = client.create_run("0")
+    version = client.create_model_version(name, source=f"{run.info.artifact_uri}/model", run_id=run.info.run_id).version
+    tag_version(client, name, version, tags={"fid_final": f"{fid:.6g}"}, footing=FOOTING, description="test")
+    return version
+
+
+def _sweep(uri: str, name: str, fids: list[float], seed: int, registered: dict, errors: list) -> None:
+    client, jitter = MlflowClient(uri), random.Random(seed)
+    try:
+        for fid in fids:
+            version = _server_version(client, name, fid)
+            registered[version] = fid
+            threading.Event().wait(jitter.uniform(0, 0.05))  # vary the interleaving between repetitions
+            promote(client, name, version, "fid_final", "min")
+    except Exception as exc:  # surfaced by the test: a thread's exception is otherwise lost
+        errors.append(exc)
+
+
+@pytest.mark.parametrize("repetition", range(4))
+def test_two_sweeps_registering_at_once_leave_best_on_the_argmin(server, repetition):
+    name = f"race-{repetition}-generator"
+    client = MlflowClient(server)
+    client.create_registered_model(name)
+    rng = random.Random(repetition)
+    fids = [[round(rng.uniform(10, 90), 3) for _ in range(3)] for _ in range(2)]
+    registered, errors = {}, []
+    threads = [threading.Thread(target=_sweep, args=(server, name, own, repetition * 10 + i, registered, errors))
+               for i, own in enumerate(fids)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=240)
+    assert not errors and len(registered) == 6
+    argmin = min(registered, key=lambda v: (registered[v], int(v)))  # from what the test registered
+    assert registered[argmin] == min(fids[0] + fids[1])
+    assert _best(client, name) == argmin
+    assert client.get_model_version(name, argmin).tags[DECISION_TAG].startswith("moved")
+
+
+class _Failing(http.server.BaseHTTPRequestHandler):
+    """Forwards every request to the real server, except that it answers 503 to `fail` (method, path)."""
+    upstream: str
+    fail: tuple[str, str]
+
+    def _forward(self):
+        body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        if (self.command, self.path.split("?")[0]) == self.fail:
+            self.send_response(503)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
+        upstream = http.client.HTTPConnection(self.upstream, timeout=30)
+        headers = {k: v for k, v in self.headers.items() if k.lower() not in ("host", "connection")}
+        upstream.request(self.command, self.path, body=body, headers=headers)
+        response = upstream.getresponse()
+        data = response.read()
+        self.send_response(response.status)
+        for key, value in response.getheaders():
+            if key.lower() not in ("content-length", "connection", "transfer-encoding", "date", "server"):
+                self.send_header(key, value)
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+        upstream.close()
+
+    do_GET = do_POST = do_PATCH = do_DELETE = _forward
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.mark.parametrize("fail", [
+    ("GET", "/api/2.0/mlflow/registered-models/get"),      # reading where @best points
+    ("GET", "/api/2.0/mlflow/model-versions/search"),      # reading the versions to rank
+    ("POST", "/api/2.0/mlflow/registered-models/alias"),   # setting @best
+])
+def test_a_503_leaves_best_where_it_was_and_says_so(server, monkeypatch, caplog, fail):
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")  # the client's own retries would only delay the 503
+    name = f"outage-{fail[1].rsplit('/', 2)[-2]}-{fail[0].lower()}-generator"
+    direct = MlflowClient(server)
+    direct.create_registered_model(name)
+    v1 = _server_version(direct, name, 40.0)
+    assert promote(direct, name, v1, "fid_final", "min").moved
+    v2 = _server_version(direct, name, 30.0)  # better: @best would move to it if the server answered
+    handler = type("Handler", (_Failing,), {"upstream": server.removeprefix("http://"), "fail": fail})
+    proxy = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=proxy.serve_forever, daemon=True).start()
+    try:
+        with caplog.at_level(logging.WARNING, logger="sweeper.tracking.registry"):
+            moved, why, updated = promote(MlflowClient(f"http://127.0.0.1:{proxy.server_address[1]}"), name, v2,
+                                          "fid_final", "min")
+    finally:
+        proxy.shutdown()
+        proxy.server_close()
+    assert not moved and not updated and _best(direct, name) == v1
+    assert why.startswith("not updated") and "503" in why and f"@{ALIAS} left where it was" in why
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1 and "\n" not in warnings[0] and f"{name}@{ALIAS} not updated" in warnings[0]
+    assert direct.get_model_version(name, v2).tags[DECISION_TAG] == why
+    # Once the server answers again, the next decision (any version's) moves @best to the argmin.
+    assert not promote(direct, name, v1, "fid_final", "min").moved and _best(direct, name) == v2
+

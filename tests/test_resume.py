@@ -1,6 +1,10 @@
 """A long sweep survives its processes dying: one trial process SIGKILLed mid-run is retried from its
 checkpoint; then the driver and everything it started are SIGKILLed, and `python -m sweeper resume`
-finishes the same sweep: one parent run, one child run per trial, every eval period logged once."""
+finishes the same sweep: one parent run, one child run per trial, every eval period logged once.
+And a resume repeats nothing that finished: the resumed driver is SIGKILLed again as the winner's
+model version appears (inside its registration), and once more after the registration (in the
+summary); the last resume finishes with one model version, each final number measured and logged
+once."""
 import json
 import os
 import signal
@@ -79,10 +83,47 @@ def resumed(tmp_path_factory):
             kill_session(sweep.pid)
             sweep.wait()
     killed_at = _fids(db)
+    # Killed as the winner's version appears: inside its registration (tags, @best not yet done).
+    _resume_killed_when(workdir, "resume1.log", lambda log: _model_versions(db) >= 1)
+    # Killed after the registration (this driver's, or one it found recorded), while the parent
+    # run's summary is written.
+    _resume_killed_when(workdir, "resume2.log", lambda log: ("@best " in log or "registered before" in log)
+                        and "registered" in _state(workdir).get("steps", {}))
     result = subprocess.run([sys.executable, "-m", "sweeper", "resume"], cwd=workdir, env=_env(),
                             capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     return workdir, result, killed_at, MlflowClient(f"sqlite:///{db}")
+
+
+def _model_versions(db: Path) -> int:
+    with sqlite3.connect(db) as connection:
+        try:
+            return connection.execute("select count(*) from model_versions").fetchone()[0]
+        except sqlite3.OperationalError:  # tables not created yet
+            return 0
+
+
+def _resume_killed_when(workdir: Path, log_name: str, condition) -> None:
+    """`sweeper resume`, its whole session SIGKILLed as soon as `condition(its output so far)` holds."""
+    log_path = workdir / log_name
+    with log_path.open("w") as log:
+        driver = subprocess.Popen([sys.executable, "-m", "sweeper", "resume"], cwd=workdir, env=_env(),
+                                  stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        try:
+            deadline = time.monotonic() + 600
+            while not condition(log_path.read_text()):
+                assert driver.poll() is None, f"{log_name}: the driver ended first\n" + log_path.read_text()[-3000:]
+                assert time.monotonic() < deadline, f"{log_name}: not killed in 600 s"
+                time.sleep(0.05)
+        finally:
+            kill_session(driver.pid)
+            driver.wait()
+    assert _state(workdir)["status"] != "finished", f"{log_name}: the sweep finished before it was killed"
+
+
+def _state(workdir: Path) -> dict:
+    (state,) = workdir.glob("sweeps/ray_results/*/sweeper.json")
+    return json.loads(state.read_text())
 
 
 def _runs(client):
@@ -112,6 +153,41 @@ def test_resume_finishes_the_same_sweep_in_the_same_runs(resumed):
     again = subprocess.run([sys.executable, "-m", "sweeper", "resume", "resilient"], cwd=workdir, env=_env(),
                            capture_output=True, text=True, timeout=120)
     assert again.returncode == 0 and "finished; nothing to resume" in again.stdout, again.stdout + again.stderr
+
+
+def test_a_resume_repeats_no_finished_step(resumed):
+    """Killed inside the registration, then after it: one model version in the end, the final
+    evaluation measured once, every final number logged once (trials' and parent's)."""
+    workdir, result, _, client = resumed
+    logs = {name: (workdir / name).read_text() for name in ("first.log", "resume1.log", "resume2.log")}
+    logs["resume3"] = result.stdout
+    measured = [name for name, text in logs.items() if "best checkpoints measured again" in text]
+    assert measured == ["resume1.log"], measured
+    assert all("not measured again" in logs[name] for name in ("resume2.log", "resume3"))
+    # The second resume found the first one's registration unfinished (deleted it, registered
+    # again) or, had the kill come after it was recorded, reused it; the third reused it.
+    redone = "an unfinished registration, deleted" in logs["resume2.log"]
+    assert redone != ("registered before the driver stopped" in logs["resume2.log"]), logs["resume2.log"][-3000:]
+    assert "registered before the driver stopped" in logs["resume3"]
+    (version,) = client.search_model_versions("name = 'resilient-generator'")
+    assert client.get_model_version_by_alias("resilient-generator", "best").version == version.version
+    registered = _state(workdir)["steps"]["registered"]
+    assert (registered["model"], registered["model_version"]) == ("resilient-generator", version.version)
+    assert f"registered model: models:/resilient-generator/{version.version};" in result.stdout
+    parents, children = _runs(client)
+    steps = _state(workdir)["steps"]
+    for child in children:
+        for key in ("fid_select", "fid_final"):
+            history = client.get_metric_history(child.info.run_id, key)
+            expected = steps["final_measured"].get(child.data.tags["sweeper.trial_id"], {}).get(key)
+            assert [m.value for m in history] == pytest.approx([] if expected is None else [expected]), key
+    assert version.run_id == child_run_of(children, registered["trial_id"])
+    assert len(client.get_metric_history(parents[0].info.run_id, "fid_final")) == 1
+
+
+def child_run_of(children, trial_id: str) -> str:
+    (child,) = [c for c in children if c.data.tags["sweeper.trial_id"] == trial_id]
+    return child.info.run_id
 
 
 def test_the_killed_trial_was_retried_from_its_checkpoint(resumed):

@@ -2,6 +2,7 @@
 torch-fidelity's layout gives the same pool3 features as the TorchScript itself and the same FID as
 torch-fidelity's own calculate_metrics; the conversion is cached and load_extractor picks it offline.
 Real weights, real photos, no mocks; CPU-sized (the Inception runs ~10-20 img/s on 2 cores)."""
+import hashlib
 import os
 import warnings
 from pathlib import Path
@@ -108,7 +109,9 @@ def test_conversion_is_cached_and_loads_weights_only(converted):
     path = Path(converted)
     assert path.parent == fid_weights.cache_dir() / "fid" and "pool2048-only" in path.name
     mtime = path.stat().st_mtime_ns
-    assert fid_weights.converted_weights() == converted and path.stat().st_mtime_ns == mtime  # not rewritten
+    again = fid_weights.converted()
+    assert again.path == converted and path.stat().st_mtime_ns == mtime  # not rewritten
+    assert again.sha256 == hashlib.sha256(path.read_bytes()).hexdigest()  # the full hash of what is loaded
     state = torch.load(path, map_location="cpu", weights_only=True)
     model = FeatureExtractorInceptionV3(INCEPTION_NAME, ["2048"], feature_extractor_weights_path=converted)
     assert state.keys() == model.state_dict().keys()  # and torch-fidelity's strict load accepted it
@@ -116,13 +119,23 @@ def test_conversion_is_cached_and_loads_weights_only(converted):
     assert sum(v.numel() for k, v in state.items() if k.endswith("conv.weight")) > 21_000_000
 
 
-def test_a_corrupt_cached_file_is_converted_again(source, tmp_path, monkeypatch):
+@pytest.mark.parametrize("damage", ["truncate", "flip a byte"])
+def test_a_corrupt_cached_file_is_converted_again(source, tmp_path, monkeypatch, caplog, damage):
     monkeypatch.setenv("SWEEPER_CACHE", str(tmp_path / "cache"))
     path = Path(fid_weights.converted_weights())
-    path.write_bytes(path.read_bytes()[:1000])  # truncated, as by a full disk outside our atomic write
-    assert fid_weights.converted_weights() == str(path)
+    good = path.read_bytes()
+    if damage == "truncate":  # as by a full disk outside our atomic write
+        path.write_bytes(good[:1000])
+    else:  # one bit flipped mid-file, among the tensors' bytes: it still loads, only the re-hash tells
+        middle = len(good) // 2
+        path.write_bytes(good[:middle] + bytes([good[middle] ^ 1]) + good[middle + 1:])
+    with caplog.at_level("WARNING", logger=fid_weights.__name__):
+        weights = fid_weights.converted()
+    assert [r.getMessage().count("\n") for r in caplog.records if "damaged" in r.getMessage()] == [0]
+    assert weights.path == str(path) and path.read_bytes() == good
+    assert weights.sha256 == hashlib.sha256(good).hexdigest()
     assert len(torch.load(path, map_location="cpu", weights_only=True)) > 500
-    assert [p.name for p in path.parent.iterdir()] == [path.name]  # no temp file left
+    assert sorted(p.name for p in path.parent.iterdir()) == [path.name, f"{path.name}.sha256"]  # no temp file left
 
 
 def test_offline_load_extractor_gives_the_standard_network(converted, monkeypatch, tmp_path):
@@ -134,4 +147,5 @@ def test_offline_load_extractor_gives_the_standard_network(converted, monkeypatc
         extractor = load_extractor("cpu")
     assert isinstance(extractor, InceptionFeatures)
     assert extractor.name == INCEPTION_NAME and extractor.weights_path == converted
+    assert extractor.weights_sha256 == hashlib.sha256(Path(converted).read_bytes()).hexdigest()
     assert extractor_by_name(INCEPTION_NAME, "cpu").weights_path == converted  # trials find it too

@@ -34,6 +34,10 @@ def test_reports_every_eval_period_with_fixed_metric_names(setup, tmp_path):
     assert {"fid", "kid", "kimg", "img_per_s", "loss_d", "loss_g", "diverged"} <= set(report.metrics[0])
     assert all(np.isfinite(m["kid"]) for m in report.metrics)
     assert report.metrics[-1]["kimg"] == pytest.approx(3 * 3 * 2 * 16 / 1000)
+    # train_s (what rungs in compute count) is the period's training time: the images D saw in it
+    # over img_per_s, measured around the same loop.
+    per_period = report.metrics[0]["kimg"] * 1000
+    assert all(m["train_s"] > 0 and m["train_s"] == pytest.approx(per_period / m["img_per_s"]) for m in report.metrics)
     assert all(np.isfinite(m["fid"]) and m["fid"] > 0 for m in report.metrics)
     assert all((c / GRID_FILE).stat().st_size > 0 for c in report.checkpoints)
 

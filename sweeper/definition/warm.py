@@ -34,8 +34,8 @@ point is dropped: a warm start at the top of the range has no x2 neighbour. A ne
 warm start's fixed overrides (the same whole config with another learning rate), but it is no warm
 start: never equal in its params to one, it is ranked, stopped and evaluated with the searched
 trials. A learning rate searched as a choice is no range and is not scaled; a warm start without
-a searched learning-rate range has no neighbours. How many of them run is the searcher's decision
-(`sweeper.search.tuner.build_searcher`: at most a third of the configurations).
+a searched learning-rate range has no neighbours. How many of them run: warm starts and neighbours together
+take at most a third of the sweep's configurations (`Sweep.enqueued_neighbours`).
 """
 from __future__ import annotations
 

@@ -40,6 +40,8 @@ import pyarrow.fs
 import ray
 import torch
 
+from sweeper.driver import resume
+from sweeper.driver.resume import SweepState
 from sweeper.driver.running import Running
 from sweeper.tracking.outcomes import COMPLETED, DIVERGED, STOPPED, finite
 
@@ -59,10 +61,47 @@ class Candidate:
     period: int       # the eval period that checkpoint was reported at
 
 
-def evaluate(run: Running, table: pd.DataFrame, results) -> tuple[pd.DataFrame, dict[str, Candidate]]:
+def evaluate(run: Running, table: pd.DataFrame, results,
+             state: SweepState | None = None) -> tuple[pd.DataFrame, dict[str, Candidate]]:
     """The kind's final metrics of each candidate's best checkpoint, logged to its run (at the step
-    of that checkpoint, with the files the kind made) and added to the table; with the candidates."""
+    of that checkpoint, with the files the kind made) and added to the table; with the candidates.
+
+    With the sweep's `state`, each part is done once over the sweep's resumes (sweeper.driver.resume):
+    numbers measured before the driver stopped are reused, not measured again, and a trial whose
+    numbers are logged is not logged again. The candidates themselves are chosen again from Tune's
+    results, which no longer change once the trials finished."""
     sweep, kind, inputs = run.sweep, run.kind, run.inputs
+    chosen = _chosen(sweep, table, results)
+    measured = resume.recorded_measured(state)
+    if measured is None:
+        print(f"final evaluation: {len(chosen)} best checkpoints measured again ({inputs.measured_on})", flush=True)
+        groups = dict(zip(table["trial_id"], table["group"]))
+        measured = measure_final({t: (c.config, c.checkpoint) for t, c in chosen.items()}, groups, kind=kind,
+                                 shared={**inputs.trial, **inputs.final}, resources=run.per_trial)
+        resume.record_measured(state, measured)
+    else:
+        print(f"final evaluation: {len(measured)} checkpoints' numbers as measured before the driver stopped "
+              f"(not measured again)", flush=True)
+    table = table.copy()
+    for column in filter(None, (kind.select_metric, kind.final_metric, "final_eval_period")):
+        table[column] = float("nan")
+    table.attrs["final_metrics"] = sorted({key for metrics, _ in measured.values() for key in metrics})
+    logged = list(resume.recorded(state, resume.FINAL_LOGGED) or [])
+    for trial_id, (metrics, files) in measured.items():
+        row = table.index[table["trial_id"] == trial_id][0]
+        values = {**metrics, "final_eval_period": chosen[trial_id].period}
+        for key, value in values.items():
+            table.loc[row, key] = value
+        if trial_id not in logged:
+            _log_measured(run.tracking.client(), table.loc[row, "run_id"], chosen[trial_id].period, values, files,
+                          inputs.final_tags)
+            logged.append(trial_id)
+            resume.record(state, resume.FINAL_LOGGED, logged)
+    return table, chosen
+
+
+def _chosen(sweep, table: pd.DataFrame, results) -> dict[str, Candidate]:
+    """The candidates whose best checkpoint is still there, by trial id."""
     chosen = {}
     for trial_id in candidates(table, sweep.metric, sweep.mode, sweep.final.top_k):
         result = result_of(results, trial_id)
@@ -70,22 +109,7 @@ def evaluate(run: Running, table: pd.DataFrame, results) -> tuple[pd.DataFrame, 
         if checkpoint is not None:
             chosen[trial_id] = Candidate(trial_id, dict(result.config), sweep.trial_config(result.config),
                                          checkpoint, int(metrics["eval_period"]))
-    print(f"final evaluation: {len(chosen)} best checkpoints measured again ({inputs.measured_on})", flush=True)
-    groups = dict(zip(table["trial_id"], table["group"]))
-    measured = measure_final({t: (c.config, c.checkpoint) for t, c in chosen.items()}, groups, kind=kind,
-                             shared={**inputs.trial, **inputs.final}, resources=run.per_trial)
-    table = table.copy()
-    for column in filter(None, (kind.select_metric, kind.final_metric, "final_eval_period")):
-        table[column] = float("nan")
-    table.attrs["final_metrics"] = sorted({key for metrics, _ in measured.values() for key in metrics})
-    for trial_id, (metrics, files) in measured.items():
-        row = table.index[table["trial_id"] == trial_id][0]
-        values = {**metrics, "final_eval_period": chosen[trial_id].period}
-        for key, value in values.items():
-            table.loc[row, key] = value
-        _log_measured(run.tracking.client(), table.loc[row, "run_id"], chosen[trial_id].period, values, files,
-                      inputs.final_tags)
-    return table, chosen
+    return chosen
 
 
 def measure_final(jobs: dict, groups: dict, *, kind, shared: dict, resources: dict) -> dict:

@@ -9,6 +9,8 @@ it started: the recorded sweep already has its plan's num_evals, num_samples and
 """
 from __future__ import annotations
 
+import dataclasses
+
 from sweeper.definition import Budget, Promotion, Sweep
 from sweeper.search.cost import check_unit, measure_period_cost
 from sweeper.search.plan import Plan, describe, plan_budget
@@ -29,6 +31,7 @@ def plan_sweep(sweep: Sweep, kind, shared: dict, per_trial: dict) -> tuple[Sweep
     plan = plan_budget(left.amount, cost.per_period(budget.unit, promotion.first_rung),
                        eta=promotion.reduction_factor, first_rung=promotion.first_rung,
                        max_brackets=promotion.max_brackets)
+    plan = dataclasses.replace(plan, rung_cost=cost.rung_cost(budget.unit))
     # The plan's count is what its estimated cost pays for, rounded down; the budget's admission
     # (sweeper.search.spending), at the cost the trials measure, decides how many really start:
     # fewer where a period costs more, up to twice as many where the rounding or the estimate left room.
@@ -37,11 +40,12 @@ def plan_sweep(sweep: Sweep, kind, shared: dict, per_trial: dict) -> tuple[Sweep
     lines = [cost.line(budget), *describe(plan, budget.unit),
              f"  the trials may spend {left} (the budget less the probe); the sweep stops when they have"]
     if promotion.rungs_in == "compute" and len(plan.rungs) > 1:
-        attr = "kimg" if budget.unit == "kimg" else "compute_s"
+        attr, per_period = plan.rung_cost
         costly = ", ".join(sorted(set(kind.cost_keys) & sweep.searched_keys())) or "the space"
         lines.append(f"  rungs in compute ({costly} searched: trials differ in cost per period): a trial reaches "
-                     f"rung {plan.rungs[0]} at {attr} {(plan.rungs[0] - 0.5) * plan.cost_per_period:.4g}, ... ; "
-                     f"the last rung is {plan.max_t} periods, the end of every trial's schedule")
+                     f"rung {plan.rungs[0]} at {attr} {(plan.rungs[0] - 0.5) * per_period:.4g} ({per_period:.4g} a "
+                     f"period of the probe's config), ...; the last rung is {plan.max_t} periods, the end of "
+                     f"every trial's schedule")
     return planned, plan, lines
 
 
@@ -51,4 +55,5 @@ def plan_params(plan: Plan | None, given: Budget | None) -> dict:
         return {"budget": str(given)} if given is not None else {}
     return {"budget": str(given), "plan.rungs": ",".join(map(str, plan.rungs)),
             "plan.brackets": ",".join(map(str, plan.configs)), "plan.eta": plan.eta,
-            "plan.cost_per_period": f"{plan.cost_per_period:.6g}", "plan.expected_cost": f"{plan.cost:.6g}"}
+            "plan.cost_per_period": f"{plan.cost_per_period:.6g}", "plan.expected_cost": f"{plan.cost:.6g}",
+            **({"plan.rung_cost": f"{plan.rung_cost[0]}={plan.rung_cost[1]:.6g}"} if plan.rung_cost else {})}

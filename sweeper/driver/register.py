@@ -1,6 +1,7 @@
 """The sweep's winner published: its best checkpoint logged as a model of its trial's run,
-registered as `<sweep>-<kind>`, and `@best` moved to it only where it beats the version there on
-the same footing (sweeper.tracking.registry decides)."""
+registered as `<sweep>-<kind>`, and `@best` pointed at the best version on its footing
+(sweeper.tracking.registry decides; where the registry fails, @best is left alone and the console,
+the run's tags and the summary say "not updated")."""
 from __future__ import annotations
 
 import pandas as pd
@@ -25,7 +26,7 @@ def register(run: Running, table: pd.DataFrame, winner: Candidate) -> dict:
     tag_version(client, name, version, tags=tags, footing=run.inputs.footing,
                 description=f"Winner of sweep {run.sweep.name} (trial {winner.trial_id}): {number}, checkpoint of "
                             f"eval period {winner.period}.")
-    _, why = promote(client, name, version, kind.final_metric, kind.final_mode)
+    why = promote(client, name, version, kind.final_metric, kind.final_mode).why  # "not updated: ..." on a failure
     print(f"models:/{name}@best {why}", flush=True)
     parent = run.tracking.parent_run_id
     client.set_tag(parent, "sweeper.registered_model", f"{name}/{version}")

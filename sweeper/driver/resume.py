@@ -10,16 +10,39 @@ Next to Tune's own state the driver writes, before the first trial starts:
 
 A driver killed outright leaves `running`; `resume` takes any sweep that is not `finished` and
 that Tune can restore (`Tuner.can_restore`).
+
+**A resume repeats nothing that finished.** The steps after the trials write to MLflow, and a
+second run of them would log `fid_final` twice and register a second model version. So each one
+is recorded in `sweeper.json`'s `steps` as it finishes, with what it made, and a resume reuses the
+record instead of running it again:
+
+- `final_measured`: the final evaluation's numbers per trial (its files, e.g. a GAN's draw records
+  or a classifier's figures, in `final_files.pkl` beside it), recorded before they are logged;
+- `final_logged`: the trials whose measured numbers are logged to their runs, one at a time;
+- `registered`: the winner's registered model version and the @best decision;
+- `parent_metrics`, `summary`: the parent run's summary numbers, files and figures.
+
+A driver killed inside a step (between two MLflow calls) leaves it unrecorded: it runs again on
+resume. For a registration that is a model version already made from the winner's run: it is
+deleted and the registration done again (sweeper.driver.run), so one version remains.
+
+**Trials `resume` re-runs after they errored** (Tune's `resume_errored`) were told to the searcher
+as FAIL. Optuna cannot tell a finished trial again, and Tune's ConcurrencyLimiter passes nothing on
+for a trial it no longer counts as live, so their results would reach neither TPE nor the parameter
+importances. `RetellRetried`, a Tune callback added on resume, hands each such trial's final result
+to `SweepSearch.retell`, which adds it to the study as a new trial with the same params.
 """
 from __future__ import annotations
 
 import dataclasses
 import json
 import logging
+import pickle
 import time
 
 import pyarrow.fs
 from ray import cloudpickle, tune
+from ray.tune.utils import flatten_dict
 
 from sweeper.driver.moved import old_module_names
 from trainables.cache import write_whole
@@ -27,7 +50,10 @@ from trainables.errors import BadInput
 
 log = logging.getLogger("sweeper")
 
-STATE_FILE, SWEEP_FILE = "sweeper.json", "sweep.pkl"
+STATE_FILE, SWEEP_FILE, FINAL_FILES = "sweeper.json", "sweep.pkl", "final_files.pkl"
+# The steps after the trials that a resume must not repeat (see the module's docstring).
+FINAL_MEASURED, FINAL_LOGGED, REGISTERED, PARENT_METRICS, SUMMARY = (
+    "final_measured", "final_logged", "registered", "parent_metrics", "summary")
 RUNNING, FINISHED, INTERRUPTED, FAILED = "running", "finished", "interrupted", "failed"
 
 
@@ -42,6 +68,9 @@ class SweepState:
     tracking_uri: str
     experiment_id: str
     parent_run_id: str
+    # The finished steps after the trials, as recorded (step -> what it made). The one mutable part:
+    # every copy of a state (dataclasses.replace) shares it, so a status written later keeps them.
+    steps: dict = dataclasses.field(default_factory=dict)
 
 
 def experiment_path(storage: str, run_name: str) -> str:
@@ -66,9 +95,66 @@ def write_state(state: SweepState, sweep) -> None:
 
 def set_status(state: SweepState, status: str) -> SweepState:
     state = dataclasses.replace(state, status=status)
+    _write_state_file(state)
+    return state
+
+
+def _write_state_file(state: SweepState) -> None:
     fs, path = pyarrow.fs.FileSystem.from_uri(state.path)
     write_whole(fs, f"{path}/{STATE_FILE}", json.dumps(dataclasses.asdict(state), indent=2).encode())
-    return state
+
+
+def recorded(state: SweepState | None, step: str):
+    """What a finished `step` made, as recorded; None if it has not finished (or no state is kept)."""
+    return None if state is None else state.steps.get(step)
+
+
+def record(state: SweepState | None, step: str, made) -> None:
+    """`step` finished and made `made` (plain JSON data): written before the next step starts."""
+    if state is None:
+        return
+    state.steps[step] = made
+    _write_state_file(state)
+
+
+def record_measured(state: SweepState | None, measured: dict) -> None:
+    """The final evaluation's {trial id: (metrics, {file name: bytes})}: the files beside the state
+    file first, so a recorded `final_measured` always has them."""
+    if state is None:
+        return
+    fs, path = pyarrow.fs.FileSystem.from_uri(state.path)
+    write_whole(fs, f"{path}/{FINAL_FILES}", pickle.dumps({t: files for t, (_, files) in measured.items()}))
+    record(state, FINAL_MEASURED, {t: {k: float(v) for k, v in metrics.items()} for t, (metrics, _) in measured.items()})
+
+
+def recorded_measured(state: SweepState | None) -> dict | None:
+    """The final evaluation's results as `record_measured` kept them; None if it has not finished."""
+    metrics = recorded(state, FINAL_MEASURED)
+    if metrics is None:
+        return None
+    fs, path = pyarrow.fs.FileSystem.from_uri(state.path)
+    with fs.open_input_stream(f"{path}/{FINAL_FILES}") as f:
+        files = pickle.loads(f.readall())  # noqa: S301  the driver's own file, written just above
+    return {t: (values, files.get(t, {})) for t, values in metrics.items()}
+
+
+class RetellRetried(tune.Callback):
+    """Tells the searcher again of each trial that finished after it was told FAIL (see the
+    module's docstring); `SweepSearch.retell` ignores every other trial, and a second telling."""
+
+    def __init__(self, searcher):
+        self.searcher = searcher
+
+    def on_trial_complete(self, iteration: int, trials: list, trial, **info):
+        self.searcher.retell(trial.trial_id, flatten_dict(trial.last_result or {}))
+
+
+def retell_retried(tuner: tune.Tuner, searcher) -> None:
+    """Add `RetellRetried` to a restored Tuner's callbacks (once: a run config restored from a resumed
+    sweep may carry one already)."""
+    # Tuner.restore takes no callbacks; the run config it restored is the one `fit` uses.
+    config = tuner._local_tuner.get_run_config()
+    config.callbacks = [c for c in config.callbacks or [] if not isinstance(c, RetellRetried)] + [RetellRetried(searcher)]
 
 
 def recorded_sweep(state: SweepState):

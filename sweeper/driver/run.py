@@ -16,7 +16,7 @@ import ray
 from ray import tune
 
 from sweeper.definition import ASHA, Sweep
-from sweeper.driver import final, resume
+from sweeper.driver import final, preflight, resume
 from sweeper.driver.planning import plan_params, plan_sweep
 from sweeper.driver.register import register
 from sweeper.driver.resume import SweepState, experiment_path
@@ -38,6 +38,7 @@ from sweeper.tracking.outcomes import (
     mark_interrupted,
     trial_table,
 )
+from sweeper.tracking.registry import model_name
 from sweeper.tracking.rungs import log_rungs
 from sweeper.tracking.runs import (
     SWEEPS_DIR,
@@ -50,6 +51,7 @@ from sweeper.tracking.runs import (
     reopen_sweep,
 )
 from sweeper.tracking.summary import log_summary
+from sweeper.trial.leftovers import deliver_leftovers
 from sweeper.trial.trainable import run_trial
 
 log = logging.getLogger("sweeper")
@@ -95,6 +97,8 @@ def _run(sweep: Sweep, *, quick: bool, sweep_file: str, path: str, resumed: Swee
     try:
         tuner, searcher = _tuner(run, restore=resumed is not None)
         results = tuner.fit()
+        for line in deliver_leftovers(run.tracking, results):  # trials that ended while MLflow was down
+            print(line, flush=True)
         deleted = resumed and drop_lost_trial_runs(run.tracking, {Path(r.path).name for r in results if r.path})
         if deleted:
             print(f"{deleted} trial run(s) of trials Tune never saved before the driver died: deleted", flush=True)
@@ -111,8 +115,8 @@ def _run(sweep: Sweep, *, quick: bool, sweep_file: str, path: str, resumed: Swee
         close_trial_runs(run.tracking, table)
         candidates = {}
         if run.kind.final_metric is not None:
-            table, candidates = final.evaluate(run, table, results)
-        summary = _summarise(run, table, results, searcher, candidates)
+            table, candidates = final.evaluate(run, table, results, state)
+        summary = _summarise(run, table, results, searcher, candidates, state)
         resume.set_status(state, resume.FINISHED)
         return summary
     except KeyboardInterrupt:
@@ -129,8 +133,13 @@ def _start(sweep: Sweep, *, quick: bool, sweep_file: str, path: str,
            resumed: SweepState | None) -> tuple[Running, SweepState]:
     """Everything before the Tuner: the inputs every trial shares, the GPU packing, the MLflow runs."""
     kind = kind_of(sweep.config)
-    check_reachable(default_tracking_uri() if resumed is None else resumed.tracking_uri)
+    tracking_uri = default_tracking_uri() if resumed is None else resumed.tracking_uri
+    check_reachable(tracking_uri)
     kind.check(sweep)
+    # Proven here, not found after minutes of preparation (sweeper.driver.preflight).
+    preflight.check_device(sweep)
+    preflight.prove_storage(path)
+    preflight.prove_tracking(tracking_uri, sweep.name)
     # Before Ray starts: the heavy shared preparation (the data's decode pool forks only while the
     # process is single-threaded). Trials get what it made through Ray's object store.
     prepared = kind.prepare(sweep)
@@ -219,10 +228,14 @@ def _tuner(run: Running, restore: bool):
     if sweep.budget is not None:
         register_spending(run.path, Spending.from_state(saved["budget"]) if saved.get("budget") else Spending(sweep.budget))
     search_alg = config.search_alg
-    return tuner, search_alg.searcher if isinstance(search_alg, RunningLimiter) else search_alg
+    searcher = search_alg.searcher if isinstance(search_alg, RunningLimiter) else search_alg
+    resume.retell_retried(tuner, searcher)  # the errored trials resume_errored re-runs
+    return tuner, searcher
 
 
-def _summarise(run: Running, table, results, searcher, candidates: dict) -> SweepSummary:
+def _summarise(run: Running, table, results, searcher, candidates: dict, state: SweepState) -> SweepSummary:
+    """The winner registered, the parent run's numbers and files; each part once over the sweep's
+    resumes (recorded in `state` as it finishes, see sweeper.driver.resume)."""
     sweep, kind, client = run.sweep, run.kind, run.tracking.client()
     column, mode = kind.winner_by(sweep)
     winner = final.winner(table, column, mode, measured=kind.final_metric)
@@ -233,18 +246,43 @@ def _summarise(run: Running, table, results, searcher, candidates: dict) -> Swee
         metrics = {final_metric: float(table[table["trial_id"] == winner].iloc[0][final_metric]), **metrics}
         client.set_tag(run.tracking.parent_run_id, "sweeper.best_trial", winner)
         if kind.model_kind is not None:
-            registered = register(run, table, candidates[winner])
-    for key, value in metrics.items():
-        client.log_metric(run.tracking.parent_run_id, key, value)
+            registered = _register_once(run, table, candidates[winner], state)
+    if resume.recorded(state, resume.PARENT_METRICS) is None:
+        for key, value in metrics.items():
+            client.log_metric(run.tracking.parent_run_id, key, value)
+        resume.record(state, resume.PARENT_METRICS, {key: float(value) for key, value in metrics.items()})
     best_config = dict(final.result_of(results, winner).config) if winner else None
     summary = SweepSummary(sweep.name, run.tracking, table, final_metric, run.inputs.measured_on, winner=winner,
                            final_value=metrics.get(final_metric), best_config=best_config, metrics=metrics,
                            lines=lines, **registered)
-    log_summary(run.tracking, sweep, table, results, searcher, winner, kind.final_metric,
-                extra={"summary.json": _summary_json(summary)})
-    _log_rungs(run)
+    if resume.recorded(state, resume.SUMMARY) is None:
+        log_summary(run.tracking, sweep, table, results, searcher, winner, kind.final_metric,
+                    extra={"summary.json": _summary_json(summary)})
+        _log_rungs(run)
+        resume.record(state, resume.SUMMARY, True)
     end_run(client, run.tracking.parent_run_id, COMPLETED if winner is not None else NO_WINNER)
     return dataclasses.replace(summary, runs_view=report.save_runs_view(client, report.latest_sweep(client, sweep.name)))
+
+
+def _register_once(run: Running, table, winner: final.Candidate, state: SweepState) -> dict:
+    """The winner registered, or, after a resume, its registration as recorded. A version made from
+    the winner's run that the state does not record is a registration the driver died inside (its
+    tags or @best decision may be missing): deleted, then the registration done whole. A trial's
+    run is registered at most once (only a sweep's winner is), so its run id finds it."""
+    done = resume.recorded(state, resume.REGISTERED)
+    if done is not None and done["trial_id"] == winner.trial_id:
+        print(f"registered before the driver stopped: models:/{done['model']}/{done['model_version']} "
+              f"(not again)", flush=True)
+        return {key: done[key] for key in ("model", "model_version", "alias_decision")}
+    client = run.tracking.client()
+    name = model_name(run.sweep.name, run.kind.model_kind, run.quick)
+    run_id = table[table["trial_id"] == winner.trial_id].iloc[0]["run_id"]
+    for version in client.search_model_versions(f"name = '{name}' and run_id = '{run_id}'"):
+        client.delete_model_version(name, version.version)
+        print(f"models:/{name}/{version.version}: an unfinished registration, deleted; registering again", flush=True)
+    registered = register(run, table, winner)
+    resume.record(state, resume.REGISTERED, {"trial_id": winner.trial_id, **registered})
+    return registered
 
 
 def _end_interrupted(run: Running, table, results=None, searcher=None) -> SweepSummary:
@@ -298,4 +336,4 @@ def _scheduler_name(scheduler) -> str:
     if isinstance(scheduler, ASHA):
         return f"asha(grace={scheduler.grace_period},rf={scheduler.reduction_factor},warm_starts_never_stopped)"
     return (f"promotion(eta={scheduler.reduction_factor},first_rung={scheduler.first_rung},"
-            f"max_brackets={scheduler.max_brackets})")
+            f"max_brackets={scheduler.max_brackets},rungs_in={scheduler.rungs_in})")

@@ -81,14 +81,15 @@ class GANKind(Kind):
         eval_stats, select_stats, final_stats = stats[per_eval, SELECT], stats[standard, SELECT], stats[standard, REPORT]
         return Inputs(
             trial={"images": dataset.images, "ref_stats": eval_stats, "extractor": per_eval.name,
-                   "weights": weights if per_eval == standard else None, "fid_precision": standard.precision},
+                   "weights": weights if per_eval == standard else None, "fid_precision": standard.precision,
+                   "weights_sha256": per_eval.weights_sha256},
             final={"select_stats": select_stats, "final_stats": final_stats, "final_extractor": standard.name,
-                   "final_weights": weights},
+                   "final_weights": weights, "final_weights_sha256": standard.weights_sha256},
             tags={"sweeper.fid_extractor": per_eval.name, "sweeper.fid_precision": standard.precision},
             parent_tags={"sweeper.fid_final_extractor": standard.name,
                          "sweeper.dataset_fingerprint": dataset.fingerprint, "sweeper.dataset_cache_key": prepared.key},
             final_tags={"sweeper.fid_final_extractor": standard.name},
-            footing={"sweeper.fid_final_extractor": standard.name, "sweeper.data_fingerprint": dataset.fingerprint,
+            footing={**extractor_footing(standard), "sweeper.data_fingerprint": dataset.fingerprint,
                      "sweeper.resolution": cfg.resolution, "sweeper.final_fid_samples": cfg.final_fid_samples,
                      "sweeper.ref_samples": final_stats.n_samples,
                      # fid_final against the REPORT half of the real images, not chosen on: not comparable
@@ -105,7 +106,8 @@ class GANKind(Kind):
 
     def trial_kwargs(self, cfg, shared: dict) -> dict:
         extractor = extractor_by_name(shared["extractor"], resolve_device(cfg.device),
-                                      weights_path=_local(shared["weights"]), precision=shared.get("fid_precision"))
+                                      weights_path=_local(shared["weights"]), precision=shared.get("fid_precision"),
+                                      weights_sha256=shared.get("weights_sha256"))
         return {"images": shared["images"], "ref_stats": shared["ref_stats"], "extractor": extractor}
 
     def measure(self, cfg, checkpoint_dir: str, shared: dict) -> tuple[dict, dict]:
@@ -117,7 +119,8 @@ class GANKind(Kind):
         stats = shared["select_stats"] if draw == SELECT else shared["final_stats"]
         features = extractor_by_name(shared["final_extractor"], resolve_device(cfg.device),
                                      weights_path=_local(shared["final_weights"]),
-                                     precision=shared.get("fid_precision"))
+                                     precision=shared.get("fid_precision"),
+                                     weights_sha256=shared.get("final_weights_sha256"))
         metrics, record = final_fid_kid(cfg, checkpoint_dir, features, stats, draw)
         record = {"draw": draw, "metrics": metrics, **record, "extractor": features.name,
                   "real_images": stats.n_samples, "real_half": stats.half, "reference_key": stats.key}
@@ -160,6 +163,17 @@ MIN_IMAGES = 2  # the real images' feature covariance (FID) needs two
 # picked on an independent draw (sweeper.driver.final). Change it when what fid_final means changes.
 FID_FINAL_DRAW = "report-half-v1"
 
+NO_WEIGHTS = "none"  # the weights tag of an extractor without a weights file (its name fixes its features)
+
+
+def extractor_footing(spec) -> dict:
+    """The registry tags that make two fid_final numbers' features the same: the extractor's name, the
+    full sha256 of its weights file, its precision. Any of them different (a bf16 FID, another file
+    under the name inception-v3-compat): another footing, never compared (sweeper.tracking.registry)."""
+    return {"sweeper.fid_final_extractor": spec.name,
+            "sweeper.fid_final_weights_sha256": spec.weights_sha256 or NO_WEIGHTS,
+            "sweeper.fid_final_precision": spec.precision}
+
 
 def too_little_data(n: int, cfg: GANConfig) -> list[str]:
     """What a dataset of `n` images quietly changes, though training still works: batches are drawn
@@ -192,14 +206,16 @@ class TrialExtractor:
     precision: str
     weights: ShippedFile | None
     device: str  # the config's device: "auto" = CUDA where the process was given a GPU
+    weights_sha256: str | None = None  # what the shipped weights' bytes must hash to (and the refstats key)
 
     @classmethod
     def of(cls, spec, weights: ShippedFile | None, device: str) -> TrialExtractor:
-        return cls(spec.name, spec.dims, spec.precision, weights if spec.weights_path else None, device)
+        return cls(spec.name, spec.dims, spec.precision, weights if spec.weights_path else None, device,
+                   spec.weights_sha256)
 
     def build(self):
         return extractor_by_name(self.name, resolve_device(self.device), weights_path=_local(self.weights),
-                                 precision=self.precision)
+                                 precision=self.precision, weights_sha256=self.weights_sha256)
 
 
 def _extractors(cfg: GANConfig, available: dict):

@@ -58,17 +58,22 @@ class ExtractorRecipe(Protocol):
     name: str
     dims: int
     precision: str
+    weights_sha256: str | None  # full sha256 of the weights file; None: the extractor has none
 
     def build(self): ...
 
 
 def refstats_key(fingerprint: str, resolution: tuple[int, int], extractor_name: str, n_samples: int, seed: int,
-                 precision: str = "fp32", half: str | None = None) -> str:
-    """sha256 over the content that determines the statistics, never over a path."""
+                 precision: str = "fp32", half: str | None = None, weights_sha256: str | None = None) -> str:
+    """sha256 over the content that determines the statistics, never over a path: the extractor is
+    its name, its precision and the full sha256 of its weights file (two same-shaped files under one
+    name are other features)."""
     fields = {"format": _FORMAT, "fingerprint": fingerprint, "resolution": list(resolution),
               "extractor": extractor_name, "n_samples": n_samples, "seed": seed}
     if precision != "fp32":  # only then, so entries written before precision was a setting stay valid
         fields["precision"] = precision
+    if weights_sha256 is not None:  # an extractor without a weights file (random conv) keeps its keys
+        fields["weights_sha256"] = weights_sha256
     if half is not None:  # likewise: the whole set's entries keep their keys
         fields["half"], fields["split"] = half, _SPLIT
     return content_key(fields)
@@ -136,8 +141,9 @@ def _lookup(images: np.ndarray, fingerprint: str, extractor, n_samples: int, see
     if images.ndim != 4 or len(images) < 2:
         raise ValueError(f"reference images must be uint8 [N>=2, 3, H, W], got shape {images.shape}")
     chosen = _subset(half_indices(len(images), half), int(n_samples), seed)
-    precision = getattr(extractor, "precision", "fp32")
-    key = refstats_key(fingerprint, tuple(images.shape[2:]), extractor.name, len(chosen), seed, precision, half)
+    precision, weights = getattr(extractor, "precision", "fp32"), getattr(extractor, "weights_sha256", None)
+    key = refstats_key(fingerprint, tuple(images.shape[2:]), extractor.name, len(chosen), seed, precision, half,
+                       weights)
     path = cache_dir() / "refstats" / f"{key}.npz"
     cached = _load(path, key, extractor.dims)
     return chosen, key, path, None if cached is None else RefStats(

@@ -15,6 +15,9 @@ from dataclasses import dataclass
 from sweeper.definition import Budget, SweepError
 
 PERIODS = 2
+# A period's training seconds, as a trainable may report them (the GAN loop does), and the trial's
+# running sum x devices held (sweeper.trial.ledger): what rungs in compute count.
+TRAIN_S, TRAIN_COMPUTE_S = "train_s", "train_compute_s"
 
 
 @dataclass(frozen=True)
@@ -23,12 +26,24 @@ class PeriodCost:
     period_s: float      # wall seconds of one steady eval period (training, evaluation, checkpoint)
     held: float          # devices a trial holds: GPUs where it holds any, else CPUs
     kimg: float | None   # kimg per eval period, where the trainable reports `kimg`
+    train_s: float | None = None  # the steady period's training seconds, where the trainable reports `train_s`
 
     def per_period(self, unit: str, first_rung: int) -> float:
         """One eval period of one trial in the budget's unit, its start-up spread over a first rung."""
         if unit == "kimg":
             return self.kimg
         return (self.period_s + self.setup_s / first_rung) * self.held
+
+    def rung_cost(self, unit: str) -> tuple[str, float]:
+        """(the metric rungs in compute count, one period of the probe's config in it): kimg for a
+        kimg budget; else the training compute (`train_compute_s`) where the trainable reports
+        `train_s`, else `compute_s`, start-up and evaluation included (a first rung then comes
+        early by the start-up's share)."""
+        if unit == "kimg":
+            return "kimg", self.kimg
+        if self.train_s:
+            return TRAIN_COMPUTE_S, self.train_s * self.held
+        return "compute_s", self.period_s * self.held
 
     def spent(self, unit: str) -> float:
         """What the probe itself cost, in the budget's unit."""
@@ -67,24 +82,24 @@ def measure_period_cost(sweep, kind, shared: dict, per_trial: dict) -> PeriodCos
     cfg = sweep.trial_config(point).replace(num_evals=PERIODS)
     held = per_trial.get("gpu", 0) or per_trial["cpu"]
     try:
-        setup_s, period_s, kimg = ray.get(remote.remote(kind, sweep.trainable, cfg, shared, per_trial["cpu"]))
+        setup_s, period_s, kimg, train_s = ray.get(remote.remote(kind, sweep.trainable, cfg, shared, per_trial["cpu"]))
     except ray.exceptions.RayTaskError as e:
         if isinstance(e.cause, SweepError):
             raise e.cause from None
         raise
     if sweep.budget.unit == "kimg" and kimg is None:
         raise SweepError(f"budget {sweep.budget}: the trainable reports no `kimg`; give the budget in gpu-s or cpu-s")
-    return PeriodCost(setup_s, period_s, held, kimg)
+    return PeriodCost(setup_s, period_s, held, kimg, train_s)
 
 
-def _time_periods(kind, train_fn, cfg, shared: dict, cpus: float) -> tuple[float, float, float | None]:
+def _time_periods(kind, train_fn, cfg, shared: dict, cpus: float) -> tuple[float, float, float | None, float | None]:
     import torch
 
     torch.set_num_threads(max(1, int(cpus)))
     start, reports = time.monotonic(), []
 
     def report(metrics, directory) -> None:
-        reports.append((time.monotonic(), metrics.get("kimg")))
+        reports.append((time.monotonic(), metrics.get("kimg"), metrics.get(TRAIN_S)))
         if len(reports) == PERIODS:
             raise _Enough
 
@@ -95,7 +110,7 @@ def _time_periods(kind, train_fn, cfg, shared: dict, cpus: float) -> tuple[float
     if len(reports) < PERIODS:
         raise SweepError(f"budget: the cost probe of the sweep's config reported {len(reports)} of {PERIODS} eval "
                          f"periods (did it diverge?); the budget cannot be planned")
-    (t1, kimg1), (t2, kimg2) = reports
+    (t1, kimg1, _), (t2, kimg2, train_s) = reports
     period_s = t2 - t1
     kimg = kimg2 - kimg1 if kimg1 is not None and kimg2 is not None else None
-    return max(0.0, t1 - start - period_s), period_s, kimg
+    return max(0.0, t1 - start - period_s), period_s, kimg, train_s

@@ -47,6 +47,9 @@ class Plan:
     configs: tuple[int, ...]  # configurations bracket s starts (at rungs[s]), one entry per bracket
     cost: float               # expected total, in the budget's unit
     cost_per_period: float    # one eval period of one trial, in the budget's unit
+    # Where rungs may be in compute: the metric they would count and one period of the measured
+    # config in it (sweeper.search.cost.PeriodCost.rung_cost); None: unknown (no budget).
+    rung_cost: tuple[str, float] | None = None
 
     @property
     def brackets(self) -> int:

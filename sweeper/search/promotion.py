@@ -15,9 +15,13 @@ brackets 0, 1, 2, 0, 0, 1, ...). A budget that stops admitting configurations ea
 cost more than the plan's estimate) then cuts every bracket alike, not the last ones only.
 
 Rungs in compute (`Rungs.compute`): where trials differ in cost per period (a searched `n_critic`,
-batch or width), a trial reaches rung i < k when its compute (`compute_s`, or `kimg` for a kimg
-budget) reaches what rungs[i] periods of the plan's reference config cost, so configurations are
-compared at equal compute, not at equal periods. Reports come once per period, so the threshold is
+batch or width), a trial reaches rung i < k when its compute reaches what rungs[i] periods of the
+plan's reference config cost, so configurations are compared at equal compute, not at equal
+periods. The compute counted is that of training alone (`train_compute_s`, where the trainable
+reports each period's `train_s`), since the start-up, the evaluation and the checkpoints cost every
+configuration alike: counted, a trial's start-up would bring its first rung a period or more early
+(seen in bench/sweep_efficiency.py, where the warm start paused after 1 period of a rung of 2). A
+kimg budget counts `kimg`; a trainable that reports no `train_s`, `compute_s`. Reports come once per period, so the threshold is
 half a reference period below the horizon: a trial reaches the rung at the report nearest to it.
 The last rung stays max_t periods, the end of every trial's schedule (its LR decay, its EMA): a
 finalist trains its whole run, and a cheap configuration that finishes its run before a rung's
@@ -104,10 +108,11 @@ class PromotionASHA(FIFOScheduler):
         self._search_done = False  # the search algorithm gives no more configurations
 
     @classmethod
-    def from_plan(cls, plan, compute_attr: str | None = None, **kwargs) -> "PromotionASHA":
+    def from_plan(cls, plan, in_compute: bool = False, **kwargs) -> "PromotionASHA":
         """From a `sweeper.search.plan.Plan`: its rungs, eta and configurations per bracket;
-        with `compute_attr` its rungs in compute, at the plan's cost per period."""
-        rungs = Rungs.in_compute(plan.rungs, plan.cost_per_period, compute_attr) if compute_attr else plan.rungs
+        `in_compute`: its rungs in compute, where the plan knows what a period costs (`rung_cost`)."""
+        rungs = Rungs.in_compute(plan.rungs, plan.rung_cost[1], plan.rung_cost[0]) \
+            if in_compute and plan.rung_cost else plan.rungs
         return cls(rungs=rungs, eta=plan.eta, bracket_sizes=plan.configs, **kwargs)
 
     @property
@@ -189,6 +194,7 @@ class PromotionASHA(FIFOScheduler):
             raise ValueError(f"scheduler state for rungs/eta/brackets {state['rungs']}, {state['eta']}, "
                              f"{state['bracket_sizes']} does not fit {shape}")
         self._bracket, self._forced = dict(state["bracket"]), state["forced"]
+        self._mode = self._mode or state.get("mode")  # Tune sets it on the scheduler it restores
         self._records = [[dict(r) for r in rungs] for rungs in state["records"]]
         self._promoted = [[set(p) for p in rungs] for rungs in state["promoted"]]
 

@@ -10,6 +10,9 @@ modelling, and an infinite one would dominate TPE's split. The value told is the
 """
 from __future__ import annotations
 
+import math
+
+import optuna
 from optuna.trial import TrialState
 from ray.tune.search import Searcher
 from ray.tune.search.optuna import OptunaSearch
@@ -150,10 +153,45 @@ class SweepSearch(OptunaSearch):
         # Out of GPU memory says nothing of the config; a diverged trial has no value to tell.
         error = error or bool(result and (result.get(OOM) or result.get("diverged")))
         if trial_id in self._completed_trials:
-            return super().on_trial_complete(trial_id, result, error)
+            # Re-run by a resume (Tune's resume_errored) after it was told FAIL; anything else
+            # repeated, Ray's own warning.
+            if not self.retell(trial_id, result, error):
+                return super().on_trial_complete(trial_id, result, error)
+            return None
         if not error and result and result.get(self._time_attr, 0) < self._max_t:
             self._ot_study.tell(self._ot_trials[trial_id], state=TrialState.PRUNED)
             self._completed_trials.add(trial_id)
             return None
         # Without a result Ray tells an errored trial FAIL, not COMPLETE with its last value.
         return super().on_trial_complete(trial_id, None if error else result, error)
+
+    def retell(self, trial_id: str, result: dict | None, error: bool = False) -> bool:
+        """Tell the study of a trial that finished after it was told FAIL (a resume re-runs errored
+        trials), as a new Optuna trial with the same params (Optuna cannot tell a finished trial
+        again), the old one's intermediate values and this result's, and the outcome
+        `on_trial_complete` gives any trial: PRUNED below `max_t`, else COMPLETE with its value.
+        The Tune trial's Optuna trial is the new one from then on (searcher_trials.json shows it);
+        the FAIL one stays, ignored by TPE and the importances. Returns whether it told: nothing for
+        a trial that failed again, one not told FAIL, or one told again already (sweeper.driver
+        .resume's callback and this searcher may both hand it over)."""
+        error = error or not result or bool(result.get(OOM) or result.get("diverged"))
+        retold = self.__dict__.setdefault("_retold", {})  # Tune trial id -> the new Optuna trial's number
+        if error or trial_id in retold or trial_id not in self._ot_trials:
+            return False
+        old = self._ot_study._storage.get_trial(self._ot_trials[trial_id]._trial_id)
+        value = result.get(self.metric)
+        pruned = result.get(self._time_attr, 0) < self._max_t
+        if old.state != TrialState.FAIL or value is None or not math.isfinite(value):
+            return False
+        steps = dict(old.intermediate_values)
+        step = self._step(trial_id, result) if self._time_attr in result else None
+        if step is not None:
+            steps[step] = value
+        self._ot_study.add_trial(optuna.trial.create_trial(
+            state=TrialState.PRUNED if pruned else TrialState.COMPLETE, value=None if pruned else value,
+            params=old.params, distributions=old.distributions, intermediate_values=steps,
+            user_attrs={**old.user_attrs, "sweeper.retold_from": old.number}))
+        new = self._ot_study.get_trials(deepcopy=False)[-1]
+        self._ot_trials[trial_id] = optuna.trial.Trial(self._ot_study, new._trial_id)
+        retold[trial_id] = new.number
+        return True

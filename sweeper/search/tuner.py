@@ -96,20 +96,12 @@ def build_scheduler(sweep: Sweep, plan: Plan | None = None):
         promotion = sweep.scheduler
         plan = plan or fixed_plan(sweep.config.num_evals, sweep.num_samples, eta=promotion.reduction_factor,
                                   first_rung=promotion.first_rung)
-        return PromotionASHA.from_plan(plan, compute_attr=_compute_attr(sweep, plan), time_attr=TIME_ATTR)
+        return PromotionASHA.from_plan(plan, in_compute=promotion.rungs_in == "compute", time_attr=TIME_ATTR)
     if isinstance(sweep.scheduler, ASHA):
         return WarmStartASHA(warm_points=sweep.warm_points, time_attr=TIME_ATTR, max_t=sweep.config.num_evals,
                              grace_period=sweep.scheduler.grace_period,
                              reduction_factor=sweep.scheduler.reduction_factor)
     return FIFOScheduler()
-
-
-def _compute_attr(sweep: Sweep, plan: Plan) -> str | None:
-    """What a trial's rungs are counted in where they are in compute (Promotion.rungs_in): the
-    budget's unit, in which the plan measured a period; None: in eval periods."""
-    if sweep.scheduler.rungs_in != "compute" or math.isnan(plan.cost_per_period) or sweep.budget is None:
-        return None
-    return "kimg" if sweep.budget.unit == "kimg" else "compute_s"
 
 
 def _register_spending(sweep: Sweep, plan: Plan | None, path: str) -> None:

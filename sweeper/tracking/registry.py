@@ -1,16 +1,26 @@
-"""The winner's model as a registered MLflow model, and when the alias `best` moves to it.
+"""The winner's model as a registered MLflow model, and where the alias `best` points.
 
-Every finished sweep registers its winner as a new version (the history stays browsable); the
-alias `best` moves to it only when it is better on the same footing as the version `best` points
-to: the same tags in the sweep's footing (for a generator: final FID extractor, data, resolution
-and sample counts; for a classifier: the test split and resolution) and a better final number.
-Numbers measured differently are not comparable (FID is biased by the sample count; another test
-split is another quantity), so a model measured differently never takes `best` from the version
-`best` already points to.
+Every finished sweep registers its winner as a new version (the history stays browsable). `@best`
+is then decided from the registry itself, never from what this process saw before: the version with
+the best final number among ALL versions on the new version's footing (the tags that make two final
+numbers comparable, listed in its `sweeper.footing` tag: for a generator the FID extractor's name,
+weights sha256 and precision, the data, resolution, sample counts and draw; for a classifier the test
+split and resolution); ties go to the older version. Decisions taken:
+
+- Versions on another footing are never compared: if `@best` points to one, it stays there.
+- Race-free without a lock: after setting the alias, the writer reads the registry again and repeats
+  until the alias is the argmin of what it reads. Every writer finishes tagging its version before
+  its first read, and the last read of the last writer to finish sees every version, so concurrent
+  sweeps converge on the argmin over all of them whatever the interleaving.
+- Only a successful read that lists no `best` alias means "no @best yet". Any error (a 503, a
+  timeout) leaves the alias where it was, with a one-line warning, and the decision says
+  "not updated".
 """
 from __future__ import annotations
 
+import logging
 import math
+from typing import NamedTuple
 
 import mlflow
 import numpy as np
@@ -19,6 +29,16 @@ import torch
 ALIAS = "best"
 DECISION_TAG = "sweeper.best_alias_decision"
 FOOTING_TAG = "sweeper.footing"  # the comma-separated tag names that a version was measured on
+# Rounds of set-then-verify before giving up: two suffice unless writers keep arriving meanwhile.
+_ROUNDS = 5
+
+log = logging.getLogger(__name__)
+
+
+class Decision(NamedTuple):
+    moved: bool  # @best points to this version now
+    why: str  # one line, as the console and the summary print it after "@best "
+    updated: bool = True  # False: the registry failed and @best was left where it was
 
 
 def model_name(sweep_name: str, kind: str, quick: bool = False) -> str:
@@ -41,42 +61,116 @@ def log_pt2_model(tracking, run_id: str, model, example: np.ndarray, *, name: st
 
 
 def tag_version(client, name: str, version: str, *, tags: dict, footing: dict, description: str) -> None:
-    for key, value in {**tags, **footing, FOOTING_TAG: ",".join(sorted(footing))}.items():
+    """The version's tags; the footing tag written last, so that a version being tagged while another
+    sweep decides @best is on no footing yet (and so never compared half-tagged)."""
+    for key, value in {**tags, **footing}.items():
         client.set_model_version_tag(name, version, key, str(value))
+    client.set_model_version_tag(name, version, FOOTING_TAG, ",".join(sorted(footing)))
     client.update_model_version(name, version, description=description)
 
 
-def promote(client, name: str, version: str, metric: str, mode: str) -> tuple[bool, str]:
-    """Moves `best` to `version` if its `metric` tag is better on the same footing; returns (moved, why)."""
-    new = client.get_model_version(name, version)
+def promote(client, name: str, version: str, metric: str, mode: str) -> Decision:
+    """Points `best` at the best version on `version`'s footing (see the module's docstring), records
+    the decision on `version` (tag sweeper.best_alias_decision) and returns it."""
     try:
-        current = client.get_model_version_by_alias(name, ALIAS)
-    except mlflow.exceptions.MlflowException:
-        current = None
-    moved, why = _decide(new.tags, current.tags if current else None, current.version if current else None,
-                         metric, mode)
-    if moved:
-        client.set_registered_model_alias(name, ALIAS, version)
-    client.set_model_version_tag(name, version, DECISION_TAG, why)
-    return moved, why
+        decision = _converge(client, name, client.get_model_version(name, version), metric, mode)
+    except Exception as exc:  # whatever failed (HTTP 503, timeout, refused), the alias was not changed by us
+        decision = Decision(False, f"not updated: the registry failed ({_one_line(exc)}); @{ALIAS} left where it was",
+                            updated=False)
+    if not decision.updated:
+        log.warning("models:/%s@%s %s", name, ALIAS, decision.why)
+    try:
+        client.set_model_version_tag(name, version, DECISION_TAG, decision.why)
+    except Exception as exc:
+        log.warning("models:/%s/%s: the @%s decision not recorded (%s)", name, version, ALIAS, _one_line(exc))
+    return decision
 
 
-def _decide(new: dict, current: dict | None, current_version: str | None, metric: str,
-            mode: str) -> tuple[bool, str]:
-    value = float(new.get(metric, "nan"))
-    if not math.isfinite(value):
-        return False, f"not moved: this version has no finite {metric}"
-    if current is None:
-        return True, f"moved: no version had @{ALIAS} yet"
-    footing = sorted(set(new.get(FOOTING_TAG, "").split(",")) | set(current.get(FOOTING_TAG, "").split(",")) - {""})
-    differs = [key for key in footing if new.get(key) != current.get(key)]
-    if differs:
-        key = differs[0]
-        return False, (f"not moved: measured on another footing than version {current_version} "
-                       f"({key} {new.get(key)} vs {current.get(key)}), so the numbers do not compare")
-    old = float(current.get(metric, "nan"))
-    better = value < old if mode == "min" else value > old
-    if math.isfinite(old) and not better:
-        return False, f"not moved: {metric} {value:.4g} is not {'below' if mode == 'min' else 'above'} " \
-                      f"version {current_version}'s {old:.4g}"
-    return True, f"moved: {metric} {value:.4g} {'below' if mode == 'min' else 'above'} version {current_version}'s {old:.4g}"
+def footing_of(tags: dict) -> dict | None:
+    """The footing a version was measured on (tag -> value), or None: not tagged (yet), on no footing."""
+    keys = [key for key in tags.get(FOOTING_TAG, "").split(",") if key]
+    return {key: tags.get(key) for key in keys} if keys else None
+
+
+def describe_footing(footing: dict | None) -> str:
+    """The footing in one line: tag names without "sweeper.", 64-hex digests cut to 12 (the tags have them whole)."""
+    if not footing:
+        return "[none]"
+    def short(value):
+        return f"{value[:12]}..." if isinstance(value, str) and len(value) == 64 else value
+    return "[" + ", ".join(f"{key.removeprefix('sweeper.')}={short(value)}" for key, value in sorted(footing.items())) + "]"
+
+
+def _converge(client, name: str, new, metric: str, mode: str) -> Decision:
+    value, footing = _number(new.tags, metric), footing_of(new.tags)
+    if value is None:
+        return Decision(False, f"not moved: this version has no finite {metric}")
+    if footing is None:
+        return Decision(False, f"not moved: this version has no footing tag ({FOOTING_TAG})")
+    first_alias = None
+    for round_ in range(_ROUNDS):
+        alias = client.get_registered_model(name).aliases.get(ALIAS)  # None only on a read that succeeded
+        versions = {v.version: v for v in _versions(client, name)}
+        versions.setdefault(new.version, new)
+        first_alias = alias if round_ == 0 else first_alias
+        if alias is not None and alias not in versions:
+            return Decision(False, f"not moved: @{ALIAS} points to version {alias}, which the registry does not list")
+        if alias is not None and footing_of(versions[alias].tags) != footing:
+            return Decision(False, _another_footing(versions[alias], new.tags, footing))
+        same = [v for v in versions.values() if footing_of(v.tags) == footing and _number(v.tags, metric) is not None
+                and v.status in ("READY", None)]
+        best = min(same, key=lambda v: ((1 if mode == "min" else -1) * _number(v.tags, metric), int(v.version)))
+        if alias == best.version:
+            before = versions.get(first_alias) if first_alias is not None else None
+            return _settled(best, new, before, len(same), footing, metric, mode)
+        client.set_registered_model_alias(name, ALIAS, best.version)
+    return Decision(False, f"not updated: @{ALIAS} kept changing under concurrent sweeps for {_ROUNDS} rounds; "
+                           f"it may not be the best on footing {describe_footing(footing)}", updated=False)
+
+
+def _settled(best, new, before, n: int, footing: dict, metric: str, mode: str) -> Decision:
+    """The decision in words, given the version @best pointed to when this decision began (`before`)."""
+    word, extreme = ("below", "lowest") if mode == "min" else ("above", "highest")
+    among = f"the {extreme} of {n} version{'s' if n > 1 else ''} on footing {describe_footing(footing)}"
+    value, best_value = _number(new.tags, metric), _number(best.tags, metric)
+    if best.version != new.version:
+        return Decision(False, f"not moved: {metric} {value:.4g} is not {word} version {best.version}'s "
+                               f"{best_value:.4g}, {among}")
+    if before is None:
+        return Decision(True, f"moved: {metric} {value:.4g}, {among} (no version had @{ALIAS} yet)")
+    old = _number(before.tags, metric)
+    if before.version == new.version or old is None:  # a concurrent decision got there first; or no number
+        return Decision(True, f"moved: {metric} {value:.4g}, {among}")
+    return Decision(True, f"moved: {metric} {value:.4g} {word} version {before.version}'s {old:.4g}, {among}")
+
+
+def _another_footing(current, new_tags: dict, footing: dict) -> str:
+    theirs = footing_of(current.tags) or {}
+    key = next(k for k in sorted(set(theirs) | set(footing)) if theirs.get(k) != footing.get(k))
+    return (f"not moved: @{ALIAS} is version {current.version}, measured on another footing ({key} "
+            f"{new_tags.get(key)} vs {current.tags.get(key)}), so the numbers do not compare; this version's "
+            f"footing: {describe_footing(footing)}")
+
+
+def _versions(client, name: str) -> list:
+    """Every version of `name`, all pages, with their tags, as the registry has them now."""
+    found, token = [], None
+    while True:
+        page = client.search_model_versions(f"name = '{name}'", page_token=token)
+        found.extend(page)
+        token = page.token
+        if not token:
+            return found
+
+
+def _number(tags: dict, metric: str) -> float | None:
+    try:
+        value = float(tags.get(metric, "nan"))
+    except ValueError:
+        return None
+    return value if math.isfinite(value) else None
+
+
+def _one_line(exc: Exception) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0][:200] if text else ''}"

@@ -123,18 +123,29 @@ def drop_lost_trial_runs(tracking: Tracking, known_trial_ids: set) -> int:
 
 
 def trial_run_id(tracking: Tracking, trial_id: str, trial_name: str, params: dict) -> str:
-    """Trial: its child run, found again by trial id on a retry, created on the first attempt."""
+    """Trial: its child run, found again by trial id on a retry, created on the first attempt;
+    either way with all its params when this returns.
+
+    MLflow creates a run and logs its params in two calls: an attempt that died (or lost the
+    answer) in between leaves a run without params, which the next attempt finds by its tag. So
+    every lookup logs the params the run lacks; a param already there is left as it is (MLflow
+    refuses to change one)."""
     client = tracking.client()
+    wanted = {**params, **dict(tracking.child_params)}
     existing = client.search_runs(
         [tracking.experiment_id],
         filter_string=f"tags.`{TRIAL_TAG}` = '{trial_id}' and tags.`{PARENT_TAG}` = '{tracking.parent_run_id}'",
         max_results=1)
     if existing:
-        client.update_run(existing[0].info.run_id, status="RUNNING")
-        return existing[0].info.run_id
+        run = existing[0]
+        missing = {k: v for k, v in wanted.items() if k not in run.data.params}
+        if missing:
+            _log_params(client, run.info.run_id, missing)
+        client.update_run(run.info.run_id, status="RUNNING")
+        return run.info.run_id
     run = client.create_run(tracking.experiment_id, run_name=trial_name, tags={
         **dict(tracking.child_tags), PARENT_TAG: tracking.parent_run_id, TRIAL_TAG: trial_id})
-    _log_params(client, run.info.run_id, {**params, **dict(tracking.child_params)})
+    _log_params(client, run.info.run_id, wanted)
     return run.info.run_id
 
 

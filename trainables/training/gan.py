@@ -125,6 +125,6 @@ def _train_period(cfg: GANConfig, run: Training, step_fn: Callable, device: torc
     progress = {"eval_period": progress["eval_period"] + 1, "step": progress["step"] + cfg.steps_per_eval,
                 "kimg": progress["kimg"] + cfg.steps_per_eval * kimg_per_step}
     metrics = {"eval_period": progress["eval_period"], "kimg": progress["kimg"], "loss_d": loss_d,
-               "loss_g": loss_g, "img_per_s": cfg.steps_per_eval * kimg_per_step * 1000 / seconds,
+               "loss_g": loss_g, "img_per_s": cfg.steps_per_eval * kimg_per_step * 1000 / seconds, "train_s": seconds,
                "lr_g": float(run.opt_g.param_groups[0]["lr"])}
     return metrics, progress
