@@ -129,6 +129,9 @@ def test_planted_spool_entries_are_not_delivered_and_do_not_hide_the_steps_after
 
 def test_the_driver_delivers_a_stopped_trials_spool_and_checkpoint_exactly_once(tracking, tmp_path, monkeypatch):
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # where trial_spool puts the private root
+    # What the task sets in its worker, set here so that this process's environment is restored after.
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")
     run_id = _child(tracking)
     RunLog(tracking, run_id, trial_spool("exp", "t0001")).log({"eval_period": 1, "loss": 1.0})
     # Then MLflow went down: the checkpoint of period 3 carries periods 2 and 3; the trial spooled

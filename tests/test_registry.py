@@ -37,7 +37,7 @@ def _version(client, tmp_path, fid, footing=FOOTING, name=NAME, **changes) -> st
     """A version tagged as sweeper.driver.register tags it: created bare, then tag_version."""
     source = tmp_path / "model"
     source.mkdir(exist_ok=True)
-    version = client.create_model_version(name, source=str(source)).version
+    version = str(client.create_model_version(name, source=str(source)).version)  # int from sqlite, str over REST
     tags = {"fid_final": str(fid), **{k: v for k, v in changes.items() if k in ("fid_final", "test_acc")}}
     footing = {**footing, **{k: v for k, v in changes.items() if k not in tags}}
     tag_version(client, name, version, tags=tags, footing=footing, description="test")
@@ -45,7 +45,7 @@ def _version(client, tmp_path, fid, footing=FOOTING, name=NAME, **changes) -> st
 
 
 def _best(client, name=NAME) -> str:
-    return client.get_model_version_by_alias(name, ALIAS).version
+    return str(client.get_model_version_by_alias(name, ALIAS).version)
 
 
 def test_first_version_takes_best_and_a_better_one_moves_it(client, tmp_path):
@@ -121,7 +121,7 @@ def test_a_version_without_a_finite_fid_never_takes_best(client, tmp_path):
 
 def test_a_half_tagged_version_is_on_no_footing(client, tmp_path):
     # A concurrent sweep's version whose tags are still being written (no sweeper.footing yet).
-    v1 = client.create_model_version(NAME, source=str(tmp_path), tags={**FOOTING, "fid_final": "1"}).version
+    v1 = str(client.create_model_version(NAME, source=str(tmp_path), tags={**FOOTING, "fid_final": "1"}).version)
     v2 = _version(client, tmp_path, 40.0)
     assert promote(client, NAME, v2, "fid_final", "min").moved and _best(client) == v2 != v1
 
@@ -173,7 +173,8 @@ def server(tmp_path_factory):
 def _server_version(client, name: str, fid: float) -> str:
     """Registered as a sweep registers its winner: a version of a run's model, then tagged."""
     run = client.create_run("0")
-    version = client.create_model_version(name, source=f"{run.info.artifact_uri}/model", run_id=run.info.run_id).version
+    version = str(client.create_model_version(name, source=f"{run.info.artifact_uri}/model",
+                                              run_id=run.info.run_id).version)
     tag_version(client, name, version, tags={"fid_final": f"{fid:.6g}"}, footing=FOOTING, description="test")
     return version
 

@@ -20,12 +20,14 @@ from sweeper.search.searcher import SweepSearch
 MAX_T = 4
 
 
-def _searcher(max_t: int = MAX_T) -> SweepSearch:
+def _searcher(max_t: int = MAX_T, told_space: bool = True) -> SweepSearch:
+    """`told_space`: given the Tuner's metric, mode and param space as Tune gives them (a Tuner
+    itself does that)."""
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     searcher = SweepSearch(time_attr="eval_period", max_t=max_t, n_startup_trials=2,
                            sampler=optuna.samplers.TPESampler(seed=0))
-    # What Tune calls with the Tuner's metric, mode and param space.
-    assert searcher.set_search_properties("fid_best", "min", {"x": tune.uniform(0.0, 1.0)})
+    if told_space:
+        assert searcher.set_search_properties("fid_best", "min", {"x": tune.uniform(0.0, 1.0)})
     return searcher
 
 
@@ -107,7 +109,8 @@ def _errored_then_resumed(folder: Path, with_callback: bool) -> tuple[optuna.Stu
     tuner = tune.Tuner(
         trainable, param_space={"x": tune.uniform(0.0, 1.0)},
         # max_concurrent_trials: Tune wraps the searcher in its ConcurrencyLimiter, as in a sweep.
-        tune_config=tune.TuneConfig(metric="fid_best", mode="min", search_alg=_searcher(max_t=2), num_samples=1,
+        tune_config=tune.TuneConfig(metric="fid_best", mode="min", search_alg=_searcher(max_t=2, told_space=False),
+                                    num_samples=1,
                                     max_concurrent_trials=1),
         run_config=tune.RunConfig(storage_path=str(folder), name="flaky", verbose=0,
                                   failure_config=tune.FailureConfig(max_failures=0)))

@@ -134,20 +134,33 @@ def _prove_object_store(path: str, where: str) -> None:
 
 
 def _prove_mlflow_write(uri: str, experiment: str, where: str) -> None:
-    """A tag set on an experiment and deleted: the sweep's own if it exists, else the store's
-    Default (every MLflow store has experiment 0 unless someone deleted it)."""
+    """A tag set on an experiment and deleted: the sweep's own if it exists (deleted, it refuses the
+    tag as it would refuse the sweep's runs), else the store's Default, experiment 0. A store whose
+    Default someone deleted, with no experiment of the sweep yet, has nothing to write to without
+    creating an experiment: it is left to the reachability check."""
     from mlflow.exceptions import MlflowException
     from mlflow.tracking import MlflowClient
 
     try:
         with _one_http_try():
             client = MlflowClient(uri)
-            found = client.get_experiment_by_name(experiment)
-            experiment_id = found.experiment_id if found is not None else client.get_experiment("0").experiment_id
-            client.set_experiment_tag(experiment_id, PROBE_TAG, "deleted at once")
-            client.delete_experiment_tag(experiment_id, PROBE_TAG)
+            target = client.get_experiment_by_name(experiment) or _active_default(client)
+            if target is None:
+                return
+            client.set_experiment_tag(target.experiment_id, PROBE_TAG, "deleted at once")
+            client.delete_experiment_tag(target.experiment_id, PROBE_TAG)
     except MlflowException as e:
         raise SweepError(f"{where}: the tracking store refuses a write ({_first_line(e)})") from None
+
+
+def _active_default(client):
+    from mlflow.exceptions import MlflowException
+
+    try:
+        default = client.get_experiment("0")
+    except MlflowException:
+        return None  # gone for good
+    return default if default.lifecycle_stage == "active" else None
 
 
 @contextlib.contextmanager

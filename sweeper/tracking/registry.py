@@ -110,8 +110,9 @@ def _converge(client, name: str, new, metric: str, mode: str) -> Decision:
     first_alias = None
     for round_ in range(_ROUNDS):
         alias = client.get_registered_model(name).aliases.get(ALIAS)  # None only on a read that succeeded
-        versions = {v.version: v for v in _versions(client, name)}
-        versions.setdefault(new.version, new)
+        alias = None if alias is None else str(alias)  # stores differ: int from sqlite, str over REST
+        versions = {str(v.version): v for v in _versions(client, name)}
+        versions.setdefault(str(new.version), new)
         first_alias = alias if round_ == 0 else first_alias
         if alias is not None and alias not in versions:
             return Decision(False, f"not moved: @{ALIAS} points to version {alias}, which the registry does not list")
@@ -120,7 +121,7 @@ def _converge(client, name: str, new, metric: str, mode: str) -> Decision:
         same = [v for v in versions.values() if footing_of(v.tags) == footing and _number(v.tags, metric) is not None
                 and v.status in ("READY", None)]
         best = min(same, key=lambda v: ((1 if mode == "min" else -1) * _number(v.tags, metric), int(v.version)))
-        if alias == best.version:
+        if alias == str(best.version):
             before = versions.get(first_alias) if first_alias is not None else None
             return _settled(best, new, before, len(same), footing, metric, mode)
         client.set_registered_model_alias(name, ALIAS, best.version)
@@ -133,13 +134,13 @@ def _settled(best, new, before, n: int, footing: dict, metric: str, mode: str) -
     word, extreme = ("below", "lowest") if mode == "min" else ("above", "highest")
     among = f"the {extreme} of {n} version{'s' if n > 1 else ''} on footing {describe_footing(footing)}"
     value, best_value = _number(new.tags, metric), _number(best.tags, metric)
-    if best.version != new.version:
+    if str(best.version) != str(new.version):
         return Decision(False, f"not moved: {metric} {value:.4g} is not {word} version {best.version}'s "
                                f"{best_value:.4g}, {among}")
     if before is None:
         return Decision(True, f"moved: {metric} {value:.4g}, {among} (no version had @{ALIAS} yet)")
     old = _number(before.tags, metric)
-    if before.version == new.version or old is None:  # a concurrent decision got there first; or no number
+    if str(before.version) == str(new.version) or old is None:  # a concurrent decision got there first; or no number
         return Decision(True, f"moved: {metric} {value:.4g}, {among}")
     return Decision(True, f"moved: {metric} {value:.4g} {word} version {before.version}'s {old:.4g}, {among}")
 

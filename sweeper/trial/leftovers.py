@@ -62,7 +62,7 @@ def deliver_leftovers(tracking: Tracking, results, *, timeout_s: float = DELIVER
             sent, left, why = ray.get(task.remote(tracking, run_id, posixpath.basename(experiment), trial_id,
                                                   result.checkpoint, max(1.0, deadline - time.monotonic())))
         except Exception as e:  # noqa: BLE001  one trial's leftovers must not end the sweep
-            sent, left, why = 0, -1, f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"
+            sent, left, why = 0, -1, _why(getattr(e, "cause", None) or e)  # a RayTaskError's cause
         lines += _said(trial_id, run_id, sent, left, why)
     return lines
 
