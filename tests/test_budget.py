@@ -169,9 +169,10 @@ def test_a_budgeted_sweep_killed_in_the_middle_resumes_its_rungs_and_budget(tmp_
                                  start_new_session=True)
         try:
             deadline = time.monotonic() + 300
-            while True:  # until some trials wait at the first rung
+            while True:  # until some trials wait at their bracket's first rung (bracket s starts at rung s)
                 state = _search_state(tmp_path)
-                if state and state["scheduler"] and len(state["scheduler"]["records"][0][0]) >= 4:
+                if state and state["scheduler"] and \
+                        sum(len(rungs[s]) for s, rungs in enumerate(state["scheduler"]["records"])) >= 2:
                     break
                 assert sweep.poll() is None and time.monotonic() < deadline, (tmp_path / "first.log").read_text()
                 time.sleep(0.5)
@@ -183,9 +184,10 @@ def test_a_budgeted_sweep_killed_in_the_middle_resumes_its_rungs_and_budget(tmp_
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     after = _search_state(tmp_path)
     # Every rung record made before the kill is still there, with the same value: nothing re-ran to it.
-    for k, recorded in enumerate(before["scheduler"]["records"][0]):
-        for trial_id, value in recorded.items():
-            assert after["scheduler"]["records"][0][k][trial_id] == pytest.approx(value)
+    for s, rungs in enumerate(before["scheduler"]["records"]):
+        for k, recorded in enumerate(rungs):
+            for trial_id, value in recorded.items():
+                assert after["scheduler"]["records"][s][k][trial_id] == pytest.approx(value)
     assert sum(after["budget"]["spent_by"].values()) >= sum(before["budget"]["spent_by"].values())
     client = MlflowClient(f"sqlite:///{tmp_path / 'sweeps' / 'mlflow.db'}")
     parent, children = _children(client)

@@ -100,9 +100,9 @@ def test_the_best_third_of_each_rung_go_on_from_their_checkpoints(ray_local, tmp
     plan = plan_budget(36, 1.0, first_rung=1, max_brackets=2)
     assert (plan.rungs, plan.configs, plan.cost) == ((1, 3, 9), (9, 3), 36)
     scheduler = PromotionASHA.from_plan(plan, time_attr="period")
-    # Trials join the bracket furthest below its share (9 : 3), worked by hand: x = 1, 5, 9 bracket 1,
-    # the others bracket 0. A budget that stops admitting after 4 trials has started both brackets.
-    in_1 = [1, 5, 9]
+    # Trials join the bracket with the least (joined + 1/2) / size (9 : 3), worked by hand: x = 2, 6,
+    # 10 bracket 1, the others bracket 0. A budget that stops admitting after 4 trials has started both.
+    in_1 = [2, 6, 10]
     in_0 = [x for x in range(12) if x not in in_1]
     results, logs = _fit(tmp_path, scheduler, plan.num_samples, search_alg=RunningLimiter(InOrder(), max_concurrent=2))
     _assert_exact_continuation(logs, plan.rungs)
@@ -111,7 +111,7 @@ def test_the_best_third_of_each_rung_go_on_from_their_checkpoints(ray_local, tmp
     # Loss x + 1/period ranks the trials by x at every rung: the best 1/3 of each rung went on.
     bracket_0 = [sorted(x for x in in_0 if last[x] >= r) for r in plan.rungs]
     bracket_1 = [sorted(x for x in in_1 if last[x] >= r) for r in plan.rungs[1:]]
-    assert bracket_0 == [in_0, [0, 2, 3], [0]] and bracket_1 == [in_1, [1]]
+    assert bracket_0 == [in_0, [0, 1, 3], [0]] and bracket_1 == [in_1, [2]]
     assert all(logs[x][0] == (1, 0) and (2, 1) not in logs[x] for x in in_1)  # no pause at period 1
     assert any(start > 0 for lines in logs.values() for _, start in lines), "no trial resumed from a checkpoint"
     assert sum(last.values()) == plan.cost  # the periods trained: exactly the plan's
@@ -123,7 +123,8 @@ def _assert_state_round_trips(scheduler, plan):
     state = scheduler.state()
     assert json.loads(json.dumps(state)) == state and state["forced"] == 0
     assert [len(r) for r in state["records"][0]] == [9, 3, 1] and [len(r) for r in state["records"][1]] == [0, 3, 1]
-    again = PromotionASHA.from_plan(plan, time_attr="period")
+    # Tune hands a restored scheduler metric and mode itself (set_search_properties): not part of restore.
+    again = PromotionASHA.from_plan(plan, time_attr="period", metric="loss", mode="min")
     again.restore(state)
     assert again.state() == state
     with pytest.raises(ValueError):

@@ -10,9 +10,11 @@ HyperBandForBOHB pauses and resumes trials (PAUSE, `choose_trial_to_run`).
 
 Brackets (Hyperband's, `sweeper.search.plan`): bracket s starts its trials at rung s, and each
 bracket ranks and promotes among its own trials. Trials join brackets in turn, in proportion to
-the brackets' sizes: each new trial joins the bracket furthest below its share (9, 3, 1 configurations:
-brackets 0, 1, 2, 0, 0, 1, ...). A budget that stops admitting configurations early (a period
-cost more than the plan's estimate) then cuts every bracket alike, not the last ones only.
+the brackets' sizes (Sainte-Laguë's rule: the next trial joins the bracket with the least
+(joined + 1/2) / size; 9, 3, 1 configurations: brackets 0, 0, 1, 0, 0, 0, 1, 2, 0, ...). A budget
+that stops admitting configurations early (a period cost more than the plan's estimate) then cuts
+every bracket alike, not the last ones only; the +1/2 keeps a bracket of one long trial from starting
+third, where a budget cut short would have spent most of itself on it.
 
 Rungs in compute (`Rungs.compute`): where trials differ in cost per period (a searched `n_critic`,
 batch or width), a trial reaches rung i < k when its compute reaches what rungs[i] periods of the
@@ -194,18 +196,18 @@ class PromotionASHA(FIFOScheduler):
             raise ValueError(f"scheduler state for rungs/eta/brackets {state['rungs']}, {state['eta']}, "
                              f"{state['bracket_sizes']} does not fit {shape}")
         self._bracket, self._forced = dict(state["bracket"]), state["forced"]
-        self._mode = self._mode or state.get("mode")  # Tune sets it on the scheduler it restores
         self._records = [[dict(r) for r in rungs] for rungs in state["records"]]
         self._promoted = [[set(p) for p in rungs] for rungs in state["promoted"]]
 
     def _next_bracket(self) -> int:
-        """The bracket furthest below its share of the trials so far (the earlier on a tie)."""
+        """The bracket with the least (joined + 1/2) / size (the earlier on a tie; module docstring)."""
         if len(self._sizes) == 1:
             return 0
         joined = [0] * len(self._sizes)
         for s in self._bracket.values():
             joined[s] += 1
-        return min(range(len(self._sizes)), key=lambda s: (joined[s] / self._sizes[s] if self._sizes[s] else math.inf, s))
+        return min(range(len(self._sizes)),
+                   key=lambda s: ((joined[s] + 0.5) / self._sizes[s] if self._sizes[s] else math.inf, s))
 
     def _key(self, value: float) -> float:
         """Lower is better; a missing or NaN value is the worst."""
