@@ -172,7 +172,7 @@ def test_a_resume_repeats_no_finished_step(resumed):
     (version,) = client.search_model_versions("name = 'resilient-generator'")
     assert client.get_model_version_by_alias("resilient-generator", "best").version == version.version
     registered = _state(workdir)["steps"]["registered"]
-    assert (registered["model"], registered["model_version"]) == ("resilient-generator", version.version)
+    assert (registered["model"], str(registered["model_version"])) == ("resilient-generator", str(version.version))
     assert f"registered model: models:/resilient-generator/{version.version};" in result.stdout
     parents, children = _runs(client)
     steps = _state(workdir)["steps"]

@@ -50,9 +50,10 @@ def check_device(sweep) -> None:
                          "and the trials run here; use device=auto (CUDA where a trial gets a GPU) or device=cpu")
 
 
-def prove_storage(path: str) -> None:
-    """Tune's storage can hold the experiment at `path` (a local path, file://, s3://, gs://...)."""
-    where = f"storage {path}"
+def prove_storage(path: str, storage: str | None = None) -> None:
+    """Tune's storage (`storage`, as the error names it) can hold the experiment at `path` (a local
+    path, file://, s3://, gs://...)."""
+    where = f"storage {storage or path}"
     scheme, sep, rest = path.partition("://")
     if not sep or scheme.lower() == "file":
         _prove_folder(Path(unquote(rest) if sep else path).expanduser(), where)

@@ -138,7 +138,7 @@ def _start(sweep: Sweep, *, quick: bool, sweep_file: str, path: str,
     kind.check(sweep)
     # Proven here, not found after minutes of preparation (sweeper.driver.preflight).
     preflight.check_device(sweep)
-    preflight.prove_storage(path)
+    preflight.prove_storage(path, storage=resume.split_experiment_path(path)[0])
     preflight.prove_tracking(tracking_uri, sweep.name)
     # Before Ray starts: the heavy shared preparation (the data's decode pool forks only while the
     # process is single-threaded). Trials get what it made through Ray's object store.
