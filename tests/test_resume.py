@@ -45,14 +45,19 @@ def _env():
     return env
 
 
-def _fids(db: Path) -> int:
+def _count(db: Path, query: str) -> int:
+    """A `select count(*)` on the sweep's MLflow store; 0 before the store or its tables exist."""
     if not db.exists():
         return 0
     with sqlite3.connect(db) as connection:
         try:
-            return connection.execute("select count(*) from metrics where key = 'fid'").fetchone()[0]
+            return connection.execute(query).fetchone()[0]
         except sqlite3.OperationalError:  # tables not created yet
             return 0
+
+
+def _fids(db: Path) -> int:
+    return _count(db, "select count(*) from metrics where key = 'fid'")
 
 
 def _wait_for_fids(db: Path, n: int, sweep) -> None:
@@ -96,11 +101,7 @@ def resumed(tmp_path_factory):
 
 
 def _model_versions(db: Path) -> int:
-    with sqlite3.connect(db) as connection:
-        try:
-            return connection.execute("select count(*) from model_versions").fetchone()[0]
-        except sqlite3.OperationalError:  # tables not created yet
-            return 0
+    return _count(db, "select count(*) from model_versions")
 
 
 def _resume_killed_when(workdir: Path, log_name: str, condition) -> None:
