@@ -271,7 +271,13 @@ def test_a_503_leaves_best_where_it_was_and_says_so(server, monkeypatch, caplog,
     assert why.startswith("not updated") and "503" in why and f"@{ALIAS} left where it was" in why
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert len(warnings) == 1 and "\n" not in warnings[0] and f"{name}@{ALIAS} not updated" in warnings[0]
-    assert direct.get_model_version(name, v2).tags[DECISION_TAG] == why
+    recorded = direct.get_model_version(name, v2).tags.get(DECISION_TAG)
+    if fail[1].endswith("registered-models/get"):
+        # MLflow's client reads the registered model before it tags a version: that record fails too,
+        # and the same one warning says so.
+        assert recorded is None and "the decision not recorded on version" in warnings[0]
+    else:
+        assert recorded == why and "not recorded" not in warnings[0]
     # Once the server answers again, the next decision (any version's) moves @best to the argmin.
     assert not promote(direct, name, v1, "fid_final", "min").moved and _best(direct, name) == v2
 

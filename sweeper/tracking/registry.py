@@ -77,12 +77,13 @@ def promote(client, name: str, version: str, metric: str, mode: str) -> Decision
     except Exception as exc:  # whatever failed (HTTP 503, timeout, refused), the alias was not changed by us
         decision = Decision(False, f"not updated: the registry failed ({_one_line(exc)}); @{ALIAS} left where it was",
                             updated=False)
-    if not decision.updated:
-        log.warning("models:/%s@%s %s", name, ALIAS, decision.why)
     try:
         client.set_model_version_tag(name, version, DECISION_TAG, decision.why)
+        unrecorded = ""
     except Exception as exc:
-        log.warning("models:/%s/%s: the @%s decision not recorded (%s)", name, version, ALIAS, _one_line(exc))
+        unrecorded = f"; the decision not recorded on version {version} ({_one_line(exc)})"
+    if unrecorded or not decision.updated:  # one line for one outage, whichever calls it failed
+        log.warning("models:/%s@%s %s%s", name, ALIAS, decision.why, unrecorded)
     return decision
 
 
@@ -173,5 +174,7 @@ def _number(tags: dict, metric: str) -> float | None:
 
 
 def _one_line(exc: Exception) -> str:
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0][:200] if text else ''}"
+    """The error's first line; if long, its head and its tail, where requests puts the cause (the status)."""
+    lines = str(exc).strip().splitlines()
+    text = lines[0] if lines else ""
+    return f"{type(exc).__name__}: {text if len(text) <= 300 else f'{text[:140]} ... {text[-140:]}'}"
