@@ -2,6 +2,7 @@
 import contextlib
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -80,6 +81,25 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def start_server(root: Path, port: int) -> subprocess.Popen:
+    """A real `mlflow server` on 127.0.0.1:`port` with its sqlite store and artifacts under `root`,
+    logging to root/server.log (appended across restarts; a file, not a pipe nobody reads: a full
+    pipe would block the server). Not waited for: see `wait_until_up`."""
+    log = (root / "server.log").open("ab")
+    return subprocess.Popen(
+        [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
+         "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}", "--artifacts-destination", str(root / "artifacts")],
+        cwd=root, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        # No background job runner (five huey consumers): sweeps use none of its jobs, and it
+        # would take a third of the server's start and most of its shutdown on two cores.
+        env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"})
+
+
+def stop_server(process: subprocess.Popen, timeout_s: float = 60) -> None:
+    os.killpg(process.pid, signal.SIGTERM)
+    process.wait(timeout=timeout_s)
 
 
 def wait_until_up(url: str, process, log: Path, timeout_s: float = 120) -> None:

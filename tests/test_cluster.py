@@ -2,13 +2,12 @@
 (two nodes on this machine, `ray.cluster_utils.Cluster`) with `RAY_ADDRESS` and
 `MLFLOW_TRACKING_URI` pointing at a real `mlflow server` on 127.0.0.1; trials log over HTTP."""
 import os
-import signal
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
-from conftest import free_port, one_cpu_nodes, wait_until_up
+from conftest import free_port, one_cpu_nodes, start_server, stop_server, wait_until_up
 from mlflow.tracking import MlflowClient
 
 REPO = Path(__file__).resolve().parents[1]
@@ -30,21 +29,13 @@ def mlflow_server(tmp_path_factory):
     """A real `mlflow server` with its own sqlite store; it stores the artifacts it is sent."""
     root = tmp_path_factory.mktemp("mlflow_server")
     port = free_port()
-    log = root / "server.log"  # a file, not a pipe nobody reads: a full pipe would block the server
-    with log.open("wb") as out:
-        server = subprocess.Popen(
-            [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
-             "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}", "--artifacts-destination", str(root / "artifacts")],
-            cwd=root, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
-            # No background job runner (five huey consumers): sweeps use none of its jobs, and it
-            # would take a third of the server's start and most of its shutdown on two cores.
-            env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"})
+    log = root / "server.log"
+    server = start_server(root, port)
     try:
         # Not waited for here: it starts (10-20 s on 2 busy cores) while the cluster does.
         yield f"http://127.0.0.1:{port}", root / "artifacts", server, log
     finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        server.wait(timeout=30)
+        stop_server(server, timeout_s=30)
 
 
 @pytest.fixture(scope="module")

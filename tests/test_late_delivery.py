@@ -12,9 +12,8 @@ import time
 
 import pandas as pd
 import pytest
-from conftest import free_port, wait_until_up
+from conftest import free_port, start_server, stop_server, wait_until_up
 from mlflow.tracking import MlflowClient
-from test_outages import start_server, stop_server
 
 pytestmark = pytest.mark.slow  # a real sweep per scheduler, with an outage: about a minute each
 

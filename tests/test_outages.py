@@ -5,14 +5,13 @@ same store (trials keep training, spool their eval periods and deliver them late
 Tune recorded is in MLflow exactly once."""
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
 
 import pandas as pd
 import pytest
-from conftest import free_port, one_cpu_nodes, wait_until_up
+from conftest import free_port, one_cpu_nodes, start_server, stop_server, wait_until_up
 from mlflow.tracking import MlflowClient
 
 pytestmark = pytest.mark.slow  # real sweeps (killed, resumed, failing): minutes
@@ -33,20 +32,6 @@ sweep = Sweep(
     num_samples={NUM_SAMPLES}, scheduler=None, max_concurrent={NUM_SAMPLES},
 )
 '''
-
-
-def start_server(root, port):
-    log = (root / "server.log").open("ab")  # appended across the restart
-    return subprocess.Popen(
-        [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
-         "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}", "--artifacts-destination", str(root / "artifacts")],
-        cwd=root, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-        env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"})
-
-
-def stop_server(process):
-    os.killpg(process.pid, signal.SIGTERM)
-    process.wait(timeout=60)
 
 
 def _fid_counts(client, name) -> list[int]:

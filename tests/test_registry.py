@@ -3,16 +3,12 @@ registry (a sqlite store; a real `mlflow server` where sweeps register at once o
 import http.client
 import http.server
 import logging
-import os
 import random
-import signal
-import subprocess
-import sys
 import threading
 from dataclasses import replace
 
 import pytest
-from conftest import free_port, wait_until_up
+from conftest import free_port, start_server, stop_server, wait_until_up
 from mlflow.tracking import MlflowClient
 
 from sweeper.kinds.gan import extractor_footing
@@ -155,19 +151,12 @@ def test_a_quick_sweeps_model_never_competes_with_the_real_one(client, tmp_path)
 def server(tmp_path_factory):
     root = tmp_path_factory.mktemp("registry_server")
     port = free_port()
-    log = (root / "server.log").open("ab")
-    process = subprocess.Popen(
-        [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
-         "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}", "--artifacts-destination", str(root / "artifacts")],
-        cwd=root, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-        env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"})
+    process = start_server(root, port)
     try:
         wait_until_up(f"http://127.0.0.1:{port}/health", process, root / "server.log")
         yield f"http://127.0.0.1:{port}"
     finally:
-        os.killpg(process.pid, signal.SIGTERM)
-        process.wait(timeout=60)
-        log.close()
+        stop_server(process)
 
 
 def _server_version(client, name: str, fid: float) -> str:
