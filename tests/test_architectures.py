@@ -3,6 +3,7 @@ norm, dropout and which resolutions each architecture accepts. Widths stay tiny 
 import re
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -12,6 +13,9 @@ from trainables.config import RESOLUTIONS, ConfigError, GANConfig
 from trainables.models import build_models
 from trainables.models.dcgan import DCGANDiscriminator, DCGANGenerator
 from trainables.models.resnet import ResNetDiscriminator, ResNetGenerator
+from trainables.training.batches import DeviceBatches
+from trainables.training.cuda import make_step
+from trainables.training.gan import build_training
 
 Z = 8
 
@@ -215,5 +219,18 @@ def test_unsupported_resolutions_are_refused(arch, resolution):
 
 
 @pytest.mark.parametrize("arch,resolution", ARCH_RESOLUTIONS)
-def test_supported_resolutions_validate(arch, resolution):
-    assert GANConfig(arch=arch, resolution=resolution).validate().resolution == resolution
+def test_every_resolution_that_validates_takes_a_training_step(arch, resolution):
+    # What validation promises a trial: at every size it accepts, G makes images of that size and one
+    # real training step (both losses, both optimisers) on a batch of real images of that size runs,
+    # with finite losses, and moves both networks' weights.
+    width = 2 if resolution >= 256 else 4
+    cfg = tiny(arch=arch, resolution=resolution, g_width=width, d_width=width)
+    run = build_training(cfg, torch.device("cpu"))
+    with torch.no_grad():
+        assert run.G(torch.randn(2, Z)).shape == (2, 3, resolution, resolution)
+    before = {name: [p.detach().clone() for p in net.parameters()] for name, net in (("G", run.G), ("D", run.D))}
+    real = np.random.default_rng(0).integers(0, 256, (4, 3, resolution, resolution), dtype=np.uint8)
+    losses = make_step(cfg, run, DeviceBatches(real, torch.device("cpu")))(0.0)
+    assert losses.shape == (2,) and torch.isfinite(losses).all()
+    for name, net in (("G", run.G), ("D", run.D)):
+        assert any(not torch.equal(a, b) for a, b in zip(before[name], net.parameters(), strict=True)), name

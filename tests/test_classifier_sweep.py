@@ -2,14 +2,17 @@
 dogs, then a tiny classifier sweep that pulls both `@best` generators from the registry, trains on
 their images (and on real ones), and tests the finalists once on the real test split. Real Ray,
 Optuna, MLflow (sqlite) and PyTorch throughout; the photos are skipped with a reason if absent."""
+import hashlib
 import os
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 from conftest import shared_data
 from mlflow.tracking import MlflowClient
+from PIL import Image
 
 REPO = Path(__file__).resolve().parents[1]
 # What keeps each generator sweep around a minute on 2 cores: two trials (the two warm starts),
@@ -76,14 +79,14 @@ def test_trials_report_validation_accuracy_every_eval_period(sweeps):
         assert child.info.status == "FINISHED" and child.data.tags["sweeper.outcome"] in ("completed", "stopped-early")
 
 
-def test_the_test_split_is_touched_only_by_the_final_evaluation(sweeps):
+def test_the_final_evaluation_tests_only_each_groups_top_trial_once(sweeps):
     _, _, client = sweeps
     _, children = _runs(client)
     tested = [c for c in children if "test_acc" in c.data.metrics]
     # --quick: the top trial of each group (real-only, synthetic-only, mixed) by validation accuracy.
     groups = {c.data.params["real_fraction"] for c in children}
     assert 2 <= len(tested) <= len(groups) < len(children) + 1
-    assert len(tested) < len(children)  # at least one trial never saw the test split
+    assert len(tested) < len(children)
     for child in children:
         history = client.get_metric_history(child.info.run_id, "test_acc")
         artifacts = [a.path for a in client.list_artifacts(child.info.run_id, "final")]
@@ -94,6 +97,37 @@ def test_the_test_split_is_touched_only_by_the_final_evaluation(sweeps):
             assert min(per_class) <= history[0].value <= max(per_class)
         else:
             assert history == [] and artifacts == []
+
+
+def _digests(folder: Path) -> tuple[set[str], set[str]]:
+    """blake2b-8 of each PNG's pixels as Pillow reads them (CIFAR is 32 px: no resize), as they are
+    and mirrored left-right; independent of sweeper's decoding and hashing."""
+    pixels = [np.asarray(Image.open(png).convert("RGB"), dtype=np.uint8).transpose(2, 0, 1)
+              for png in sorted(folder.rglob("*.png"))]
+    return {_blake2b_8(a) for a in pixels}, {_blake2b_8(a[:, :, ::-1]) for a in pixels}
+
+
+def _blake2b_8(pixels) -> str:
+    return hashlib.blake2b(np.ascontiguousarray(pixels).tobytes(), digest_size=8).hexdigest()
+
+
+def test_no_test_image_is_a_generators_training_image_and_every_run_says_so(sweeps, tmp_path):
+    _, _, client = sweeps
+    catdog = shared_data("cifar10-catdog")
+    parent, children = _runs(client)
+    test, test_mirrored = _digests(catdog / "test")
+    assert parent.data.params["n_test"] == str(len(test)) == "2000"
+    for cls, name in (("cat", "cats-quick-generator"), ("dog", "dogs-quick-generator")):
+        # What the generator's run records is exactly its class's training photos...
+        run_id = client.get_model_version_by_alias(name, "best").run_id
+        record = Path(client.download_artifacts(run_id, "lineage/training_images.txt", str(tmp_path))).read_text()
+        trained_on, _ = _digests(catdog / "train" / cls)
+        assert set(record.splitlines()[1:]) == trained_on and len(trained_on) == 5000
+        # ...none of which is a test photo, as they are or mirrored, which every classifier run records.
+        assert not trained_on & (test | test_mirrored)
+        for run in (parent, *children):
+            assert run.data.params[f"generator.{cls}.training_images"] == "5000"
+            assert run.data.params[f"generator.{cls}.test_overlap"] == "0"
 
 
 def test_cas_ratio_is_the_synthetic_only_over_the_real_only_test_accuracy(sweeps):
@@ -151,6 +185,9 @@ def test_dry_run_shows_the_generator_versions_the_sweep_would_use(sweeps):
     (["--set", "generators=cat=models:/cats-quick-generator@best"], "generators: no generator for class 'dog'"),
     (["--set", "generators=cat=models:/cats-quick-generator/1,bird=models:/dogs-quick-generator/1"],
      "generators.bird: the real data"),
+    # The test split carved from the train/ photos the generators learnt: 20% of 5,000 per class.
+    (["--set", "test_data="], "of its 2000 test images, 1000 are training images of generators.cat "
+                              "(models:/cats-quick-generator/1, trained on "),
 ])
 def test_bad_generator_inputs_are_one_line_errors_before_anything_starts(sweeps, args, message):
     workdir, _, _ = sweeps

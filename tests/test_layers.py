@@ -11,6 +11,7 @@ import optuna
 import pytest
 
 from sweeper import Sweep
+from sweeper.compat import run_config_of, tune_config_of
 from sweeper.definition import TPE, Quick
 from sweeper.driver.loader import load_sweep
 from sweeper.driver.resume import SWEEP_FILE, SweepState, recorded_sweep
@@ -96,8 +97,8 @@ def test_a_tune_experiment_saved_by_the_old_layout_restores(tmp_path):
     shutil.copy(FIXTURES / "old_layout_wgangp_tuner.pkl", tmp_path / "tuner.pkl")
     with old_module_names():
         tuner = tune.Tuner.restore(str(tmp_path), tune.with_resources(run_trial, {"cpu": 1}))
-    tune_config = tuner._local_tuner._tune_config
+    tune_config = tune_config_of(tuner)
     assert type(tune_config.search_alg) is SweepSearch and type(tune_config.scheduler) is WarmStartASHA
-    assert any(type(c) is EvalLines for c in tuner._local_tuner.get_run_config().callbacks)
+    assert any(type(c) is EvalLines for c in run_config_of(tuner).callbacks)
     today = load_sweep(OLD_WGANGP).resolve(quick=True)
     assert tune_config.search_alg._points_to_evaluate == today.warm_points

@@ -14,6 +14,7 @@ import ray
 from optuna.trial import TrialState
 from ray import tune
 
+from sweeper.compat import optuna_study_of, optuna_trials_of, tune_config_of
 from sweeper.driver import resume
 from sweeper.search.searcher import SweepSearch
 
@@ -42,7 +43,7 @@ def _errored(searcher: SweepSearch, trial_id: str, values: list[float]) -> dict:
 def test_an_errored_trial_that_finishes_after_a_resume_is_told_again():
     searcher = _searcher()
     params = _errored(searcher, "t1", [9.0, 7.0])
-    study = searcher._ot_study
+    study = optuna_study_of(searcher)
     assert [t.state for t in study.trials] == [TrialState.FAIL]
     # resume_errored ran it again from its checkpoint, to the end.
     searcher.on_trial_complete("t1", {"fid_best": 3.0, "eval_period": MAX_T})
@@ -51,7 +52,7 @@ def test_an_errored_trial_that_finishes_after_a_resume_is_told_again():
     assert told.intermediate_values == {1: 9.0, 2: 7.0, MAX_T: 3.0}
     assert told.user_attrs["sweeper.retold_from"] == 0
     # The Tune trial's Optuna trial is the new one (what searcher_trials.json shows).
-    assert searcher._ot_trials["t1"].number == told.number
+    assert optuna_trials_of(searcher)["t1"].number == told.number
     # Handed over twice (the callback and the searcher), or ending again: told once.
     assert not searcher.retell("t1", {"fid_best": 3.0, "eval_period": MAX_T})
     searcher.on_trial_complete("t1", {"fid_best": 3.0, "eval_period": MAX_T})
@@ -62,12 +63,12 @@ def test_a_retried_trial_stopped_early_is_pruned_and_one_that_fails_again_stays_
     searcher = _searcher()
     stopped = _errored(searcher, "stopped", [8.0])
     searcher.on_trial_complete("stopped", {"fid_best": 6.0, "eval_period": 2})  # below max_t: a scheduler stopped it
-    (pruned,) = searcher._ot_study.get_trials(states=(TrialState.PRUNED,))
+    (pruned,) = optuna_study_of(searcher).get_trials(states=(TrialState.PRUNED,))
     assert pruned.params == stopped and pruned.intermediate_values == {1: 8.0, 2: 6.0}
     _errored(searcher, "again", [5.0])
     searcher.on_trial_complete("again", error=True)
     searcher.on_trial_complete("again", {"fid_best": 4.0, "eval_period": MAX_T, "diverged": True})
-    assert [t.state for t in searcher._ot_study.trials] == [TrialState.FAIL, TrialState.PRUNED, TrialState.FAIL]
+    assert [t.state for t in optuna_study_of(searcher).trials] == [TrialState.FAIL, TrialState.PRUNED, TrialState.FAIL]
 
 
 def test_a_finished_trial_is_not_told_twice():
@@ -77,7 +78,7 @@ def test_a_finished_trial_is_not_told_twice():
     searcher.on_trial_complete("done", {"fid_best": 2.0, "eval_period": MAX_T})
     assert not searcher.retell("done", {"fid_best": 1.0, "eval_period": MAX_T})
     searcher.on_trial_complete("done", {"fid_best": 1.0, "eval_period": MAX_T})
-    assert [(t.state, t.value) for t in searcher._ot_study.trials] == [(TrialState.COMPLETE, 2.0)]
+    assert [(t.state, t.value) for t in optuna_study_of(searcher).trials] == [(TrialState.COMPLETE, 2.0)]
 
 
 # A real Tune experiment: period 1, a checkpoint, then an error until the marker exists.
@@ -117,12 +118,12 @@ def _errored_then_resumed(folder: Path, with_callback: bool) -> tuple[optuna.Stu
     assert tuner.fit().num_errors == 1
     marker.touch()
     restored = tune.Tuner.restore(str(folder / "flaky"), trainable, resume_errored=True)
-    searcher = restored._local_tuner._tune_config.search_alg  # what sweeper.driver.run takes too
+    searcher = tune_config_of(restored).search_alg  # what sweeper.driver.run takes too
     if with_callback:
         resume.retell_retried(restored, searcher)
     results = restored.fit()
     assert results.num_errors == 0 and results[0].metrics["eval_period"] == 2
-    return searcher._ot_study, results[0].metrics
+    return optuna_study_of(searcher), results[0].metrics
 
 
 def test_tune_drops_a_resumed_errored_trial_unless_the_callback_hands_it_over(ray_local, tmp_path):

@@ -3,6 +3,7 @@ with enough results, a third stay random, and trials are told at their eval peri
 from ray import tune
 
 from sweeper import TPE, Promotion, Sweep
+from sweeper.compat import optuna_study_of
 from sweeper.kinds import complete
 from sweeper.search.promotion import Rungs
 from sweeper.search.tuner import build_searcher
@@ -56,7 +57,7 @@ def test_proposals_follow_the_highest_rung_with_enough_points():
 def test_the_searcher_is_told_each_result_at_its_eval_period():
     searcher = _searcher()
     _run_to(searcher, "t", 3, lambda x, period: 10.0 - period)
-    trial = searcher._ot_study.get_trials(deepcopy=False)[0]
+    trial = optuna_study_of(searcher).get_trials(deepcopy=False)[0]
     assert trial.intermediate_values == {1: 9.0, 2: 8.0, 3: 7.0}
 
 
@@ -78,5 +79,5 @@ def test_with_rungs_in_compute_a_result_is_told_once_at_the_rung_its_compute_rea
     searcher.suggest("t")
     for period in range(1, 7):
         searcher.on_trial_result("t", {"fid_best": 10.0 - period, "eval_period": period, "compute_s": 20.0 * period})
-    trial = searcher._ot_study.get_trials(deepcopy=False)[0]
+    trial = optuna_study_of(searcher).get_trials(deepcopy=False)[0]
     assert trial.intermediate_values == {2: 9.0, 6: 4.0}

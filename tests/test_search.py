@@ -39,15 +39,25 @@ def test_concurrency_fits_the_resources_and_leaves_half_the_trials_to_tpe():
     assert TPE().startup_trials(6) == 2 and TPE().startup_trials(80) == 10
 
 
+# Each period's offset: the trial improves, then gets worse (as a GAN that collapses), so its best
+# (the sweep's objective, fid_best) is at period 3 and is not its last value.
+SHAPE = (1.0, 0.5, 0.25, 0.75)
+
+
 def objective(config) -> float:
-    # Best at g_lr = 1e-4, z_dim = 128; every eval period improves the trial a little.
+    # Best at g_lr = 1e-4, z_dim = 128.
     return (math.log10(config["g_lr"]) + 4) ** 2 + ((config["z_dim"] - 128) / 64) ** 2
+
+
+def fid_at(config, period: int) -> float:
+    return objective(config) + SHAPE[period - 1]
 
 
 def quadratic_trial(config):
     for period in range(1, NUM_EVALS + 1):
-        fid = objective(config) + 1.0 / period  # improving: the best so far (the sweep's objective) is the last
-        tune.report({"fid": fid, "fid_best": fid, "eval_period": period, "diverged": 0.0})
+        fid = fid_at(config, period)
+        best = min(fid_at(config, p) for p in range(1, period + 1))
+        tune.report({"fid": fid, "fid_best": best, "eval_period": period, "diverged": 0.0})
 
 
 @pytest.fixture(scope="module")
@@ -88,3 +98,37 @@ def test_stopped_trials_are_pruned_for_optuna_and_warm_starts_run_to_the_end(ste
     # The warm start is the worst point of the space (objective 1 + 3.06 at every rung), so ASHA
     # would stop it at its first rung; it runs its full budget instead.
     assert [r.metrics["eval_period"] for r in warm] == [NUM_EVALS]
+
+
+
+def _told(steered):
+    """Per trial: (the Optuna trial, the eval period Tune ended it at, the reference: the objective
+    evaluated at the params Optuna recorded, period by period up to there)."""
+    _, searcher, results = steered
+    trials = {t.number: t for t in searcher._ot_study.get_trials(deepcopy=False)}
+    for result in results:
+        trial = trials[searcher._ot_trials[result.metrics["trial_id"]].number]
+        reached = result.metrics["eval_period"]
+        yield trial, reached, [fid_at(trial.params, period) for period in range(1, reached + 1)]
+
+
+def test_optuna_is_told_each_trials_best_so_far_and_its_best_as_its_value(steered):
+    # At each eval period before the one it ended at, the best so far, at that period's step; for a
+    # trial that ran to the end, its best period's FID (period 3) as its value, not its last (period 4).
+    assert SHAPE.index(min(SHAPE)) + 1 < NUM_EVALS  # best != last, or the value check proves nothing
+    complete = 0
+    for trial, reached, fids in _told(steered):
+        assert set(trial.intermediate_values) <= set(range(1, reached + 1)), trial.number
+        before_the_end = {p: v for p, v in trial.intermediate_values.items() if p < reached}
+        assert before_the_end == pytest.approx({p: min(fids[:p]) for p in range(1, reached)}, rel=1e-12), trial.number
+        if trial.state == TrialState.COMPLETE:
+            complete += 1
+            assert trial.value == pytest.approx(min(fids), rel=1e-12) and trial.value < fids[-1]
+    assert complete, "no trial ran to the end: the value told was not checked"
+
+
+def test_the_period_a_trial_ends_at_reaches_optuna(steered):
+    for trial, reached, fids in _told(steered):
+        assert trial.intermediate_values.get(reached) == pytest.approx(min(fids), rel=1e-12), trial.number
+        if trial.state == TrialState.PRUNED:  # what TPE ranks a pruned trial by
+            assert trial.value == pytest.approx(min(fids), rel=1e-12), trial.number

@@ -19,10 +19,81 @@ REPO = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow  # real sweeps: a few minutes on two CPU cores
 
 
+# The end of the sweep's report, line by line (sweeper.cli._report); one regex per line, in this order.
+REPORT_LINES = [
+    r"best trial: (?P<trial>\S+)  fid_final (?P<fid_final>\S+)  \(.+\); best per-eval fid (?P<best_fid>\S+)",
+    r"best config: (?P<config>.+)",
+    r"hand-tuned baseline \(warm start\): fid_final (?P<baseline>\S+) \(trial (?P<baseline_trial>\S+)\); "
+    r"(?:the best searched trial is (?P<better>\S+) better|the search did NOT beat it: its best trial is (?P<worse>\S+) worse)",
+    r"(?:  trial \S+ = warm_start\[\d\] .+)?",  # what the baseline ran, where it names a warm start
+    r"registered model: models:/(?P<model>[^/]+)/(?P<version>\d+); @best (?P<decision>.+)",
+    r"MLflow store: sqlite:///(?P<db>\S+)",
+    r"open the UI: python -m sweeper ui   \(the runs: http://127\.0\.0\.1:5000/#/experiments/(?P<experiment>\d+)/runs"
+    r"\?viewStateShareKey=\w+\)",
+]
+
+
+def _report(stdout: str) -> dict:
+    """The named fields of the report's last lines, which must come in REPORT_LINES' order and shape
+    and end the output (a pattern that matches an empty line is optional)."""
+    lines = stdout.rstrip("\n").split("\n")
+    block = lines[max(i for i, line in enumerate(lines) if line.startswith("best trial: ")):]
+    fields = {}
+    for pattern in REPORT_LINES:
+        match = re.fullmatch(pattern, block[0]) if block else None
+        if match is None and re.fullmatch(pattern, ""):
+            continue
+        assert match, (pattern, block[:1])
+        fields.update({k: v for k, v in match.groupdict().items() if v is not None})
+        block = block[1:]
+    assert block == [], block
+    return fields
+
+
+def _store(db: Path) -> dict:
+    """The wgangp experiment's runs read straight from the sqlite tables, apart from MLflow's client
+    and from the sweep's own table: run id -> {"params", "tags", "metrics": key -> [values]}."""
+    with sqlite3.connect(db) as connection:
+        (experiment,), = connection.execute("select experiment_id from experiments where name = 'wgangp'")
+        runs = {run_id: {"params": {}, "tags": {}, "metrics": {}} for (run_id,) in connection.execute(
+            "select run_uuid from runs where experiment_id = ?", (experiment,))}
+        for table in ("params", "tags"):
+            for run_id, key, value in connection.execute(f"select run_uuid, key, value from {table}"):
+                if run_id in runs:
+                    runs[run_id][table][key] = value
+        for run_id, key, value in connection.execute("select run_uuid, key, value from metrics order by step, timestamp"):
+            if run_id in runs:
+                runs[run_id]["metrics"].setdefault(key, []).append(value)
+        (best_run,), = connection.execute(
+            "select v.run_id from registered_model_aliases a join model_versions v on v.name = a.name and "
+            "v.version = a.version where a.name = ? and a.alias = 'best'", (MODEL,))
+    return {"experiment": str(experiment), "runs": runs, "best_run": best_run}
+
+
 def test_prints_the_best_trial_and_how_to_open_the_ui(quick_sweep):
-    result, _, _ = quick_sweep
-    assert "best trial:" in result.stdout and "fid" in result.stdout
-    assert "python -m sweeper ui" in result.stdout and "mlflow.db" in result.stdout
+    result, client, workdir = quick_sweep
+    report, store = _report(result.stdout), _store(workdir / "sweeps" / "mlflow.db")
+    winner = store["runs"][store["best_run"]]
+    # The trial named is the one @best holds, with its fid_final and its lowest per-eval FID (4 digits).
+    assert report["trial"] == winner["tags"]["sweeper.trial_id"]
+    assert float(report["fid_final"]) == pytest.approx(winner["metrics"]["fid_final"][-1], rel=5e-4)
+    assert float(report["best_fid"]) == pytest.approx(min(winner["metrics"]["fid"]), rel=5e-4)
+    # Its config: every value is the one its run logged (floats to the 3 digits printed, or more).
+    items = [item.split("=", 1) for item in report["config"].split(", ")]
+    config = dict(items)
+    assert len(config) == len(items), items  # each key once
+    assert {"optimizer", "g_lr", "d_lr", "z_dim"} <= set(config)  # searched on every branch of the space
+    for key, shown in config.items():
+        logged = winner["params"][key]
+        try:
+            assert float(shown) == pytest.approx(float(logged), rel=5e-3), key
+        except ValueError:
+            assert shown == logged, key
+    registered = client.get_model_version_by_alias(MODEL, "best")
+    assert (report["model"], report["version"]) == (MODEL, str(registered.version))
+    # The store it names is this sweep's, and the UI link opens this sweep's experiment.
+    assert Path(report["db"]).resolve() == (workdir / "sweeps" / "mlflow.db").resolve()
+    assert report["experiment"] == store["experiment"]
 
 
 def test_the_console_of_a_quick_sweep_is_short_and_says_what_matters(quick_sweep):
@@ -214,27 +285,36 @@ def test_best_holds_the_winning_trials_best_checkpoint_and_generates_any_batch(q
 
 
 def test_parent_run_compares_the_search_with_the_re_measured_baseline(quick_sweep):
-    result, client, _ = quick_sweep
-    parents, children = _runs(client)
-    # The warm starts (seed 000 and seed 004's WGAN-GP) ran as trials with exactly their values.
-    warm = [c for c in children if c.data.params["g_lr"] == "8e-05" and c.data.params["z_dim"] == "200"
-            and c.data.params["d_norm"] == "instance"]
-    warm += [c for c in children if c.data.params.get("beta1") == "0.0" and c.data.params["d_norm"] == "none"
-             and c.data.params["z_dim"] == "128"]
-    assert len(warm) == 2 and all(c.data.tags["sweeper.proposed_by"] == "warm-start" for c in warm)
-    final = {c.info.run_id: c.data.metrics["fid_final"] for c in children if "fid_final" in c.data.metrics}
-    searched = [v for run_id, v in final.items() if run_id not in {c.info.run_id for c in warm}]
-    metrics = parents[0].data.metrics
-    # --quick re-measures the best warm-start trial (top_k = 1); the baseline is its fid_final.
-    measured_warm = [final[c.info.run_id] for c in warm if c.info.run_id in final]
-    assert len(measured_warm) == 1 and metrics["baseline_fid_final"] == pytest.approx(measured_warm[0])
+    result, _, workdir = quick_sweep
+    store = _store(workdir / "sweeps" / "mlflow.db")
+    runs = store["runs"]
+    parent_id, = [r for r, run in runs.items() if "mlflow.parentRunId" not in run["tags"]]
+    children = {r: run for r, run in runs.items() if r != parent_id}
+    # The warm starts (seed 000 and seed 004's WGAN-GP) told apart by their logged values alone.
+    warm = {r for r, run in children.items() if run["params"]["g_lr"] == "8e-05" and run["params"]["z_dim"] == "200"
+            and run["params"]["d_norm"] == "instance"}
+    warm |= {r for r, run in children.items() if run["params"].get("beta1") == "0.0"
+             and run["params"]["d_norm"] == "none" and run["params"]["z_dim"] == "128"}
+    assert len(warm) == 2 and all(children[r]["tags"]["sweeper.proposed_by"] == "warm-start" for r in warm)
+    # Each measured trial logged fid_final once; --quick measures each group's pick (top_k = 1).
+    final = {r: run["metrics"]["fid_final"] for r, run in children.items() if "fid_final" in run["metrics"]}
+    assert all(len(values) == 1 for values in final.values()), final
+    baseline_run, = [r for r in final if r in warm]
+    searched_run, = [r for r in final if r not in warm]
+    baseline, gain = final[baseline_run][0], final[baseline_run][0] - final[searched_run][0]
+    parent = runs[parent_id]["metrics"]
+    assert parent["baseline_fid_final"] == [pytest.approx(baseline, rel=1e-9)]
     # Either sign: the search may not beat the hand-tuned configs, and then the gain is negative.
-    assert metrics["fid_final_gain_over_baseline"] == pytest.approx(metrics["baseline_fid_final"] - min(searched))
-    # The sweep's fid_final is its winner's (picked by fid_select), not the lowest fid_final measured.
-    winner = next(c for c in children if c.data.tags["sweeper.trial_id"] == parents[0].data.tags["sweeper.best_trial"])
-    assert winner.info.run_id == client.get_model_version_by_alias(MODEL, "best").run_id
-    assert metrics["fid_final"] == pytest.approx(final[winner.info.run_id])
-    assert "hand-tuned baseline (warm start): fid_final" in result.stdout
+    assert parent["fid_final_gain_over_baseline"] == [pytest.approx(gain, rel=1e-9, abs=1e-9)]
+    # The console says the same: the baseline's value and trial, and the gain's size and sign in words.
+    report = _report(result.stdout)
+    assert float(report["baseline"]) == pytest.approx(baseline, abs=0.005)
+    assert report["baseline_trial"] == children[baseline_run]["tags"]["sweeper.trial_id"]
+    told = float(report["better"]) if "better" in report else -float(report["worse"])
+    assert told == pytest.approx(gain, abs=0.005)
+    # The sweep's fid_final is its winner's (@best, picked by fid_select), not the lowest fid_final measured.
+    assert parent["fid_final"] == [pytest.approx(final[store["best_run"]][0], rel=1e-9)]
+    assert runs[parent_id]["tags"]["sweeper.best_trial"] == runs[store["best_run"]]["tags"]["sweeper.trial_id"]
 
 
 def test_ctrl_c_ends_every_run_killed_registers_nothing_and_says_how_to_resume(tmp_path):

@@ -10,6 +10,7 @@ import pytest
 from ray import tune
 
 from sweeper import TPE, Sweep, SweepError
+from sweeper.compat import optuna_trials_of, tune_config_of
 from sweeper.definition.space import suggest_optimizer
 from sweeper.kinds import complete, kind_of
 from sweeper.search.searcher import STARTUP, WARM_NEIGHBOUR, WARM_START
@@ -96,7 +97,7 @@ def test_the_searcher_gives_the_overrides_to_the_warm_start_trial_only():
     assert second == sweep.warm_points[1]
     assert searcher.suggest("t0") == first  # asked again (Tune may), the same config
     # Optuna's trial knows only the searched params.
-    assert searcher._ot_trials["t0"].params == sweep.warm_points[0]
+    assert optuna_trials_of(searcher)["t0"].params == sweep.warm_points[0]
     for trial_id in ("t0", "t1"):
         searcher.on_trial_complete(trial_id, {sweep.objective: 1.0, "eval_period": sweep.config.num_evals})
     later = [searcher.suggest(f"t{i}") for i in range(2, 5)]
@@ -112,7 +113,9 @@ def test_the_searcher_gives_the_overrides_to_the_warm_start_trial_only():
     assert (cfg.resolution, cfg.data, cfg.num_evals, cfg.seed) == (64, "toy-faces", 3, 0)
     params = kind_of(cfg).run_params(cfg)
     assert params["batch_size"] == 128 and params["lr_schedule"] == "linear-decay"
-    # The summary finds which warm start the trial was from its config.
+    # The summary finds which warm start a trial was from the searcher's record; the definition
+    # says which warm start's values a config repeats.
+    assert searcher.warm_starts() == {"t0": 0, "t1": 1}
     assert sweep.warm_start_index(first) == 0 and sweep.warm_start_index(second) == 1
     assert sweep.warm_start_index(later[0]) is None
 
@@ -121,10 +124,13 @@ def test_the_summary_names_the_baseline_trial_and_what_it_ran():
     import pandas as pd
 
     sweep = _sweep()
-    rows = [{"trial_id": "a", "warm_start": True, "fid_final": 30.0, **{f"config.{k}": v for k, v in
-                                                                      sweep.warm_changes[0].items()}},
-            {"trial_id": "b", "warm_start": True, "fid_final": 40.0, "config.g_lr": 3e-4, "config.d_norm": "none"},
-            {"trial_id": "c", "warm_start": False, "fid_final": 20.0, "config.g_lr": 5e-4, "config.d_norm": "none"}]
+    # Which warm start a trial is: the searcher's record (trial_table's warm_start_index column).
+    rows = [{"trial_id": "a", "warm_start": True, "warm_start_index": 0, "fid_final": 30.0,
+             **{f"config.{k}": v for k, v in sweep.warm_changes[0].items()}},
+            {"trial_id": "b", "warm_start": True, "warm_start_index": 1, "fid_final": 40.0, "config.g_lr": 3e-4,
+             "config.d_norm": "none"},
+            {"trial_id": "c", "warm_start": False, "warm_start_index": None, "fid_final": 20.0, "config.g_lr": 5e-4,
+             "config.d_norm": "none"}]
     trial, text = baseline_trial(sweep, pd.DataFrame(rows), "fid_final", "min")
     assert trial == "a"
     assert text.startswith("warm_start[0] {'g_lr': 0.0001, 'd_norm': 'instance'}; fixed for it: lr_schedule=")
@@ -141,7 +147,7 @@ def test_a_searcher_pickled_before_overrides_resumes_without_them(tmp_path):
     shutil.copy(fixtures / "old_layout_wgangp_tuner.pkl", tmp_path / "tuner.pkl")
     with old_module_names():
         tuner = tune.Tuner.restore(str(tmp_path), tune.with_resources(run_trial, {"cpu": 1}))
-    searcher = tuner._local_tuner._tune_config.search_alg
+    searcher = tune_config_of(tuner).search_alg
     assert searcher._warm_overrides == ()
     # Nor neighbours: its enqueued points are warm starts, with no overrides.
     assert searcher._n_neighbours == 0 and searcher._overrides(0) == {}
@@ -192,7 +198,7 @@ def test_the_searcher_proposes_the_warm_starts_then_their_neighbours_with_their_
     assert configs[2:6] == [{"g_lr": 5e-5, "d_norm": "instance", **fixed}, {"g_lr": 2e-4, "d_norm": "instance", **fixed},
                             {"g_lr": 1.5e-4, "d_norm": "none"}, {"g_lr": 6e-4, "d_norm": "none"}]
     # Optuna's trials know the searched params alone.
-    assert searcher._ot_trials["t2"].params == {"g_lr": 5e-5, "d_norm": "instance"}
+    assert optuna_trials_of(searcher)["t2"].params == {"g_lr": 5e-5, "d_norm": "instance"}
     assert searcher.suggest("t2") == configs[2]  # asked again, the same config
 
 

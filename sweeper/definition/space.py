@@ -19,6 +19,7 @@ from typing import Callable, Iterator
 
 import optuna
 
+from sweeper.compat import distribution_contains
 from trainables.errors import BadInput
 
 DRAWS = 64  # random draws that validate a define-by-run space
@@ -72,7 +73,7 @@ def warm_start_params(space, point) -> dict:
     trial = _fixed_trial(space, values)
     for name, value in trial.params.items():
         distribution = trial.distributions[name]
-        if not _contains(distribution, value):
+        if not distribution_contains(distribution, value):
             raise SpaceError(f"{name}={value!r} is outside the search space ({distribution})")
     if not dataclasses.is_dataclass(point):
         unused = sorted(set(values) - set(trial.params))
@@ -137,13 +138,6 @@ def _fixed_trial(space: Callable, values: dict) -> optuna.trial.FixedTrial:
         # A ValueError here: the space suggested a name the point lacks, or with bad arguments.
         _no_constants(space(_NamedErrors(trial)))
     return trial
-
-
-def _contains(distribution, value) -> bool:
-    try:
-        return distribution._contains(distribution.to_internal_repr(value))
-    except ValueError:  # a category that is not among the choices
-        return False
 
 
 class _NamedErrors:

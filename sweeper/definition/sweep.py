@@ -157,11 +157,14 @@ class Sweep:
         return self.neighbours[:max(0, cap)]
 
     def is_warm_start(self, params: dict) -> bool:
-        """Whether a trial's sampled params are one of the warm-start points."""
+        """Whether `params` repeat one of the warm-start points (a property of the definition: a
+        neighbour must not). Not whether a trial is a warm start: a TPE proposal may repeat one's
+        params; that is the searcher's record (SweepSearch.proposed_by, .warm_starts())."""
         return any(same_params(params, point) for point in self.warm_points)
 
     def warm_start_index(self, config: dict) -> int | None:
-        """Which warm start a trial's Tune config is; None for a searched trial."""
+        """Which warm start's changes (params and overrides) `config` repeats; None for none. Like
+        `is_warm_start`, of values only: which warm start a trial is, is the searcher's record."""
         changes = self.warm_changes
         matches = [i for i, c in enumerate(changes) if same_params(config, c)]
         # Warm starts with the same params differ in their overrides: the trial's names the most keys.

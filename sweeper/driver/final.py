@@ -25,7 +25,9 @@ favour (the winner's curse). So the number that picks is never the number that i
   on the held-out test split only reports.
 
 Both numbers are logged on each measured trial's run (at the step of its checkpoint), with the
-kind's record of each draw (`final/select_draw.json`, `final/report_draw.json` for a GAN).
+kind's record of each draw (`final/select_draw.json`, `final/report_draw.json` for a GAN) and the
+sample grid the measured checkpoint holds (`final/grid.png`, where the trial drew one): the grid the
+parent's top grids show beside the numbers measured on that checkpoint (sweeper.tracking.summary).
 """
 from __future__ import annotations
 
@@ -44,6 +46,8 @@ from sweeper.driver import resume
 from sweeper.driver.resume import SweepState
 from sweeper.driver.running import Running
 from sweeper.tracking.outcomes import COMPLETED, DIVERGED, STOPPED, finite
+from sweeper.tracking.summary import MEASURED_GRID
+from trainables.training.checkpoint import GRID_FILE
 
 log = logging.getLogger("sweeper")
 
@@ -203,7 +207,15 @@ def measure(jobs: dict, *, kind, shared: dict, resources: dict) -> dict:
 def _measure_checkpoint(kind, cfg, checkpoint, shared: dict, cpus: float) -> tuple[dict, dict]:
     torch.set_num_threads(max(1, int(cpus)))  # packed beside others, like a trial
     with checkpoint.as_directory() as directory:
-        return kind.measure(cfg, directory, shared)
+        metrics, files = kind.measure(cfg, directory, shared)
+        return metrics, {**files, **checkpoint_grid(directory)}
+
+
+def checkpoint_grid(directory) -> dict[str, bytes]:
+    """{MEASURED_GRID: the PNG} of the sample grid a checkpoint holds (drawn from its generator
+    with the trial's fixed z when it was saved), or {} for a checkpoint without one (a classifier's)."""
+    path = Path(directory) / GRID_FILE
+    return {MEASURED_GRID: path.read_bytes()} if path.is_file() else {}
 
 
 def winner(table: pd.DataFrame, column: str, mode: str, measured: str | None) -> str | None:

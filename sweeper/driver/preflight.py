@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import shutil
 import sqlite3
 import tempfile
@@ -151,7 +152,11 @@ def _prove_mlflow_write(uri: str, experiment: str, where: str) -> None:
             client.set_experiment_tag(target.experiment_id, PROBE_TAG, "deleted at once")
             client.delete_experiment_tag(target.experiment_id, PROBE_TAG)
     except MlflowException as e:
-        raise SweepError(f"{where}: the tracking store refuses a write ({_first_line(e)})") from None
+        # A server with MLflow's basic-auth app answers 401 (no or wrong password) or 403
+        # (the REST client puts the status in the message only, as "error code 401").
+        denied = re.search(r"\b40[13]\b", str(e)) is not None
+        hint = "; set MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD" if denied else ""
+        raise SweepError(f"{where}: the tracking store refuses a write ({_first_line(e)}){hint}") from None
 
 
 def _active_default(client):

@@ -1,5 +1,6 @@
 """The sweep's winner published: its best checkpoint logged as a model of its trial's run,
-registered as `<sweep>-<kind>`, and `@best` pointed at the best version on its footing
+registered as `<sweep>-<kind>`, with the kind's lineage files in that run (a generator's record of
+its training images, sweeper.kinds.generators), and `@best` pointed at the best version on its footing
 (sweeper.tracking.registry decides; where the registry fails, @best is left alone and the console,
 the run's tags and the summary say "not updated")."""
 from __future__ import annotations
@@ -23,6 +24,9 @@ def register(run: Running, table: pd.DataFrame, winner: Candidate) -> dict:
     with winner.checkpoint.as_directory() as directory:
         version = kind.log_model(run.tracking, row["run_id"], winner.config, directory, name)
     client = run.tracking.client()
+    # Before the tags: a version on a footing (one that can become @best) always has its lineage.
+    for path, text in run.inputs.lineage.items():
+        client.log_text(row["run_id"], text, path)
     tag_version(client, name, version, tags=tags, footing=run.inputs.footing,
                 description=f"Winner of sweep {run.sweep.name} (trial {winner.trial_id}): {number}, checkpoint of "
                             f"eval period {winner.period}.")

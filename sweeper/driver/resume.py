@@ -44,6 +44,7 @@ import pyarrow.fs
 from ray import cloudpickle, tune
 from ray.tune.utils import flatten_dict
 
+from sweeper.compat import run_config_of
 from sweeper.driver.moved import old_module_names
 from trainables.cache import write_whole
 from trainables.errors import BadInput
@@ -153,7 +154,7 @@ def retell_retried(tuner: tune.Tuner, searcher) -> None:
     """Add `RetellRetried` to a restored Tuner's callbacks (once: a run config restored from a resumed
     sweep may carry one already)."""
     # Tuner.restore takes no callbacks; the run config it restored is the one `fit` uses.
-    config = tuner._local_tuner.get_run_config()
+    config = run_config_of(tuner)
     config.callbacks = [c for c in config.callbacks or [] if not isinstance(c, RetellRetried)] + [RetellRetried(searcher)]
 
 

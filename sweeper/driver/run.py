@@ -15,6 +15,7 @@ import pandas as pd
 import ray
 from ray import tune
 
+from sweeper.compat import tune_config_of
 from sweeper.definition import ASHA, Sweep
 from sweeper.driver import final, preflight, resume
 from sweeper.driver.planning import plan_params, plan_sweep
@@ -25,6 +26,7 @@ from sweeper.kinds import complete, kind_of
 from sweeper.search import console
 from sweeper.search.footprint import resolve_gpu_fraction
 from sweeper.search.promotion import RunningLimiter
+from sweeper.search.scheduler import WarmStartASHA
 from sweeper.search.spending import Spending, read_search_state, register_spending, spending_of
 from sweeper.search.tuner import build_searcher, build_tuner
 from sweeper.tracking import report
@@ -102,7 +104,8 @@ def _run(sweep: Sweep, *, quick: bool, sweep_file: str, path: str, resumed: Swee
         deleted = resumed and drop_lost_trial_runs(run.tracking, {Path(r.path).name for r in results if r.path})
         if deleted:
             print(f"{deleted} trial run(s) of trials Tune never saved before the driver died: deleted", flush=True)
-        table = trial_table(results, child_runs(run.tracking), run.sweep, searcher.proposed_by, run.kind.group)
+        table = trial_table(results, child_runs(run.tracking), run.sweep, searcher.proposed_by, searcher.warm_starts(),
+                            run.kind.group)
         spending = spending_of(run.path) if run.sweep.budget is not None else None
         budgeted = spending is not None and (spending.exhausted() or searcher.closed_by_budget)
         if spending is not None:
@@ -221,7 +224,7 @@ def _tuner(run: Running, restore: bool):
     # What Tune restores (from tuner.pkl, then the searcher's saved state) is not otherwise exposed:
     # the searcher's record of who proposed what and which trials finished (for the trial table),
     # and the scheduler, whose state is ours to put back, as the budget's spending is.
-    config = tuner._local_tuner._tune_config
+    config = tune_config_of(tuner)
     saved = read_search_state(run.path) or {}
     if saved.get("scheduler") is not None:
         config.scheduler.restore(saved["scheduler"])
@@ -229,6 +232,10 @@ def _tuner(run: Running, restore: bool):
         register_spending(run.path, Spending.from_state(saved["budget"]) if saved.get("budget") else Spending(sweep.budget))
     search_alg = config.search_alg
     searcher = search_alg.searcher if isinstance(search_alg, RunningLimiter) else search_alg
+    if isinstance(config.scheduler, WarmStartASHA):
+        # Restored together from tuner.pkl they are already one; one pickled before the scheduler
+        # held its searcher is not.
+        config.scheduler.searcher = searcher
     resume.retell_retried(tuner, searcher)  # the errored trials resume_errored re-runs
     return tuner, searcher
 

@@ -31,6 +31,8 @@ class Inputs:
     parent_tags: dict = field(default_factory=dict)
     final_tags: dict = field(default_factory=dict)  # set on the runs the final evaluation measured
     footing: dict = field(default_factory=dict)  # registry tags that make two final numbers comparable
+    # Text files written into the registered version's run (artifact path -> text): what it was trained on.
+    lineage: dict = field(default_factory=dict)
     measured_on: str = ""                        # how the final number was measured, for the console
     lines: list = field(default_factory=list)    # console lines before the trials start
 

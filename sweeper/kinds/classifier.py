@@ -5,9 +5,16 @@ Score ratio (Ravuri & Vinyals 2019): how good the generators' images are as trai
 
 The winner is picked on validation accuracy among the finally tested trials, not on `test_acc`:
 the test split reports, it never selects.
+
+The test split never holds a generator's training images: once the test images are decoded, those
+the classifier will test on (`test_data`, or the split carved from `data`) are compared with each
+generator's recorded training images (sweeper.kinds.generators), and any overlap is refused before
+Ray starts (exit 2, one line). A generator without a record is a one-line warning; every run
+records the check per class (params `generator.<class>.training_images` and `.test_overlap`).
 """
 from __future__ import annotations
 
+import sys
 import tempfile
 from pathlib import Path
 
@@ -81,9 +88,11 @@ class ClassifierKind(Kind):
         else:
             pool, held_out = train_test_split(data.data, cfg.test_fraction)
             train_pool, test_set = _subset(data.data, pool), _subset(data.data, held_out)
+        lineage = self.lineage(cfg)
+        overlap_checks = _refuse_memorised_test_images(cfg, test_set, lineage)
         train, val = train_test_split(train_pool, cfg.val_fraction)
         return {"train": _subset(train_pool, train), "val": _subset(train_pool, val), "test": test_set,
-                "lineage": self.lineage(cfg), "key": data.key}
+                "lineage": lineage, "overlap_checks": overlap_checks, "key": data.key}
 
     def inputs(self, sweep, prepared, available: dict) -> Inputs:
         cfg, train, val, test = sweep.config, prepared["train"], prepared["val"], prepared["test"]
@@ -92,6 +101,7 @@ class ClassifierKind(Kind):
         params = {"classes": ",".join(train.classes), "n_train": len(train), "n_val": len(val), "n_test": len(test)}
         for cls, line in lineage.items():
             params.update(line.params(cls))
+            params.update(prepared["overlap_checks"][cls])
         return Inputs(
             trial={"train_images": train.images, "train_labels": train.labels, "val_images": val.images,
                    "val_labels": val.labels, "tracking_uri": default_tracking_uri(),
@@ -181,6 +191,43 @@ def _check_every_class_has_a_generator(sweep, classes, lineage) -> None:
         if cfg.real_fraction < 1 and missing:
             raise SweepError(f"generators: no generator for class {missing[0]!r}, needed where real_fraction < 1 "
                              f"({where}: real_fraction={cfg.real_fraction})")
+
+
+def _refuse_memorised_test_images(cfg, test, lineage: dict) -> dict:
+    """Raises SweepError where test images are among a generator's recorded training images; else
+    per class the params that record the check ("not recorded" where the generator has no record)."""
+    checks, found = {}, []
+    for cls, line in lineage.items():
+        recorded = generators.training_images(cls, line, default_tracking_uri())
+        unusable = _why_unchecked(line, recorded, cfg.resolution)
+        if unusable:
+            print(f"sweeper: warning: generators.{cls}: {line.pinned_uri} {unusable}: the test split could not be "
+                  f"checked for its training images", file=sys.stderr, flush=True)
+            checks[cls] = {f"generator.{cls}.training_images": len(recorded.digests) if recorded else "not recorded",
+                           f"generator.{cls}.test_overlap": "not checked"}
+            continue
+        shared = generators.overlap(test.images, recorded)
+        checks[cls] = {f"generator.{cls}.training_images": len(recorded.digests),
+                       f"generator.{cls}.test_overlap": shared}
+        if shared:
+            found.append((shared, f"generators.{cls} ({line.pinned_uri}, trained on {line.data})"))
+    if found:
+        where = (f"test_data {cfg.test_data}" if cfg.test_data
+                 else f"the test split carved from data {cfg.data} (test_fraction {cfg.test_fraction})")
+        (n, generator), *more = found
+        counts = f"{n} are training images of {generator}" + "".join(f", {m} of {other}" for m, other in more)
+        raise SweepError(f"{where}: of its {len(test)} test images, {counts}; a CAS on them would reward "
+                         f"memorisation: set test_data to images no generator was trained on")
+    return checks
+
+
+def _why_unchecked(line, recorded, resolution: int) -> str | None:
+    if recorded is None:
+        return (f"has no record of its training images (no {generators.TRAINING_IMAGES} in its run {line.run_id}: "
+                f"registered before sweeper kept one)")
+    if recorded.resolution != resolution:
+        return f"recorded its training images at {recorded.resolution} px, the classifier tests at {resolution} px"
+    return None
 
 
 def _subset(data, indices):

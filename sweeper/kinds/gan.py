@@ -11,6 +11,7 @@ import numpy as np
 
 from sweeper.definition import Promotion, Quick
 from sweeper.kinds.base import Inputs, Kind
+from sweeper.kinds.generators import TRAINING_IMAGES, training_images_record
 from sweeper.kinds.refstats import MIN_TO_SPLIT, REPORT, SELECT, half_indices, pass_resources, reference_stats_in_task
 from sweeper.kinds.shipped import ShippedFile, ship
 from sweeper.tracking.outcomes import baseline_gain, baseline_trial
@@ -96,6 +97,8 @@ class GANKind(Kind):
                      # with versions measured before (against images that also chose, and biased low).
                      "sweeper.fid_final_draw": FID_FINAL_DRAW},
             measured_on=_measured_on(standard, cfg, select_stats, final_stats),
+            # Per-image digests of the training images: a classifier refuses test images among them.
+            lineage={TRAINING_IMAGES: training_images_record(dataset)},
             lines=[_extractor_line(per_eval, standard, cfg)])
 
     def run_params(self, cfg) -> dict:

@@ -10,10 +10,17 @@ per-eval FID that ASHA, TPE and the best checkpoints go by; `fid_select`, which 
 winner) is measured against statistics of the SELECT half; the winner's reported `fid_final` against
 statistics of the REPORT half, so no real image that helped choose it is in the number it reports.
 Each half's statistics are a cache entry of their own (the half is part of the content key).
+
+**Checked on every use.** An entry holds, besides its arrays, the sha256 of their bytes (a `sha256`
+member of the .npz, written in the same atomic rename); every load hashes the arrays it read again
+(trainables.cache.cached_entry). A damaged entry (cut short, other bytes, a directory in its place,
+or one written before entries carried a sha256) is computed again with a one-line warning.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +30,8 @@ import numpy as np
 import ray
 import torch
 
-from trainables.cache import atomic_writer, content_key
+from sweeper.compat import alive_nodes
+from trainables.cache import DamagedEntry, atomic_writer, cached_entry, check_digest, content_key
 from trainables.metrics import cache_dir, extract, feature_stats
 
 _FORMAT = 2  # bump when what is stored (or how it is computed) changes, so old entries are ignored
@@ -97,7 +105,7 @@ def reference_stats(images: np.ndarray, fingerprint: str, extractor, n_samples: 
     `half` of them (SELECT, REPORT; None: all, see `half_indices`).
 
     Uses every image of the half when n_samples >= its size, else a subset drawn with `seed`. Cached
-    at <cache>/refstats/<key>.npz; an unreadable or mismatched entry is recomputed and replaced.
+    at <cache>/refstats/<key>.npz; a damaged entry is recomputed and replaced, with a warning.
     """
     chosen, key, path, cached = _lookup(images, fingerprint, extractor, n_samples, seed, half)
     if cached is not None:
@@ -133,7 +141,7 @@ def pass_resources(trial: dict) -> dict:
     2-core quick sweep's time)."""
     if trial.get("gpu"):
         return trial
-    return {"cpu": max((node["Resources"].get("CPU", 0) for node in ray.nodes() if node["Alive"]), default=0) or 1}
+    return {"cpu": max((node.cpus for node in alive_nodes(ray.nodes())), default=0) or 1}
 
 
 def _lookup(images: np.ndarray, fingerprint: str, extractor, n_samples: int, seed: int, half: str | None):
@@ -145,7 +153,8 @@ def _lookup(images: np.ndarray, fingerprint: str, extractor, n_samples: int, see
     key = refstats_key(fingerprint, tuple(images.shape[2:]), extractor.name, len(chosen), seed, precision, half,
                        weights)
     path = cache_dir() / "refstats" / f"{key}.npz"
-    cached = _load(path, key, extractor.dims)
+    cached = cached_entry(path, lambda entry: _load(entry, key, extractor.dims), "reference statistics",
+                          "computing them again")
     return chosen, key, path, None if cached is None else RefStats(
         *cached, extractor.name, len(chosen), key, cache_hit=True, half=half, indices=chosen)
 
@@ -175,21 +184,35 @@ def _take(images: np.ndarray, indices: np.ndarray) -> np.ndarray:
     return images if len(indices) == len(images) else images[indices]
 
 
-def _load(path: Path, key: str, dims: int) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
-    try:
-        with np.load(path, allow_pickle=False) as entry:
-            mu, sigma, features, stored_key = entry["mu"], entry["sigma"], entry["features"], str(entry["key"])
-    except Exception:  # missing, truncated or foreign files fail in many ways; all mean recompute
-        return None
-    if stored_key != key or mu.shape != (dims,) or sigma.shape != (dims, dims) or features.shape[1:] != (dims,):
-        return None
+def _load(path: Path, key: str, dims: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(mu, sigma, features) of the entry at `path`; DamagedEntry (or the reader's own error) unless
+    its arrays hash to the sha256 stored with them and are the statistics of `key` for `dims`."""
+    with np.load(path, allow_pickle=False) as entry:
+        arrays = {name: entry[name] for name in entry.files}
+    recorded = arrays.pop("sha256", None)
+    check_digest(_arrays_sha256(arrays), None if recorded is None else str(recorded))
+    mu, sigma, features, stored_key = arrays["mu"], arrays["sigma"], arrays["features"], str(arrays["key"])
+    if stored_key != key:
+        raise DamagedEntry(f"it holds the statistics of another key, {stored_key[:16]}...")
+    if mu.shape != (dims,) or sigma.shape != (dims, dims) or features.shape[1:] != (dims,):
+        raise DamagedEntry(f"its arrays are not shaped for {dims} features")
     if not (np.isfinite(mu).all() and np.isfinite(sigma).all() and np.isfinite(features).all()):
-        return None
+        raise DamagedEntry("it holds non-finite values")
     return mu, sigma, features
+
+
+def _arrays_sha256(arrays: dict[str, np.ndarray]) -> str:
+    """sha256 over each array's name, dtype, shape and bytes, in name order."""
+    digest = hashlib.sha256()
+    for name in sorted(arrays):
+        array = np.asarray(arrays[name])
+        digest.update(json.dumps([name, array.dtype.str, list(array.shape)]).encode())
+        digest.update(array.tobytes())
+    return digest.hexdigest()
 
 
 def _save_atomic(path: Path, **arrays: np.ndarray) -> None:
     # A concurrent driver sees either no file or the whole file, and two drivers racing both write
-    # identical content, so either wins.
+    # whole, self-checking entries of the same statistics, so either wins.
     with atomic_writer(path) as out:
-        np.savez(out, **arrays)
+        np.savez(out, **arrays, sha256=np.array(_arrays_sha256(arrays)))

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import ray
 
-from trainables.cache import cache_dir, write_atomic
+from trainables.cache import cache_dir, cached_entry, check_digest, file_sha256, write_atomic
 
 
 @dataclass(frozen=True)
@@ -20,14 +20,22 @@ class ShippedFile:
     ref: object  # ray.ObjectRef of the file's bytes; fetched only by a node that lacks the file
 
     def local_path(self) -> str:
-        """This node's copy, written from the object store (hash-checked, atomically) on first use."""
+        """This node's copy, re-hashed against its name on every use; written from the object store
+        (hash-checked, atomically) when it is missing or damaged (then with a one-line warning)."""
         path = cache_dir() / "shipped" / f"{self.sha256}{self.suffix}"
-        if not path.is_file():
-            content = ray.get(self.ref)
-            if hashlib.sha256(content).hexdigest() != self.sha256:
-                raise RuntimeError(f"shipped file {self.sha256[:12]} arrived corrupted")
-            write_atomic(path, content)
+        if cached_entry(path, self._verified, "shipped file", "fetching it again from the object store") is None:
+            self._fetch(path)
         return str(path)
+
+    def _verified(self, path: Path) -> Path:
+        check_digest(file_sha256(path), self.sha256)
+        return path
+
+    def _fetch(self, path: Path) -> None:
+        content = ray.get(self.ref)
+        if hashlib.sha256(content).hexdigest() != self.sha256:
+            raise RuntimeError(f"shipped file {self.sha256[:12]} arrived corrupted")
+        write_atomic(path, content)
 
 
 def ship(path: str | os.PathLike | None) -> ShippedFile | None:
@@ -36,4 +44,3 @@ def ship(path: str | os.PathLike | None) -> ShippedFile | None:
         return None
     content = Path(path).read_bytes()
     return ShippedFile(hashlib.sha256(content).hexdigest(), Path(path).suffix, ray.put(content))
-

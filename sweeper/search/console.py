@@ -14,6 +14,8 @@ import time
 from ray import tune
 from ray.tune import CLIReporter
 
+from sweeper.compat import mark_reported, reporter_metric_and_mode
+
 TABLE_EVERY_S = 300  # and once at the end: a short sweep prints one table, a night-long one a few dozen
 
 
@@ -36,16 +38,17 @@ class StatusTable(CLIReporter):
 
     def setup(self, *args, **kwargs):
         super().setup(*args, **kwargs)
-        self._last_report_time = time.time()
+        mark_reported(self, time.time())
 
     def report(self, trials, done, *sys_info):
         super().report(sorted(trials, key=self._rank), done, *sys_info)
 
     def _rank(self, trial) -> tuple:
-        value = trial.last_result.get(self._metric) if self._metric else None
+        metric, mode = reporter_metric_and_mode(self)
+        value = trial.last_result.get(metric) if metric else None
         if not isinstance(value, (int, float)) or math.isnan(value):
             return (1, 0.0)
-        return (0, -value if self._mode == "max" else value)
+        return (0, -value if mode == "max" else value)
 
 
 class EvalLines(tune.Callback):

@@ -23,12 +23,11 @@ from dataclasses import dataclass
 
 import optuna
 import torch
-from torch.utils._python_dispatch import TorchDispatchMode
-from torch.utils._pytree import tree_leaves
 from torch.utils.weak import WeakIdKeyDictionary
 
 from sweeper.definition.options import AUTO, FALLBACK_GPU_FRACTION
 from sweeper.definition.space import DRAWS, _corner_values
+from trainables.compat import DispatchMode, leaves
 from trainables.config import ConfigError, field_types
 
 GiB = 1 << 30
@@ -137,7 +136,7 @@ def probe_configs(sweep) -> list:
 
 # --- measuring ------------------------------------------------------------------------------------
 
-class LiveBytes(TorchDispatchMode):
+class LiveBytes(DispatchMode):
     """The peak bytes of tensor storage alive at once, counting the tensors created while it is
     active (each storage once, however many views share it): the CPU's stand-in for
     `torch.cuda.max_memory_allocated`. Tensors made before it, and arrays a tensor only views (the
@@ -153,7 +152,7 @@ class LiveBytes(TorchDispatchMode):
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         out = func(*args, **(kwargs or {}))
-        for leaf in tree_leaves(out):
+        for leaf in leaves(out):
             if isinstance(leaf, torch.Tensor):
                 self._count(leaf.untyped_storage())
         return out

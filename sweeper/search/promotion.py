@@ -58,6 +58,8 @@ from ray.tune.experiment import Trial
 from ray.tune.schedulers import FIFOScheduler, TrialScheduler
 from ray.tune.search import ConcurrencyLimiter, Searcher
 
+from sweeper.compat import limits_concurrency
+
 logger = logging.getLogger(__name__)
 
 
@@ -275,10 +277,10 @@ class RunningLimiter(ConcurrencyLimiter):
         self.paused: set[str] = set()  # saved and restored with Tune's searcher state (get_state)
 
     def suggest(self, trial_id: str) -> dict | None:
-        if self._limit_concurrency and len(self.live_trials - self.paused) >= self.max_concurrent:
+        if limits_concurrency(self) and len(self.live_trials - self.paused) >= self.max_concurrent:
             return None
         suggestion = self.searcher.suggest(trial_id)
-        if self._limit_concurrency and suggestion not in (None, Searcher.FINISHED):
+        if limits_concurrency(self) and suggestion not in (None, Searcher.FINISHED):
             self.live_trials.add(trial_id)
             self.num_unfinished_live_trials += 1
         return suggestion

@@ -17,6 +17,15 @@ from optuna.trial import TrialState
 from ray.tune.search import Searcher
 from ray.tune.search.optuna import OptunaSearch
 
+from sweeper.compat import (
+    completed_trials_of,
+    frozen_trial,
+    live_trial,
+    optuna_study_of,
+    optuna_trials_of,
+    search_space_of,
+    suggest_define_by_run,
+)
 from sweeper.search import rung_model
 from sweeper.search.spending import spending_of
 from sweeper.tracking.outcomes import OOM
@@ -62,9 +71,10 @@ class SweepSearch(OptunaSearch):
         self.finished: set[str] = set()
 
     def suggest(self, trial_id: str):
-        first_ask = trial_id not in self._ot_trials
-        if first_ask and self.budget_path is not None and not spending_of(self.budget_path).admits(len(self._ot_trials)):
-            if self._ot_study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        study, trials = optuna_study_of(self), optuna_trials_of(self)
+        first_ask = trial_id not in trials
+        if first_ask and self.budget_path is not None and not spending_of(self.budget_path).admits(len(trials)):
+            if study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
                 # Trials running or paused: the measured cost per period falls as they spread their
                 # start-up over more periods, and PromotionASHA resumes the best paused one meanwhile.
                 return None
@@ -73,19 +83,21 @@ class SweepSearch(OptunaSearch):
         # What TPE's own rule sees at this moment: a TPE proposal needs n_startup finished trials;
         # under successive halving, n_startup trials with a result at the first rung (most of them
         # wait there paused, unfinished for Optuna).
-        finished = len(self._ot_study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)))
+        finished = len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)))
         informed = self._at_first_rung() if self.rungs else finished
         if first_ask and self.rungs and informed >= self._n_startup and \
-                not self._ot_study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
+                not study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
             self._propose_from_rungs(trial_id)
         params = super().suggest(trial_id)
         if params is None:
             return None
         # Enqueued points are the study's first trials (Optuna asks WAITING ones first): trial number
         # i is warm start i, then neighbour i - n_warm, whatever its params look like.
-        number = self._ot_trials[trial_id].number
+        number = trials[trial_id].number
         if first_ask:
             self.proposed_by[trial_id] = self._origin(trial_id, number, informed)
+            if number < self._n_warm:  # which warm start it is, for the summary (`warm_starts`)
+                self.__dict__.setdefault("warm_start_of", {})[trial_id] = number
         # Only the trial's Tune config carries the overrides (run_trial applies it): Optuna's study
         # and its TPE model know the searched params alone.
         return {**params, **self._overrides(number)}
@@ -100,6 +112,13 @@ class SweepSearch(OptunaSearch):
             return TPE if modelled[trial_id] is not None else RANDOM
         return TPE if informed >= self._n_startup else STARTUP
 
+    def warm_starts(self) -> dict[str, int | None]:
+        """Trial id -> which warm start (its index in Sweep.warm_start) of every trial proposed as
+        one: the record that tells warm starts from the rest, never their params. None for one
+        asked by a searcher pickled before the index was kept."""
+        index = self.__dict__.get("warm_start_of", {})
+        return {trial_id: index.get(trial_id) for trial_id, origin in self.proposed_by.items() if origin == WARM_START}
+
     def _overrides(self, number: int) -> dict:
         """The enqueued point `number`'s fixed overrides; {} for a searched trial, and for a warm
         start of a searcher pickled before warm starts had overrides."""
@@ -112,10 +131,11 @@ class SweepSearch(OptunaSearch):
     def on_trial_result(self, trial_id: str, result: dict):
         # At the trial's eval period, not Tune's training_iteration: the rungs are eval periods, and
         # a retried trial's repeated periods land on the steps they had.
-        if trial_id in self._ot_trials and trial_id not in self._completed_trials and self._time_attr in result:
+        trials = optuna_trials_of(self)
+        if trial_id in trials and trial_id not in completed_trials_of(self) and self._time_attr in result:
             step = self._step(trial_id, result)
             if step is not None:
-                self._ot_trials[trial_id].report(result[self.metric], step)
+                trials[trial_id].report(result[self.metric], step)
 
     def _step(self, trial_id: str, result: dict) -> int | None:
         """The step to tell a result at (the rung model reads the values at the rung horizons)."""
@@ -130,40 +150,59 @@ class SweepSearch(OptunaSearch):
         return clock.periods[k]
 
     def _at_first_rung(self) -> int:
-        return sum(self.rungs[0] in t.intermediate_values for t in self._ot_study.get_trials(deepcopy=False))
+        return sum(self.rungs[0] in t.intermediate_values for t in optuna_study_of(self).get_trials(deepcopy=False))
 
     def _propose_from_rungs(self, trial_id: str) -> None:
         """Enqueue the rung model's proposal (or a random one), which the next ask takes."""
+        study = optuna_study_of(self)
         params, rung = rung_model.propose(
-            self._ot_study, self._ask_params, self.rungs, direction=self._ot_study.direction.name.lower(),
-            seed=self.model_seed, min_points=self._n_startup, multivariate_group=callable(self._space))
-        self._ot_study.enqueue_trial(params)
+            study, self._ask_params, self.rungs, direction=study.direction.name.lower(),
+            seed=self.model_seed, min_points=self._n_startup, multivariate_group=callable(search_space_of(self)))
+        study.enqueue_trial(params)
         self.modelled_on = {**getattr(self, "modelled_on", {}), trial_id: rung}
 
     def _ask_params(self, study) -> dict:
-        if callable(self._space):
+        space = search_space_of(self)
+        if callable(space):
             trial = study.ask()
-            self._suggest_from_define_by_run_func(self._space, trial)
+            suggest_define_by_run(self, space, trial)
         else:
-            trial = study.ask(fixed_distributions=self._space)
+            trial = study.ask(fixed_distributions=space)
         return trial.params
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False):
         self.finished.add(trial_id)
         # Out of GPU memory says nothing of the config; a diverged trial has no value to tell.
         error = error or bool(result and (result.get(OOM) or result.get("diverged")))
-        if trial_id in self._completed_trials:
+        if trial_id in completed_trials_of(self):
             # Re-run by a resume (Tune's resume_errored) after it was told FAIL; anything else
             # repeated, Ray's own warning.
             if not self.retell(trial_id, result, error):
                 return super().on_trial_complete(trial_id, result, error)
             return None
+        if not error and result:
+            self._report_ending(trial_id, result)
         if not error and result and result.get(self._time_attr, 0) < self._max_t:
-            self._ot_study.tell(self._ot_trials[trial_id], state=TrialState.PRUNED)
-            self._completed_trials.add(trial_id)
+            optuna_study_of(self).tell(optuna_trials_of(self)[trial_id], state=TrialState.PRUNED)
+            completed_trials_of(self).add(trial_id)
             return None
         # Without a result Ray tells an errored trial FAIL, not COMPLETE with its last value.
         return super().on_trial_complete(trial_id, None if error else result, error)
+
+    def _report_ending(self, trial_id: str, result: dict) -> None:
+        """Report the result a trial ended on, once. Tune calls no `on_trial_result` for the result
+        its scheduler stops a trial on (its tune_controller: "only updating search alg if the trial
+        is not to be stopped"), so without this a trial stopped at a rung would be ranked by the
+        period before it, and one stopped at its first period would have no value at all."""
+        trials = optuna_trials_of(self)
+        if trial_id not in trials or self._time_attr not in result:
+            return
+        clock = self.rung_clock
+        if clock is None or not clock.compute:  # compute rungs: `_step` tells each rung once itself
+            reported = frozen_trial(optuna_study_of(self), trials[trial_id]).intermediate_values
+            if int(result[self._time_attr]) in reported:
+                return
+        self.on_trial_result(trial_id, result)
 
     def retell(self, trial_id: str, result: dict | None, error: bool = False) -> bool:
         """Tell the study of a trial that finished after it was told FAIL (a resume re-runs errored
@@ -176,9 +215,10 @@ class SweepSearch(OptunaSearch):
         .resume's callback and this searcher may both hand it over)."""
         error = error or not result or bool(result.get(OOM) or result.get("diverged"))
         retold = self.__dict__.setdefault("_retold", {})  # Tune trial id -> the new Optuna trial's number
-        if error or trial_id in retold or trial_id not in self._ot_trials:
+        study, trials = optuna_study_of(self), optuna_trials_of(self)
+        if error or trial_id in retold or trial_id not in trials:
             return False
-        old = self._ot_study._storage.get_trial(self._ot_trials[trial_id]._trial_id)
+        old = frozen_trial(study, trials[trial_id])
         value = result.get(self.metric)
         pruned = result.get(self._time_attr, 0) < self._max_t
         if old.state != TrialState.FAIL or value is None or not math.isfinite(value):
@@ -187,11 +227,11 @@ class SweepSearch(OptunaSearch):
         step = self._step(trial_id, result) if self._time_attr in result else None
         if step is not None:
             steps[step] = value
-        self._ot_study.add_trial(optuna.trial.create_trial(
+        study.add_trial(optuna.trial.create_trial(
             state=TrialState.PRUNED if pruned else TrialState.COMPLETE, value=None if pruned else value,
             params=old.params, distributions=old.distributions, intermediate_values=steps,
             user_attrs={**old.user_attrs, "sweeper.retold_from": old.number}))
-        new = self._ot_study.get_trials(deepcopy=False)[-1]
-        self._ot_trials[trial_id] = optuna.trial.Trial(self._ot_study, new._trial_id)
+        new = study.get_trials(deepcopy=False)[-1]
+        trials[trial_id] = live_trial(study, new)
         retold[trial_id] = new.number
         return True

@@ -89,16 +89,17 @@ def build_searcher(sweep: Sweep, configs: int | None = None) -> SweepSearch:
         sampler=sampler)
 
 
-def build_scheduler(sweep: Sweep, plan: Plan | None = None):
+def build_scheduler(sweep: Sweep, plan: Plan | None = None, searcher: SweepSearch | None = None):
     """Promotion: PromotionASHA on `plan` (a budget's), or without one on the sweep's num_evals and
-    num_samples (`fixed_plan`); ASHA: Ray's, warm starts never stopped; None: FIFO."""
+    num_samples (`fixed_plan`); ASHA: Ray's, the trials `searcher` proposed as warm starts never
+    stopped (none without a searcher); None: FIFO."""
     if isinstance(sweep.scheduler, Promotion):
         promotion = sweep.scheduler
         plan = plan or fixed_plan(sweep.config.num_evals, sweep.num_samples, eta=promotion.reduction_factor,
                                   first_rung=promotion.first_rung)
         return PromotionASHA.from_plan(plan, in_compute=promotion.rungs_in == "compute", time_attr=TIME_ATTR)
     if isinstance(sweep.scheduler, ASHA):
-        return WarmStartASHA(warm_points=sweep.warm_points, time_attr=TIME_ATTR, max_t=sweep.config.num_evals,
+        return WarmStartASHA(searcher=searcher, time_attr=TIME_ATTR, max_t=sweep.config.num_evals,
                              grace_period=sweep.scheduler.grace_period,
                              reduction_factor=sweep.scheduler.reduction_factor)
     return FIFOScheduler()
@@ -121,8 +122,8 @@ def build_tuner(sweep: Sweep, trainable, *, storage_path: str | Path, run_name: 
     a budget's (sweeper.search.plan); `search_state_path`: the experiment's path, where the
     scheduler's and the budget's state are saved for a resume (None: not saved)."""
     per_trial = per_trial or sweep.resources.per_trial(available.get("GPU", 0))
-    scheduler = build_scheduler(sweep, plan)
     searcher = searcher or build_searcher(sweep, configs=plan.num_samples if plan else None)
+    scheduler = build_scheduler(sweep, plan, searcher)
     stop = None
     if sweep.budget is not None:
         key = search_state_path or f"{storage_path}/{run_name}"

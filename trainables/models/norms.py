@@ -3,7 +3,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils import parametrize
-from torch.nn.utils.parametrizations import _SpectralNorm
+
+from trainables.compat import SpectralNormParametrization
 
 
 def norm_layer(name: str, channels: int) -> nn.Module:
@@ -33,7 +34,7 @@ def spectral(module: nn.Module, enabled: bool) -> nn.Module:
     return module
 
 
-class FP32SpectralNorm(_SpectralNorm):
+class FP32SpectralNorm(SpectralNormParametrization):
     """torch's spectral-norm parametrisation with the power iteration and σ always in fp32.
 
     torch's own runs `torch.mv` wherever the forward runs, so under CUDA autocast its σ is a bf16

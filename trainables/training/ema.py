@@ -18,6 +18,8 @@ import copy
 import torch
 from torch import nn
 
+from trainables.compat import foreach_copy_, foreach_lerp_
+
 
 class EMA(nn.Module):
     def __init__(self, model: nn.Module, decay: float):
@@ -37,7 +39,7 @@ class EMA(nn.Module):
             return
         ema_float, model_float, ema_int, model_int = _split(self.module, model)
         if ema_float:
-            torch._foreach_lerp_(ema_float, model_float, 1 - self.decay)
+            foreach_lerp_(ema_float, model_float, 1 - self.decay)
         for e, m in zip(ema_int, model_int):
             e.copy_(e * self.decay + m * (1 - self.decay))
         self.n_averaged += 1
@@ -45,7 +47,7 @@ class EMA(nn.Module):
     @torch.no_grad()
     def copy_from(self, model: nn.Module) -> None:
         ema_float, model_float, ema_int, model_int = _split(self.module, model)
-        torch._foreach_copy_(ema_float + ema_int, model_float + model_int)
+        foreach_copy_(ema_float + ema_int, model_float + model_int)
         self.n_averaged += 1
 
     def _save_to_state_dict(self, destination, prefix, keep_vars):
