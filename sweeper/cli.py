@@ -63,6 +63,8 @@ def _add_run(commands) -> None:
                                        "s3://bucket/prefix, gs://..., or a shared path; required on a cluster "
                                        "(env SWEEPER_STORAGE)")
     run.add_argument("--dry-run", action="store_true", help="validate and print the resolved sweep; start nothing")
+    run.add_argument("--verbose", action="store_true", help="a line per eval period of every trial and Tune's table "
+                                                            "every few minutes (default with --quick)")
     run.add_argument("--resume", action="store_true",
                      help="continue this sweep's latest interrupted run if there is one (else start it)")
     run.set_defaults(command=_run)
@@ -142,7 +144,8 @@ def _run(args) -> int:
             print(f"--resume: continuing {unfinished[-1].path} as it was started "
                   f"(this command's other options are not applied)", flush=True)
             return _resume_state(unfinished[-1])
-    summary = run_sweep(sweep, sweep_file=args.file, quick=args.quick, storage=storage_uri(args.storage))
+    summary = run_sweep(sweep, sweep_file=args.file, quick=args.quick, storage=storage_uri(args.storage),
+                        verbose=args.verbose or args.quick)
     return _finish(summary)
 
 

@@ -79,22 +79,28 @@ class SweepSummary:
     runs_view: str = ""  # the MLflow UI's runs table of this sweep, from the UI's root URL
 
 
-def run_sweep(sweep: Sweep, *, sweep_file: str, quick: bool, storage: str | None = None) -> SweepSummary:
-    """`storage`: Tune's storage (a local path or s3://, gs:// URI; None = sweeps/ray_results here)."""
+def run_sweep(sweep: Sweep, *, sweep_file: str, quick: bool, storage: str | None = None,
+              verbose: bool | None = None) -> SweepSummary:
+    """`storage`: Tune's storage (a local path or s3://, gs:// URI; None = sweeps/ray_results here);
+    `verbose`: a console line per eval period (None: for a quick sweep, which is run to be watched)."""
     path = experiment_path(storage or str((SWEEPS_DIR / "ray_results").resolve()),
                            f"{sweep.name}-{time.strftime('%Y%m%d-%H%M%S')}")
-    return _run(complete(sweep), quick=quick, sweep_file=sweep_file, path=path, resumed=None)
+    return _run(complete(sweep), quick=quick, sweep_file=sweep_file, path=path, resumed=None,
+                verbose=quick if verbose is None else verbose)
 
 
 def resume_sweep(state: SweepState) -> SweepSummary:
     """Continue an interrupted sweep (see sweeper.driver.resume): the same Tune experiment, searcher
-    state, MLflow parent run and child runs; unfinished and errored trials go on from their checkpoints."""
+    state, MLflow parent run and child runs; unfinished and errored trials go on from their checkpoints.
+    Its console is the one it was started with (Tune restores its callbacks)."""
     return _run(complete(resume.recorded_sweep(state)), quick=state.quick, sweep_file=state.sweep_file,
                 path=state.path, resumed=state)
 
 
-def _run(sweep: Sweep, *, quick: bool, sweep_file: str, path: str, resumed: SweepState | None) -> SweepSummary:
+def _run(sweep: Sweep, *, quick: bool, sweep_file: str, path: str, resumed: SweepState | None,
+         verbose: bool = False) -> SweepSummary:
     run, state = _start(sweep, quick=quick, sweep_file=sweep_file, path=path, resumed=resumed)
+    run = dataclasses.replace(run, verbose=verbose)
     table = None
     try:
         tuner, searcher = _tuner(run, restore=resumed is not None)
@@ -217,7 +223,7 @@ def _tuner(run: Running, restore: bool):
         storage, name = resume.split_experiment_path(run.path)
         return build_tuner(sweep, trainable, storage_path=storage, run_name=name, available=run.available,
                            per_trial=run.per_trial, reported=run.kind.shown_metrics, searcher=searcher,
-                           plan=run.plan, search_state_path=run.path), searcher
+                           plan=run.plan, search_state_path=run.path, verbose=run.verbose), searcher
     with resume.old_module_names():  # a sweep started before sweeper's modules moved
         tuner = tune.Tuner.restore(run.path, tune.with_resources(trainable, run.per_trial),
                                    resume_unfinished=True, resume_errored=True)

@@ -21,3 +21,4 @@ class Running:
     path: str             # the Tune experiment: a local path or a URI
     quick: bool
     plan: Plan | None = None  # a budget's (sweeper.driver.planning); None without one, and on a resume
+    verbose: bool = False     # the console's line per eval period (sweeper.search.console)

@@ -116,19 +116,21 @@ def _register_spending(sweep: Sweep, plan: Plan | None, path: str) -> None:
 def build_tuner(sweep: Sweep, trainable, *, storage_path: str | Path, run_name: str, available: dict,
                 per_trial: dict | None = None, reported: tuple[str, ...] = (),
                 searcher: SweepSearch | None = None, plan: Plan | None = None,
-                search_state_path: str | None = None) -> tune.Tuner:
+                search_state_path: str | None = None, verbose: bool = False) -> tune.Tuner:
     """`per_trial`: one trial's resources (None: the sweep's `Resources.per_trial`); `reported`:
     the metrics besides the sweep's that its kind of trial reports and the console shows; `plan`:
     a budget's (sweeper.search.plan); `search_state_path`: the experiment's path, where the
-    scheduler's and the budget's state are saved for a resume (None: not saved)."""
+    scheduler's and the budget's state are saved for a resume (None: not saved); `verbose`: a line
+    per eval period and Tune's table every few minutes, besides the line per ended trial (which
+    alone keeps a 1,000-trial console readable) and the table at the end."""
     per_trial = per_trial or sweep.resources.per_trial(available.get("GPU", 0))
     searcher = searcher or build_searcher(sweep, configs=plan.num_samples if plan else None)
     scheduler = build_scheduler(sweep, plan, searcher)
-    stop = None
+    stop, budget_path = None, None
     if sweep.budget is not None:
         key = search_state_path or f"{storage_path}/{run_name}"
         _register_spending(sweep, plan, key)
-        searcher.budget_path, stop = key, BudgetStop(key)
+        searcher.budget_path, stop, budget_path = key, BudgetStop(key), key
     concurrency = max_concurrent(sweep, available, per_trial)
     if isinstance(scheduler, PromotionASHA):
         # TPE models the highest rung with enough results (sweeper.search.rung_model).
@@ -146,11 +148,13 @@ def build_tuner(sweep: Sweep, trainable, *, storage_path: str | Path, run_name: 
                                     search_alg=searcher, scheduler=scheduler,
                                     num_samples=sweep.num_samples,
                                     max_concurrent_trials=concurrency,
-                                    # Every trial in a fresh process (Tune's default, stated because
-                                    # packing depends on it): a trial ASHA stops gives back its GPU
-                                    # memory when its process ends, and each trial sets its own
-                                    # memory cap (sweeper.trial.trainable) at start.
-                                    reuse_actors=False,
+                                    # A trial's process runs the next trial of the same resources
+                                    # (pauses and resumptions too): torch, the MLflow store's engine
+                                    # and the FID network are loaded once per process, not per trial.
+                                    # Packing still holds: a trial frees its GPU memory when it ends
+                                    # and sets its own share's cap and threads when it starts
+                                    # (sweeper.trial.trainable); a process Tune does not reuse ends.
+                                    reuse_actors=True,
                                     trial_dirname_creator=trial_dirname),
         run_config=tune.RunConfig(
             # A URI (s3://, gs://) as given; a local path made absolute (Tune requires it).
@@ -161,7 +165,9 @@ def build_tuner(sweep: Sweep, trainable, *, storage_path: str | Path, run_name: 
                 num_to_keep=2, checkpoint_score_attribute=sweep.metric,
                 checkpoint_score_order=sweep.mode),
             # Tune's table looks every column up in every trial's config: only the keys all trials have.
-            progress_reporter=console.status_table(shown, sorted(always_searched_keys(sweep.space)), sweep.num_samples),
-            callbacks=[console.EvalLines(shown, sweep.config.num_evals), *saver],
+            progress_reporter=console.status_table(shown, sorted(always_searched_keys(sweep.space)), sweep.num_samples,
+                                                   every_few_minutes=verbose),
+            callbacks=[*([console.EvalLines(shown, sweep.config.num_evals)] if verbose else []),
+                       console.TrialLines(sweep.objective, sweep.mode, sweep.config.num_evals, budget_path), *saver],
             stop=stop,
             verbose=1))

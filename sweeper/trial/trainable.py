@@ -1,4 +1,5 @@
 """The Ray adapter around a Ray-free training loop: config in, `tune.report` + MLflow out."""
+import gc
 import logging
 import math
 import os
@@ -24,8 +25,17 @@ def run_trial(sampled: dict, *, kind, train_fn, base, shared: dict, tracking, cp
     """Ray Tune function trainable; `tune.with_parameters` supplies everything after `sampled`.
     `train_fn(cfg, report, restore_from=..., **kind.trial_kwargs(cfg, shared))` trains."""
     started = time.monotonic()  # this process's share of the trial's compute_s starts here
+    # Tune runs the next trial in the process the last one ended in (reuse_actors): what a stopped
+    # or failed one held (its frames lived on in its exception until then) is freed first.
+    _free_the_device()
     cfg = base.replace(**sampled).validate()
     _share_the_machine(cfg, cpus)
+    _train_and_log(cfg, kind=kind, train_fn=train_fn, shared=shared, tracking=tracking,
+                   metric=metric, mode=mode, started=started)
+    _free_the_device()  # a process Tune keeps for a later trial holds none of it meanwhile
+
+
+def _train_and_log(cfg, *, kind, train_fn, shared: dict, tracking, metric: str, mode: str, started: float) -> None:
     run_log = _open_run_log(tracking, kind.run_params(cfg))
     last = {"eval_period": 0}
     checkpoint = surviving_checkpoint(tune.get_checkpoint())
@@ -60,6 +70,14 @@ def run_trial(sampled: dict, *, kind, train_fn, base, shared: dict, tracking, cp
             run_log.flush()
             raise
     run_log.flush(wait=True)
+
+
+def _free_the_device() -> None:
+    """What a finished trial held on its GPU goes back to the device, not to this process's cache,
+    so a trial packed beside it (or the next one in this process, under its own cap) has it."""
+    gc.collect()  # the trial's models and optimizers, now unreferenced (and any cycles through them)
+    if torch.cuda.is_initialized():
+        torch.cuda.empty_cache()
 
 
 def _share_the_machine(cfg, cpus: float) -> None:

@@ -1,0 +1,72 @@
+"""Trial processes are reused between trials (Tune's reuse_actors), with what a trial sets put back
+for the next one, and the console prints one line per ended trial, not one per eval period."""
+import os
+import re
+import subprocess
+import sys
+
+from mlflow.tracking import MlflowClient
+
+TRIALS = 6
+
+SPACE = f'''
+import os
+from dataclasses import dataclass
+
+import torch
+from ray import tune
+
+from sweeper import Resources, Sweep
+from trainables.config import Config
+
+
+@dataclass(frozen=True)
+class Quadratic(Config):
+    x: float = 0.0
+    num_evals: int = 2
+    seed: int = 0
+
+
+def fit(cfg, report, restore_from=None):
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # what a trial may change in its process; the next trial must not inherit it
+    for period in range(1, cfg.num_evals + 1):
+        report({{"eval_period": period, "loss": (cfg.x - 3) ** 2 + 1 / period, "pid": os.getpid(),
+                 "threads_at_start": threads}}, None)
+
+
+sweep = Sweep("reuse", Quadratic(), trainable=fit, metric="loss", mode="min", scheduler=None,
+              space={{"x": tune.uniform(-10, 10)}}, num_samples={TRIALS}, max_concurrent=1,
+              resources=Resources(cpus=2))
+'''
+
+
+def test_one_process_runs_many_trials_each_with_its_own_threads_run_and_console_line(tmp_path):
+    (tmp_path / "reuse.py").write_text(SPACE)
+    env = {**os.environ, "SWEEPER_OFFLINE": "1"}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    result = subprocess.run([sys.executable, "-m", "sweeper", "run", "reuse.py"], cwd=tmp_path, env=env,
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+
+    client = MlflowClient(f"sqlite:///{tmp_path / 'sweeps' / 'mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name("reuse").experiment_id])
+    children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+    assert len(children) == TRIALS
+    pids = set()
+    for child in children:
+        x = float(child.data.params["x"])
+        losses = client.get_metric_history(child.info.run_id, "loss")
+        # Each run holds its own trial's periods, once: nothing of the trial before it in the process.
+        assert sorted((m.step, m.value) for m in losses) == [(p, (x - 3) ** 2 + 1 / p) for p in (1, 2)]
+        # The trial before it set one thread; each trial starts with its share of the machine again.
+        assert child.data.metrics["threads_at_start"] == 2
+        pids.add(child.data.metrics["pid"])
+    assert len(pids) < TRIALS, "every trial started a process of its own: Tune reused none"
+
+    lines = (result.stdout + result.stderr).splitlines()
+    ended = [line for line in lines if re.match(r"^\S+\s+ended at period 2/2\s+loss_best \S+\s+\|", line)]
+    assert len(ended) == TRIALS, "\n".join(lines)
+    assert f"{TRIALS} ended, 0 running" in ended[-1]
+    assert not [line for line in lines if re.search(r"\bperiod [12]/2\b", line) and "ended at" not in line], \
+        "a per-eval-period line without --verbose"
