@@ -222,7 +222,9 @@ def _packed_trial(config):
 
 
 @pytest.mark.slow
-def test_packed_trials_see_their_share_and_a_stopped_trial_ends_its_process(tmp_path):
+def test_packed_trials_see_their_share_and_no_trial_process_outlives_the_sweep(tmp_path):
+    # A stopped trial's process may run the next trial (reuse_actors); what it held is freed then
+    # (tests/test_trial_reuse.py). Once the sweep ends, no trial process is left holding a GPU.
     # The trial workers cannot import this test module: send its functions by value.
     ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
     ray.init(num_cpus=2, num_gpus=1, include_dashboard=False, address="local")  # a GPU Ray counts, not CUDA
@@ -238,14 +240,14 @@ def test_packed_trials_see_their_share_and_a_stopped_trial_ends_its_process(tmp_
         ray.shutdown()
     assert len(results) == 2 and not any(r.error for r in results)
     assert all(r.metrics["share"] == 0.5 and r.metrics["cap"] == memory_cap(0.5, 80 * GiB) for r in results)
-    assert len({r.metrics["pid"] for r in results}) == 2  # a process per trial: no actor reuse
     stopped = [r for r in results if r.metrics["eval_period"] < Point.num_evals]
     assert len(stopped) == 1, [r.metrics["eval_period"] for r in results]  # the worse one, at its first rung
-    for _ in range(60):  # its process (and with it any GPU memory) is gone
-        if not _alive(stopped[0].metrics["pid"]):
+    pids = {r.metrics["pid"] for r in results}
+    for _ in range(60):  # every trial process (and with it any GPU memory) is gone
+        if not any(_alive(pid) for pid in pids):
             break
         time.sleep(0.5)
-    assert not _alive(stopped[0].metrics["pid"])
+    assert not any(_alive(pid) for pid in pids)
 
 
 def _alive(pid: int) -> bool:

@@ -1,5 +1,6 @@
 """Trial processes are reused between trials (Tune's reuse_actors), with what a trial sets put back
-for the next one, and the console prints one line per ended trial, not one per eval period."""
+and what it held freed for the next one (a trial ASHA stopped too), and the console prints one line
+per ended trial, not one per eval period."""
 import os
 import re
 import subprocess
@@ -11,12 +12,14 @@ TRIALS = 6
 
 SPACE = f'''
 import os
+import sys
+import weakref
 from dataclasses import dataclass
 
 import torch
 from ray import tune
 
-from sweeper import Resources, Sweep
+from sweeper import ASHA, Resources, Sweep
 from trainables.config import Config
 
 
@@ -27,15 +30,26 @@ class Quadratic(Config):
     seed: int = 0
 
 
+class Held:
+    """Stands for a trial's models: what its frames hold until it ends."""
+
+
 def fit(cfg, report, restore_from=None):
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # what a trial may change in its process; the next trial must not inherit it
+    # Process-wide (this module is sent by value, so its globals may be new for each trial).
+    earlier = sys.__dict__.setdefault("_held_by_earlier_trials", [])
+    still_held = sum(ref() is not None for ref in earlier)
+    held = Held()
+    earlier.append(weakref.ref(held))
     for period in range(1, cfg.num_evals + 1):
         report({{"eval_period": period, "loss": (cfg.x - 3) ** 2 + 1 / period, "pid": os.getpid(),
-                 "threads_at_start": threads}}, None)
+                 "threads_at_start": threads, "still_held_at_start": still_held}}, None)
 
 
-sweep = Sweep("reuse", Quadratic(), trainable=fit, metric="loss", mode="min", scheduler=None,
+# ASHA stops some trials inside their report call: their process then runs the next trial.
+sweep = Sweep("reuse", Quadratic(), trainable=fit, metric="loss", mode="min",
+              scheduler=ASHA(grace_period=1, reduction_factor=2),
               space={{"x": tune.uniform(-10, 10)}}, num_samples={TRIALS}, max_concurrent=1,
               resources=Resources(cpus=2))
 '''
@@ -54,18 +68,26 @@ def test_one_process_runs_many_trials_each_with_its_own_threads_run_and_console_
     children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
     assert len(children) == TRIALS
     pids = set()
+
+    def stopped_at(child) -> int:
+        return int(child.data.metrics["eval_period"])
+
     for child in children:
         x = float(child.data.params["x"])
         losses = client.get_metric_history(child.info.run_id, "loss")
         # Each run holds its own trial's periods, once: nothing of the trial before it in the process.
-        assert sorted((m.step, m.value) for m in losses) == [(p, (x - 3) ** 2 + 1 / p) for p in (1, 2)]
+        periods = stopped_at(child) if child.data.tags["sweeper.outcome"] == "stopped-early" else 2
+        assert sorted((m.step, m.value) for m in losses) == [(p, (x - 3) ** 2 + 1 / p) for p in range(1, periods + 1)]
         # The trial before it set one thread; each trial starts with its share of the machine again.
         assert child.data.metrics["threads_at_start"] == 2
+        # What the trials before it held (the stopped ones' frames too) is gone when it starts.
+        assert child.data.metrics["still_held_at_start"] == 0
         pids.add(child.data.metrics["pid"])
     assert len(pids) < TRIALS, "every trial started a process of its own: Tune reused none"
+    assert any(c.data.tags["sweeper.outcome"] == "stopped-early" for c in children), "ASHA stopped none"
 
     lines = (result.stdout + result.stderr).splitlines()
-    ended = [line for line in lines if re.match(r"^\S+\s+ended at period 2/2\s+loss_best \S+\s+\|", line)]
+    ended = [line for line in lines if re.match(r"^\S+\s+ended at period [12]/2\s+loss_best \S+\s+\|", line)]
     assert len(ended) == TRIALS, "\n".join(lines)
     assert f"{TRIALS} ended, 0 running" in ended[-1]
     assert not [line for line in lines if re.search(r"\bperiod [12]/2\b", line) and "ended at" not in line], \
