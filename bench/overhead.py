@@ -191,6 +191,68 @@ def startup_costs() -> dict:
             "import_sweeper_trial_s": timed("import ray.tune, sweeper.trial.trainable, sweeper.kinds")}
 
 
+def after_the_sweep(arm_dir: Path, uri: str) -> dict:
+    """What a person does next, timed on the store the arm left: `status`, `export`, and the runs
+    view of the MLflow UI (`python -m sweeper ui`) until Chromium shows the trials' rows (skipped
+    without Debian's chromium and Playwright)."""
+    env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
+           "PYTHONPATH": str(ROOT)}
+    figures = {}
+    for command in (["status", "overhead"], ["export", "overhead", "-o", str(arm_dir / "trials.parquet")]):
+        started = time.perf_counter()
+        done = subprocess.run([sys.executable, "-m", "sweeper", *command], env=env, cwd=arm_dir, capture_output=True)
+        figures[f"{command[0]}_s"] = time.perf_counter() - started if done.returncode == 0 else float("nan")
+    figures["ui_runs_view_s"] = _ui_load_s(arm_dir, env)
+    return figures
+
+
+def _ui_load_s(arm_dir: Path, env: dict) -> float:
+    import re
+    import shutil
+    import signal
+    import socket
+    import urllib.request
+
+    chromium = shutil.which("chromium")
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        return float("nan")
+    if chromium is None:
+        return float("nan")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    log = arm_dir / "ui.log"
+    with open(log, "w") as out:
+        server = subprocess.Popen([sys.executable, "-m", "sweeper", "ui", "--port", str(port)], cwd=arm_dir, env=env,
+                                  stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        for _ in range(240):
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2)
+                break
+            except OSError:
+                time.sleep(0.5)
+        url = re.search(rf"http://127.0.0.1:{port}/#/experiments/\d+/runs\S*", log.read_text())
+        if url is None:
+            return float("nan")
+        with sync_playwright() as playwright:
+            browser = playwright.chromium.launch(executable_path=chromium, headless=True)
+            page = browser.new_page(viewport={"width": 1920, "height": 1080})
+            started = time.perf_counter()
+            page.goto(url.group(0))
+            # A child run's row: the runs table shows the trials (their names are Tune's trial names).
+            page.get_by_text(re.compile(r"^(run_trial|trial)_")).first.wait_for(timeout=120_000)
+            loaded = time.perf_counter() - started
+            page.screenshot(path=str(arm_dir / "ui_runs.png"))
+            browser.close()
+            return loaded
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(timeout=30)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--trials", type=int, default=100)
@@ -198,7 +260,8 @@ def main() -> None:
     parser.add_argument("--periods", type=int, default=3)
     parser.add_argument("--work-s", type=float, default=0.3)
     parser.add_argument("--arms", default="plain,fifo,default")
-    parser.add_argument("--keep", action="store_true", help="keep the arms' folders (printed)")
+    parser.add_argument("--after", action="store_true", help="also time status, export and the UI's runs view "
+                                                             "on each sweeper arm's store (default with --trials >= 500)")
     args = parser.parse_args()
     minimum = args.trials * args.periods * args.work_s / args.concurrency
     folder = Path(tempfile.mkdtemp(prefix="sweeper-overhead-"))
@@ -208,6 +271,8 @@ def main() -> None:
     for arm in args.arms.split(","):
         row = run_arm(arm, args, folder)
         row["overhead_per_trial_s"] = (row["wall_s"] - minimum) * args.concurrency / args.trials
+        if arm != "plain" and (args.after or args.trials >= 500) and not row["rc"]:
+            row.update(after_the_sweep(folder / arm, f"sqlite:///{folder / arm / 'mlflow.db'}"))
         rows.append(row)
         print(json.dumps(row), flush=True)
     plain = next((r for r in rows if r["arm"] == "plain"), None)
@@ -223,6 +288,10 @@ def main() -> None:
                   f"{row['per_trial_reports_s']:.2f} s, work {row['per_trial_work_s']:.2f} s ({row['trial_starts']} trial "
                   f"starts in {row['processes']} processes); per sweep: {row['before_first_trial_s']:.0f} s before "
                   f"the first trial, {row['after_last_trial_s']:.0f} s after the last")
+    for row in rows:
+        if "status_s" in row:
+            print(f"{row['arm']:>8}: status {row['status_s']:.1f} s, export {row['export_s']:.1f} s, "
+                  f"UI runs view {row['ui_runs_view_s']:.1f} s")
     print("a fresh process, alone (median of 3): " + ", ".join(f"{k} {v:.1f}" for k, v in startup_costs().items()))
 
 
