@@ -27,8 +27,7 @@ from sweeper.kinds.base import Inputs, Kind
 from sweeper.tracking.outcomes import finite
 from sweeper.tracking.registry import log_pt2_model
 from sweeper.tracking.runs import default_tracking_uri
-from trainables.classifier import ClassifierConfig, final_test, train_classifier
-from trainables.classifier.evaluate import load_classifier
+from trainables.classifier import ClassifierConfig
 from trainables.data import make_imageset, prepare, source_classes, train_test_split
 from trainables.training.gan import resolve_device
 
@@ -45,6 +44,8 @@ class ClassifierKind(Kind):
                   final=FinalEval(top_k=1))
 
     def trainable(self):
+        from trainables.classifier import train_classifier  # torchvision's models: only where a classifier trains
+
         return train_classifier
 
     def check(self, sweep) -> None:
@@ -134,6 +135,8 @@ class ClassifierKind(Kind):
 
     def measure(self, cfg, checkpoint_dir: str, shared: dict) -> tuple[dict, dict]:
         with tempfile.TemporaryDirectory() as out:
+            from trainables.classifier import final_test
+
             metrics = final_test(cfg, checkpoint_dir, shared["test_images"], shared["test_labels"],
                                  shared["classes"], out)
             files = {p.name: p.read_bytes() for p in Path(out).glob("*.png")}
@@ -155,6 +158,8 @@ class ClassifierKind(Kind):
 
     def log_model(self, tracking, run_id: str, cfg, checkpoint_dir: str, name: str) -> str:
         classes = tracking_classes(tracking)
+        from trainables.classifier.evaluate import load_classifier
+
         model = load_classifier(cfg, checkpoint_dir, len(classes)).eval()
         # Inputs as the model takes them: float in [-1, 1] (trainables.classifier.models.to_input).
         example = np.random.default_rng(0).uniform(-1, 1, (2, 3, cfg.resolution, cfg.resolution)).astype(np.float32)

@@ -1,7 +1,6 @@
 """Between-step evaluation: samples from G, their FID and KID against the real data, and the sample grid."""
 import numpy as np
 import torch
-from torchvision.utils import save_image
 
 from trainables.metrics import extract, feature_stats, frechet_distance, kernel_inception_distance
 from trainables.training.checkpoint import load_generator
@@ -70,4 +69,6 @@ def save_grid(G, fixed_z: torch.Tensor, path) -> None:
     G.eval()
     images = G(fixed_z)
     G.train(was_training)
+    from torchvision.utils import save_image  # torchvision loads its models and torch._dynamo: ~1.5 s
+
     save_image(images, path, nrow=int(np.sqrt(len(fixed_z))), normalize=True, value_range=(-1, 1))
