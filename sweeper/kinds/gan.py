@@ -3,7 +3,6 @@ and `fid_final` on the best checkpoints (picked on the one, reported on the othe
 draws, see sweeper.driver.final), the winner's generator registered as `<sweep>-generator`."""
 from __future__ import annotations
 
-import functools
 import json
 import sys
 from dataclasses import dataclass
@@ -109,7 +108,7 @@ class GANKind(Kind):
                 "mixed_precision": cfg.mixed_precision and device.type == "cuda"}
 
     def trial_kwargs(self, cfg, shared: dict) -> dict:
-        extractor = _extractor_of_this_process(shared["extractor"], resolve_device(cfg.device),
+        extractor = extractor_by_name(shared["extractor"], resolve_device(cfg.device),
                                       weights_path=_local(shared["weights"]), precision=shared.get("fid_precision"),
                                       weights_sha256=shared.get("weights_sha256"))
         return {"images": shared["images"], "ref_stats": shared["ref_stats"], "extractor": extractor}
@@ -195,11 +194,6 @@ def too_little_data(n: int, cfg: GANConfig) -> list[str]:
         warnings.append(f"data {cfg.data}: {n} images, too few to split into two halves of 2: fid_final is "
                         f"measured against the same real images as the numbers that pick the winner")
     return warnings
-
-
-# A process runs many trials (reuse_actors): each builds the same network from the same verified
-# weights, so it is built once per process (features depend on nothing a trial changes).
-_extractor_of_this_process = functools.lru_cache(maxsize=2)(extractor_by_name)
 
 
 def _local(shipped) -> str | None:

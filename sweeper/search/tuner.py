@@ -149,8 +149,8 @@ def build_tuner(sweep: Sweep, trainable, *, storage_path: str | Path, run_name: 
                                     num_samples=sweep.num_samples,
                                     max_concurrent_trials=concurrency,
                                     # A trial's process runs the next trial of the same resources
-                                    # (pauses and resumptions too): torch, the MLflow store's engine
-                                    # and the FID network are loaded once per process, not per trial.
+                                    # (pauses and resumptions too): imports and the MLflow store's
+                                    # engine are paid once per process, not per trial.
                                     # Packing still holds: a trial frees its GPU memory when it ends
                                     # and sets its own share's cap and threads when it starts
                                     # (sweeper.trial.trainable); a process Tune does not reuse ends.
