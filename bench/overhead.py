@@ -14,10 +14,10 @@ Arms (each in a fresh subprocess, a fresh Ray, a fresh store):
   `scheduler=None`;
 - default: the same with sweeper's default scheduler (promotion: trials paused and resumed).
 
-Printed per arm: wall, overhead per trial ((wall - minimum) x concurrency / trials), the ratio to
-plain's, console lines, driver peak RSS, MLflow store size; for sweeper arms, where a trial's
-seconds go, from the timings sweeper's trials record (`overhead.*` metrics of each run when the
-trial logs them, else Ray's per-trial time_total_s vs the work inside it).
+Printed per arm: wall, overhead per trial ((wall - the work it ran / concurrency) x concurrency /
+trials: a scheduler that stops trials runs fewer periods), the ratio to plain's, console lines, driver peak RSS, MLflow store size, and where a trial's seconds go, from what each trial's function records
+(`where_the_time_goes`); with --after or >= 500 trials also `status`, `export`, the UI's runs
+view and the searcher's time per proposal as the history grows.
 """
 from __future__ import annotations
 
@@ -169,8 +169,8 @@ def where_the_time_goes(times: Path, started_at: float, wall: float, args) -> di
     first = min(r["fit_start"] for r in records)
     last = max(r["report_end"] for r in records)
     reports = sum(r["report_end"] - r["report_start"] for r in records) / n
-    work = args.periods * args.work_s
-    return {"trial_starts": n, "processes": len({r["pid"] for r in records}),
+    work = len(records) * args.work_s / n  # a trial a scheduler stopped or paused did less than all its periods
+    return {"trial_starts": n, "processes": len({r["pid"] for r in records}), "periods_run": len(records),
             "per_trial_between_s": (last - first) * args.concurrency / n - work - reports,
             "per_trial_reports_s": reports, "per_trial_work_s": work,
             "before_first_trial_s": first - started_at, "after_last_trial_s": started_at + wall - last}
@@ -253,6 +253,42 @@ def _ui_load_s(arm_dir: Path, env: dict) -> float:
         server.wait(timeout=30)
 
 
+def searcher_scaling(trials: int, concurrency: int, periods: int) -> list[tuple[int, float]]:
+    """The searcher alone (real Optuna, sweeper's SweepSearch as a sweep builds it, the default
+    scheduler's rung model): `trials` proposals, each told its periods, `concurrency` in flight.
+    Returns (proposals made so far, mean ms per proposal over the last stretch) at a few points:
+    TPE's cost grows with the history it models."""
+    from ray import tune
+
+    from sweeper import Promotion, Sweep
+    from sweeper.kinds import complete
+    from sweeper.search.tuner import build_searcher
+    from trainables.config import GANConfig
+
+    space = {"g_lr": tune.loguniform(1e-5, 1e-2), "d_lr": tune.loguniform(1e-5, 1e-2)}
+    sweep = complete(Sweep("scaling", GANConfig(num_evals=periods), space=space, num_samples=trials,
+                           scheduler=Promotion())).validate()
+    searcher = build_searcher(sweep)
+    searcher.set_search_properties(sweep.objective, "min", space)
+    searcher.rungs, searcher.model_seed = (1, periods), 0
+    marks, spent, since, in_flight = [], 0.0, 0, []
+    for i in range(trials):
+        started = time.perf_counter()
+        config = searcher.suggest(f"t{i}")
+        spent += time.perf_counter() - started
+        in_flight.append((f"t{i}", config))
+        if len(in_flight) >= concurrency:
+            trial_id, config = in_flight.pop(0)
+            value = (config["g_lr"] - 2e-4) ** 2 + (config["d_lr"] - 4e-4) ** 2
+            for period in range(1, periods + 1):
+                searcher.on_trial_result(trial_id, {sweep.objective: value + 1 / period, "eval_period": period})
+            searcher.on_trial_complete(trial_id, {sweep.objective: value + 1 / periods, "eval_period": periods})
+        if i + 1 in (10, 50, 100, 250, 500, 1000, 2000) or i + 1 == trials:
+            marks.append((i + 1, 1000 * spent / (i + 1 - since)))
+            spent, since = 0.0, i + 1
+    return marks
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--trials", type=int, default=100)
@@ -270,7 +306,9 @@ def main() -> None:
     rows = []
     for arm in args.arms.split(","):
         row = run_arm(arm, args, folder)
-        row["overhead_per_trial_s"] = (row["wall_s"] - minimum) * args.concurrency / args.trials
+        # Over the work it did: a scheduler that stops trials early runs fewer periods than FIFO.
+        done = row.get("periods_run", args.trials * args.periods) * args.work_s / args.concurrency
+        row["overhead_per_trial_s"] = (row["wall_s"] - done) * args.concurrency / args.trials
         if arm != "plain" and (args.after or args.trials >= 500) and not row["rc"]:
             row.update(after_the_sweep(folder / arm, f"sqlite:///{folder / arm / 'mlflow.db'}"))
         rows.append(row)
@@ -286,12 +324,16 @@ def main() -> None:
         if "trial_starts" in row:
             print(f"{'':>10}per trial start: {row['per_trial_between_s']:.2f} s between trials, reports "
                   f"{row['per_trial_reports_s']:.2f} s, work {row['per_trial_work_s']:.2f} s ({row['trial_starts']} trial "
-                  f"starts in {row['processes']} processes); per sweep: {row['before_first_trial_s']:.0f} s before "
+                  f"starts, {row['periods_run']} periods, {row['processes']} processes); per sweep: {row['before_first_trial_s']:.0f} s before "
                   f"the first trial, {row['after_last_trial_s']:.0f} s after the last")
     for row in rows:
         if "status_s" in row:
             print(f"{row['arm']:>8}: status {row['status_s']:.1f} s, export {row['export_s']:.1f} s, "
                   f"UI runs view {row['ui_runs_view_s']:.1f} s")
+    if args.trials >= 500:
+        marks = searcher_scaling(args.trials, args.concurrency, args.periods)
+        print("searcher alone, ms per proposal (proposals so far): "
+              + ", ".join(f"{ms:.0f} ({n})" for n, ms in marks))
     print("a fresh process, alone (median of 3): " + ", ".join(f"{k} {v:.1f}" for k, v in startup_costs().items()))
 
 
