@@ -11,7 +11,7 @@ from ray import tune
 
 from sweeper import TPE, Sweep, SweepError
 from sweeper.compat import optuna_trials_of, tune_config_of
-from sweeper.definition.space import suggest_optimizer
+from sweeper.definition.space import same_params, suggest_optimizer
 from sweeper.kinds import complete, kind_of
 from sweeper.search.searcher import STARTUP, WARM_NEIGHBOUR, WARM_START
 from sweeper.search.searcher import TPE as PROPOSED_BY_TPE
@@ -113,11 +113,12 @@ def test_the_searcher_gives_the_overrides_to_the_warm_start_trial_only():
     assert (cfg.resolution, cfg.data, cfg.num_evals, cfg.seed) == (64, "toy-faces", 3, 0)
     params = kind_of(cfg).run_params(cfg)
     assert params["batch_size"] == 128 and params["lr_schedule"] == "linear-decay"
-    # The summary finds which warm start a trial was from the searcher's record; the definition
-    # says which warm start's values a config repeats.
+    # The summary finds which warm start a trial was from the searcher's record; each warm start's
+    # Tune config is its published changes, a TPE proposal none of them.
     assert searcher.warm_starts() == {"t0": 0, "t1": 1}
-    assert sweep.warm_start_index(first) == 0 and sweep.warm_start_index(second) == 1
-    assert sweep.warm_start_index(later[0]) is None
+    changes = sweep.warm_changes
+    assert [[i for i, c in enumerate(changes) if same_params(config, c)] for config in (first, second, later[0])] \
+        == [[0], [1], []]
 
 
 def test_the_summary_names_the_baseline_trial_and_what_it_ran():
@@ -176,8 +177,8 @@ def test_the_neighbours_of_a_whole_config_scale_both_learning_rates_and_keep_its
     assert [(n.of, n.factor) for n in sweep.neighbours] == [(0, 0.5), (0, 2.0), (1, 0.5), (1, 2.0), (2, 0.5)]
     assert sweep.neighbours[0].text() == "warm-start neighbour of [0]: g_lr=5e-05, d_lr=0.0002 (x0.5)"
     # Neighbours are searched trials for the final evaluation: no warm start has their params.
-    assert not any(sweep.is_warm_start({**n.params, **n.overrides}) for n in sweep.neighbours)
-    assert all(sweep.warm_start_index({**n.params, **n.overrides}) is None for n in sweep.neighbours)
+    assert not any(same_params({**n.params, **n.overrides}, point) for n in sweep.neighbours for point in sweep.warm_points)
+    assert not any(same_params({**n.params, **n.overrides}, c) for n in sweep.neighbours for c in sweep.warm_changes)
 
 
 def test_only_learning_rate_ranges_are_scaled():

@@ -20,7 +20,6 @@ from sweeper.definition.options import ASHA, AUTO, TPE, FinalEval, Promotion, Qu
 from sweeper.definition.space import (
     SpaceError,
     float_ranges,
-    same_params,
     searched_keys,
     space_samples,
     warm_start_params,
@@ -155,20 +154,6 @@ class Sweep:
         thirds stay the search's (6 quick trials and 2 warm starts: no neighbour; 32 trials: 8)."""
         cap = (self.num_samples if configs is None else configs) // 3 - len(self.warm_start)
         return self.neighbours[:max(0, cap)]
-
-    def is_warm_start(self, params: dict) -> bool:
-        """Whether `params` repeat one of the warm-start points (a property of the definition: a
-        neighbour must not). Not whether a trial is a warm start: a TPE proposal may repeat one's
-        params; that is the searcher's record (SweepSearch.proposed_by, .warm_starts())."""
-        return any(same_params(params, point) for point in self.warm_points)
-
-    def warm_start_index(self, config: dict) -> int | None:
-        """Which warm start's changes (params and overrides) `config` repeats; None for none. Like
-        `is_warm_start`, of values only: which warm start a trial is, is the searcher's record."""
-        changes = self.warm_changes
-        matches = [i for i, c in enumerate(changes) if same_params(config, c)]
-        # Warm starts with the same params differ in their overrides: the trial's names the most keys.
-        return max(matches, key=lambda i: len(changes[i]), default=None)
 
     def warm_start_text(self, i: int) -> str:
         """Warm start i beyond its searched params (\"\" when nothing), for --dry-run and the summary."""

@@ -118,7 +118,7 @@ def neighbours_of(points: list[dict], overrides: list[dict], ranges: list[dict],
     """Each warm start's neighbours, warm start by warm start and factor by factor. `points` and
     `overrides`: the warm starts' params and fixed overrides; `ranges`: per warm start,
     `sweeper.definition.space.float_ranges` of its params. A neighbour whose params are those of a
-    warm start or an earlier neighbour (`same_params`, as `Sweep.is_warm_start` compares) is dropped."""
+    warm start or an earlier neighbour (`same_params`) is dropped."""
     found: list[Neighbour] = []
     for i, (point, fixed, bounds) in enumerate(zip(points, overrides, ranges)):
         rates = tuple(key for key in point if is_learning_rate(key) and key in bounds)
