@@ -2,7 +2,7 @@
 
     python bench/overhead.py                      # 100 trials, 2 at a time, FIFO and the default scheduler
     python bench/overhead.py --trials 1000        # the 1,000-trial sweep: wall, memory, store, proposals
-    python bench/overhead.py --arms plain,fifo    # a subset of the arms
+    python bench/overhead.py --arms plain,fifo    # a subset of the arms (plain, fifo, default, pauses)
 
 Every arm runs the same work: a trial is `periods` eval periods of `work_s` seconds of sleep (the
 minimum wall of the whole sweep is trials x periods x work_s / concurrency), a loss that depends on
@@ -12,7 +12,11 @@ Arms (each in a fresh subprocess, a fresh Ray, a fresh store):
 - plain: `tune.Tuner` + `OptunaSearch` (ConcurrencyLimiter) + `MLflowLoggerCallback`, FIFO;
 - fifo: `python -m sweeper run` on the same function as a custom trainable (README "Any trainable"),
   `scheduler=None`;
-- default: the same with sweeper's default scheduler (promotion: trials paused and resumed).
+- default: the same with the scheduler sweeper fills in for a custom trainable (ASHA: a trial
+  that lags at a rung is stopped);
+- pauses: `scheduler=Promotion()` (a GAN sweep's default) with a trainable that checkpoints every
+  period and goes on from its checkpoint, as a GAN does: every trial pauses at a rung and the
+  promoted ones are resumed, each resumption a trial start of its own (`resumed_starts`).
 
 Printed per arm: wall, overhead per trial ((wall - the work it ran / concurrency) x concurrency /
 trials: a scheduler that stops trials runs fewer periods), the ratio to plain's, console lines, driver peak RSS, MLflow store size, and where a trial's seconds go, from what each trial's function records
@@ -97,7 +101,7 @@ print(json.dumps({"bench.wall_s": time.perf_counter() - started, "bench.errors":
 SPACE = """
 from dataclasses import dataclass
 from ray import tune
-from sweeper import Sweep
+from sweeper import Promotion, Sweep
 from trainables.config import Config
 
 @dataclass(frozen=True)
@@ -107,10 +111,19 @@ class Trivial(Config):
     work_s: float = {work_s}
     seed: int = 0
 
+CHECKPOINTS = {checkpoints}
+
 def fit(cfg, report, restore_from=None):
+    import tempfile
     fit_start = time.time()
-    for period in range(1, cfg.num_evals + 1):
-        timed_report(report, fit_start, period, {{"eval_period": period, "loss": work(cfg.x, period, cfg.work_s)}}, None)
+    start = int(open(os.path.join(restore_from, "period")).read()) + 1 if restore_from else 1
+    for period in range(start, cfg.num_evals + 1):
+        directory = None
+        if CHECKPOINTS:  # a period's state, as a GAN's checkpoint, for the scheduler to pause and resume from
+            directory = tempfile.mkdtemp()
+            with open(os.path.join(directory, "period"), "w") as f:
+                f.write(str(period))
+        timed_report(report, fit_start, period, {{"eval_period": period, "loss": work(cfg.x, period, cfg.work_s)}}, directory)
 
 sweep = Sweep("overhead", Trivial(), trainable=fit, metric="loss", mode="min",
               space={{"x": tune.uniform(-10, 10)}}, num_samples={trials}, max_concurrent={concurrency},
@@ -135,7 +148,8 @@ def run_arm(arm: str, args, folder: Path) -> dict:
         space = folder / arm / "space.py"
         space.write_text(WORK + textwrap.dedent(SPACE.format(
             periods=args.periods, work_s=args.work_s, trials=args.trials, concurrency=args.concurrency,
-            scheduler="scheduler=None" if arm == "fifo" else "")))
+            scheduler={"fifo": "scheduler=None", "pauses": "scheduler=Promotion()"}.get(arm, ""),
+            checkpoints=arm == "pauses")))
         env["SWEEPER_STORAGE"] = str(store)
         command = [sys.executable, "-m", "sweeper", "run", str(space)]
     started, started_at = time.perf_counter(), time.time()
@@ -165,12 +179,16 @@ def where_the_time_goes(times: Path, started_at: float, wall: float, args) -> di
         return {}
     records = [json.loads(line) for line in times.read_text().splitlines() if line.strip()]
     starts = {(r["pid"], r["fit_start"]) for r in records}
+    first_periods = {}
+    for r in records:
+        key = (r["pid"], r["fit_start"])
+        first_periods[key] = min(first_periods.get(key, r["period"]), r["period"])
     n = len(starts)
     first = min(r["fit_start"] for r in records)
     last = max(r["report_end"] for r in records)
     reports = sum(r["report_end"] - r["report_start"] for r in records) / n
     work = len(records) * args.work_s / n  # a trial a scheduler stopped or paused did less than all its periods
-    return {"trial_starts": n, "processes": len({r["pid"] for r in records}), "periods_run": len(records),
+    return {"trial_starts": n, "resumed_starts": sum(p > 1 for p in first_periods.values()), "processes": len({r["pid"] for r in records}), "periods_run": len(records),
             "per_trial_between_s": (last - first) * args.concurrency / n - work - reports,
             "per_trial_reports_s": reports, "per_trial_work_s": work,
             "before_first_trial_s": first - started_at, "after_last_trial_s": started_at + wall - last}
@@ -295,7 +313,7 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=2)
     parser.add_argument("--periods", type=int, default=3)
     parser.add_argument("--work-s", type=float, default=0.3)
-    parser.add_argument("--arms", default="plain,fifo,default")
+    parser.add_argument("--arms", default="plain,fifo,default,pauses")
     parser.add_argument("--after", action="store_true", help="also time status, export and the UI's runs view "
                                                              "on each sweeper arm's store (default with --trials >= 500)")
     args = parser.parse_args()
@@ -324,7 +342,7 @@ def main() -> None:
         if "trial_starts" in row:
             print(f"{'':>10}per trial start: {row['per_trial_between_s']:.2f} s between trials, reports "
                   f"{row['per_trial_reports_s']:.2f} s, work {row['per_trial_work_s']:.2f} s ({row['trial_starts']} trial "
-                  f"starts, {row['periods_run']} periods, {row['processes']} processes); per sweep: {row['before_first_trial_s']:.0f} s before "
+                  f"starts of which {row['resumed_starts']} resumed, {row['periods_run']} periods, {row['processes']} processes); per sweep: {row['before_first_trial_s']:.0f} s before "
                   f"the first trial, {row['after_last_trial_s']:.0f} s after the last")
     for row in rows:
         if "status_s" in row:

@@ -128,6 +128,39 @@ def mark_reported(reporter, when: float) -> None:
     reporter._last_report_time = when
 
 
+def save_state_at_a_cost_share(manager_class, share: float = 0.05) -> None:
+    """Tune's "auto" experiment-state period (`TUNE_GLOBAL_CHECKPOINT_S=auto`) without its 10 s
+    floor: after each save the next waits `1/share - 1` times as long as that save took
+    (`manager_class._update_auto_checkpoint_time`, setting `_checkpoint_period` where
+    `_auto_checkpoint_enabled`; `manager_class` is Ray's `_ExperimentCheckpointManager`).
+
+    A small sweep's state (a few ms to save) is then saved at every step of Tune's loop, so a driver
+    killed at any moment leaves a state that names each trial's latest checkpoint; a 1,000-trial
+    sweep's (its save pickles every trial and the whole Optuna study) is saved less often instead of
+    costing the driver more each step. Tune's own choices are a fixed period or auto's floor of 10 s,
+    in which a trial can finish, or its named checkpoint be deleted, unrecorded."""
+    def update(self, time_taken: float) -> None:
+        if self._auto_checkpoint_enabled:
+            self._checkpoint_period = time_taken * (1 / share - 1)
+    manager_class._update_auto_checkpoint_time = update
+
+
+def restore_target(argument):
+    """The checkpoint Tune asks a trial to restore from: `Trainable.restore`'s argument is a Tune
+    Checkpoint, a path, or (as Tune itself calls it) a private `_TrainingResult` whose `.checkpoint`
+    it is. Returns None for a path (Tune's oldest form, which sweeper does not use)."""
+    if hasattr(argument, "checkpoint") and hasattr(argument, "metrics"):
+        return argument.checkpoint
+    return None if isinstance(argument, str) else argument
+
+
+def with_restore_target(argument, checkpoint):
+    """`argument` (as `restore_target` reads it) asking for `checkpoint` instead."""
+    if hasattr(argument, "checkpoint") and hasattr(argument, "metrics"):
+        return type(argument)(checkpoint=checkpoint, metrics=argument.metrics)
+    return checkpoint
+
+
 # --- Ray core: the nodes ------------------------------------------------------------------------
 
 

@@ -16,7 +16,10 @@ import torch
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 from optuna.trial import TrialState, create_trial
 from ray import tune
+from ray.train._internal.session import _TrainingResult
+from ray.train._internal.storage import StorageContext
 from ray.tune import CLIReporter
+from ray.tune.execution.experiment_state import _ExperimentCheckpointManager
 from ray.tune.experiment import Trial
 from ray.tune.schedulers import ASHAScheduler
 from ray.tune.search import ConcurrencyLimiter
@@ -179,6 +182,44 @@ def test_asha_exposes_its_time_attribute_max_t_and_stop_count():
     assert "num_stopped=2" in asha.debug_string(), changed("ray", "ASHAScheduler._num_stopped")
     held("ray", "ASHAScheduler._num_stopped", lambda: compat.uncount_asha_stop(asha))
     assert "num_stopped=1" in asha.debug_string(), changed("ray", "ASHAScheduler._num_stopped")
+
+
+def test_experiment_state_is_saved_as_often_as_a_twentieth_of_the_drivers_time_allows(ray_local, tmp_path):
+    storage = StorageContext(storage_path=str(tmp_path), experiment_dir_name="e")
+    manager = _ExperimentCheckpointManager(storage=storage, checkpoint_period="auto")
+    private = "_ExperimentCheckpointManager._update_auto_checkpoint_time / _checkpoint_period"
+    saves = []
+
+    def save(seconds):
+        def save_fn():
+            time.sleep(seconds)
+            saves.append(time.monotonic())
+        held("ray", private, lambda: manager.sync_up_experiment_state(save_fn, wait=True))
+
+    compat.save_state_at_a_cost_share(_ExperimentCheckpointManager)
+    save(0.02)
+    period = held("ray", private, lambda: manager._checkpoint_period)
+    assert 19 * 0.02 <= period < 10.0, changed("ray", private)  # Tune's own auto would wait 10 s
+    save(0.0)
+    assert len(saves) == 1  # too soon: skipped
+    time.sleep(period)
+    save(0.0)
+    assert len(saves) == 2, changed("ray", private)
+    assert held("ray", private, lambda: manager._checkpoint_period) < 0.2  # a cheap save: soon again
+    fixed = _ExperimentCheckpointManager(storage=storage, checkpoint_period=5)
+    fixed.sync_up_experiment_state(lambda: None, wait=True)
+    assert fixed._checkpoint_period == 5.0  # a user's TUNE_GLOBAL_CHECKPOINT_S stands
+
+
+def test_what_tune_asks_a_trial_to_restore_from_is_read_and_replaced():
+    named, left = tune.Checkpoint("/named"), tune.Checkpoint("/left")
+    private = "ray.train._internal.session._TrainingResult(checkpoint, metrics)"
+    asked = held("ray", private, lambda: _TrainingResult(checkpoint=named, metrics={"eval_period": 2}))
+    assert compat.restore_target(asked) is named, changed("ray", private)
+    instead = compat.with_restore_target(asked, left)
+    assert isinstance(instead, _TrainingResult) and instead.checkpoint is left and instead.metrics == {"eval_period": 2}
+    assert compat.restore_target(named) is named and compat.with_restore_target(named, left) is left
+    assert compat.restore_target("/a/path") is None
 
 
 def test_a_concurrency_limiter_says_it_limits():

@@ -22,6 +22,7 @@ from sessions import kill_session, session
 pytestmark = pytest.mark.slow  # real sweeps (killed, resumed, failing): minutes
 
 NUM_SAMPLES, NUM_EVALS = 3, 8
+TRIAL_PROCESS = "ray::ResourceTrainable"  # Ray's name for a trainable class given resources (sweeper.trial.checkpoints)
 SPACE = f'''
 from ray import tune
 
@@ -79,7 +80,7 @@ def resumed(tmp_path_factory):
         try:
             # A trial process killed outright (as a lost spot instance or the OOM killer would).
             _wait_for_fids(db, 2, sweep)
-            trials = [pid for pid, cmd in session(sweep.pid).items() if cmd.startswith("ray::ImplicitFunc")]
+            trials = [pid for pid, cmd in session(sweep.pid).items() if cmd.startswith(TRIAL_PROCESS)]
             assert trials, session(sweep.pid)
             os.kill(trials[0], signal.SIGKILL)
             # Then the driver with everything it started, as a crashed machine would.
@@ -226,3 +227,49 @@ def test_a_restarted_trial_whose_checkpoint_tune_deleted_takes_the_newest_left(t
     assert (found and Path(found.path).name) == expected
     (tmp_path / "checkpoint_000002").mkdir()
     assert surviving_checkpoint(named).path == named.path
+
+
+def _deletes_its_latest_checkpoint_then_dies_once(config):
+    """Periods 1 and 2 checkpointed; then, on the first attempt, checkpoint 2 deleted (as Tune
+    deletes one a killed driver's state still names) and the process dies."""
+    import os
+    import shutil
+    import tempfile
+
+    from ray import tune
+
+    checkpoint = tune.get_checkpoint()
+    start = 1
+    if checkpoint is not None:
+        with checkpoint.as_directory() as folder:
+            start = int(Path(folder, "period").read_text()) + 1
+    for period in range(start, 4):
+        folder = tempfile.mkdtemp()
+        Path(folder, "period").write_text(str(period))
+        tune.report({"period": period, "resumed_at": start}, checkpoint=tune.Checkpoint.from_directory(folder))
+        if period == 2 and checkpoint is None:
+            [named] = Path(config["storage"]).glob("deleted/*/checkpoint_000001")
+            shutil.rmtree(named)
+            os._exit(1)
+
+
+def test_tune_restoring_a_trial_from_a_deleted_checkpoint_restores_it_from_the_newest_left(tmp_path):
+    """Ray's own `Trainable.restore` refuses a checkpoint that is gone, before the trial's function
+    runs: the trainable class sweeper runs chooses the newest one left first."""
+    import ray
+    from ray import tune
+
+    from sweeper.trial.checkpoints import resuming_from_what_survives
+
+    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # the workers cannot import this module
+    ray.init(num_cpus=1, include_dashboard=False, address="local")
+    try:
+        tuner = tune.Tuner(resuming_from_what_survives(_deletes_its_latest_checkpoint_then_dies_once),
+                           param_space={"storage": str(tmp_path)},
+                           run_config=tune.RunConfig(storage_path=str(tmp_path), name="deleted",
+                                                     failure_config=tune.FailureConfig(max_failures=1)))
+        result = tuner.fit()[0]
+    finally:
+        ray.shutdown()
+    assert result.error is None, result.error
+    assert result.metrics["period"] == 3 and result.metrics["resumed_at"] == 2  # from checkpoint_000000 (period 1)

@@ -1,6 +1,6 @@
 """Trial processes are reused between trials (Tune's reuse_actors), with what a trial sets put back
-and what it held freed for the next one (a trial ASHA stopped too), and the console prints one line
-per ended trial, not one per eval period."""
+and what it held freed for the next one (a trial ASHA stopped too); each trial's run ends as the
+trial does; and the console prints one line per ended trial, not one per eval period."""
 import os
 import re
 import subprocess
@@ -85,6 +85,12 @@ def test_one_process_runs_many_trials_each_with_its_own_threads_run_and_console_
         pids.add(child.data.metrics["pid"])
     assert len(pids) < TRIALS, "every trial started a process of its own: Tune reused none"
     assert any(c.data.tags["sweeper.outcome"] == "stopped-early" for c in children), "ASHA stopped none"
+    # Each run ends as its trial ends, not with the sweep (the UI's Duration is the trial's): one
+    # trial at a time here, so a run ends before the next one starts (2 s for the driver's thread).
+    ordered = sorted(children, key=lambda c: c.info.start_time)
+    for run, following in zip(ordered, ordered[1:]):
+        assert run.info.status == "FINISHED" and run.info.end_time < following.info.start_time + 2000, \
+            (run.info.end_time - following.info.start_time, [c.info.end_time for c in ordered])
 
     lines = (result.stdout + result.stderr).splitlines()
     ended = [line for line in lines if re.match(r"^\S+\s+ended at period [12]/2\s+loss_best \S+\s+\|", line)]

@@ -14,8 +14,9 @@ from pathlib import Path
 import pandas as pd
 import ray
 from ray import tune
+from ray.tune.execution.experiment_state import _ExperimentCheckpointManager
 
-from sweeper.compat import tune_config_of
+from sweeper.compat import save_state_at_a_cost_share, tune_config_of
 from sweeper.definition import ASHA, Sweep
 from sweeper.driver import final, preflight, resume
 from sweeper.driver.planning import plan_params, plan_sweep
@@ -53,6 +54,7 @@ from sweeper.tracking.runs import (
     reopen_sweep,
 )
 from sweeper.tracking.summary import log_summary
+from sweeper.trial.checkpoints import resuming_from_what_survives
 from sweeper.trial.leftovers import deliver_leftovers
 from sweeper.trial.trainable import run_trial
 
@@ -199,7 +201,11 @@ def _record_failure(tracking: Tracking, state: SweepState, trace: str) -> None:
 def _start_ray() -> None:
     if not ray.is_initialized():
         # RAY_ADDRESS joins a cluster (`ray job submit` sets it). Without it the sweep starts its own
-        # Ray: ray.init() alone would join any cluster that happens to run on this machine.
+        # Ray: ray.init() alone would join any cluster that happens to run on this machine. A new
+        # local Ray has token authentication, as sweeper wants it, and says so in a warning at
+        # every start; where that is all it would say, it says nothing.
+        if not os.environ.get("RAY_ADDRESS") and "RAY_AUTH_MODE" not in os.environ:
+            logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
         ray.init(address=os.environ.get("RAY_ADDRESS") or "local", include_dashboard=False,
                  logging_level=logging.WARNING)
 
@@ -209,21 +215,26 @@ def _tuner(run: Running, restore: bool):
     scheduler's state and its budget's spending (which Tune does not save where we can read them)."""
     # Tune saves its experiment state every 10 s or more, and deletes a trial's checkpoints that
     # fall out of the best `num_to_keep` at once: a driver killed in between leaves a state whose
-    # latest checkpoint is gone, and that trial cannot resume. Saving at every step closes the gap
-    # (the state is a few kB per trial).
-    os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "0")
+    # latest checkpoint is gone (sweeper.trial.checkpoints) and trials that finished unrecorded.
+    # Saved as often as it costs at most 5% of the driver's time: at every step for a small sweep.
+    os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "auto")
+    # Tune also saves it whenever a trial has checkpointed `num_to_keep` times since the last save
+    # (what keeps the state's checkpoints alive), and warns each time that is often: it is meant.
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    save_state_at_a_cost_share(_ExperimentCheckpointManager)
     console.use_classic_reporter()
     sweep = run.sweep
-    trainable = tune.with_parameters(
+    trainable = resuming_from_what_survives(tune.with_parameters(
         run_trial, kind=run.kind, train_fn=sweep.trainable, base=sweep.config, shared=run.inputs.trial,
-        tracking=run.tracking, cpus=sweep.resources.cpus, metric=sweep.metric, mode=sweep.mode)
+        tracking=run.tracking, cpus=sweep.resources.cpus, metric=sweep.metric, mode=sweep.mode))
     if not restore:
         # A budget's sweep has room for more trials than its plan's (the budget stops it): the plan's third.
         searcher = build_searcher(sweep, configs=run.plan.num_samples if run.plan else None)
         storage, name = resume.split_experiment_path(run.path)
         return build_tuner(sweep, trainable, storage_path=storage, run_name=name, available=run.available,
                            per_trial=run.per_trial, reported=run.kind.shown_metrics, searcher=searcher,
-                           plan=run.plan, search_state_path=run.path, verbose=run.verbose), searcher
+                           plan=run.plan, search_state_path=run.path, verbose=run.verbose,
+                           tracking=run.tracking), searcher
     with resume.old_module_names():  # a sweep started before sweeper's modules moved
         tuner = tune.Tuner.restore(run.path, tune.with_resources(trainable, run.per_trial),
                                    resume_unfinished=True, resume_errored=True)

@@ -15,12 +15,14 @@ from ray.tune.schedulers import FIFOScheduler
 from sweeper.definition import ASHA, Promotion, Sweep
 from sweeper.definition.space import always_searched_keys
 from sweeper.search import console
+from sweeper.search.ending import EndTrialRuns
 from sweeper.search.footprint import RAY_UNITS
 from sweeper.search.plan import Plan, fixed_plan
 from sweeper.search.promotion import PromotionASHA, RunningLimiter
 from sweeper.search.scheduler import WarmStartASHA
 from sweeper.search.searcher import SweepSearch
 from sweeper.search.spending import BudgetStop, SaveSearchState, Spending, register_spending
+from sweeper.tracking.runs import Tracking
 
 TIME_ATTR = "eval_period"
 
@@ -116,13 +118,15 @@ def _register_spending(sweep: Sweep, plan: Plan | None, path: str) -> None:
 def build_tuner(sweep: Sweep, trainable, *, storage_path: str | Path, run_name: str, available: dict,
                 per_trial: dict | None = None, reported: tuple[str, ...] = (),
                 searcher: SweepSearch | None = None, plan: Plan | None = None,
-                search_state_path: str | None = None, verbose: bool = False) -> tune.Tuner:
+                search_state_path: str | None = None, verbose: bool = False,
+                tracking: Tracking | None = None) -> tune.Tuner:
     """`per_trial`: one trial's resources (None: the sweep's `Resources.per_trial`); `reported`:
     the metrics besides the sweep's that its kind of trial reports and the console shows; `plan`:
     a budget's (sweeper.search.plan); `search_state_path`: the experiment's path, where the
     scheduler's and the budget's state are saved for a resume (None: not saved); `verbose`: a line
     per eval period and Tune's table every few minutes, besides the line per ended trial (which
-    alone keeps a 1,000-trial console readable) and the table at the end."""
+    alone keeps a 1,000-trial console readable) and the table at the end; `tracking`: the sweep's
+    MLflow runs, each trial's ended as the trial ends (None: left to the caller)."""
     per_trial = per_trial or sweep.resources.per_trial(available.get("GPU", 0))
     searcher = searcher or build_searcher(sweep, configs=plan.num_samples if plan else None)
     scheduler = build_scheduler(sweep, plan, searcher)
@@ -168,6 +172,7 @@ def build_tuner(sweep: Sweep, trainable, *, storage_path: str | Path, run_name: 
             progress_reporter=console.status_table(shown, sorted(always_searched_keys(sweep.space)), sweep.num_samples,
                                                    every_few_minutes=verbose),
             callbacks=[*([console.EvalLines(shown, sweep.config.num_evals)] if verbose else []),
-                       console.TrialLines(sweep.objective, sweep.mode, sweep.config.num_evals, budget_path), *saver],
+                       console.TrialLines(sweep.objective, sweep.mode, sweep.config.num_evals, budget_path), *saver,
+                       *([EndTrialRuns(tracking)] if tracking is not None else [])],
             stop=stop,
             verbose=1))

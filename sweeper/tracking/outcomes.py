@@ -6,7 +6,7 @@ import math
 
 import pandas as pd
 
-from sweeper.tracking.runs import Tracking
+from sweeper.tracking.runs import Tracking, ended_at
 
 COMPLETED, STOPPED, DIVERGED, ERROR, INTERRUPTED = "completed", "stopped-early", "diverged", "error", "interrupted"
 NO_WINNER = "no-winner"  # a sweep (parent run) that ended without a trial to register
@@ -15,10 +15,11 @@ RUN_STATUS = {ERROR: "FAILED", OOM: "FAILED", INTERRUPTED: "KILLED"}  # every ot
 OUTCOME_TAG = "sweeper.outcome"
 
 
-def end_run(client, run_id: str, outcome: str) -> None:
-    """A run (a trial's or the sweep's parent) ended with its outcome: the tag, then the status it implies."""
+def end_run(client, run_id: str, outcome: str, end_time: int | None = None) -> None:
+    """A run (a trial's or the sweep's parent) ended with its outcome: the tag, then the status it
+    implies; at `end_time` (ms; None: now)."""
     client.set_tag(run_id, OUTCOME_TAG, outcome)
-    client.set_terminated(run_id, status=RUN_STATUS.get(outcome, "FINISHED"))
+    client.set_terminated(run_id, status=RUN_STATUS.get(outcome, "FINISHED"), end_time=end_time)
 
 
 def finite(column: pd.Series) -> pd.Series:
@@ -102,14 +103,15 @@ def mark_interrupted(table: pd.DataFrame, finished_trial_ids: set) -> pd.DataFra
 
 
 def close_trial_runs(tracking: Tracking, table: pd.DataFrame) -> None:
-    """Driver: trials ASHA stopped never get to close their own run, so the driver closes them all."""
-    client = tracking.client()
+    """Driver, once the trials are over: every trial's run gets its outcome. A run ended as its
+    trial ended (sweeper.search.ending) keeps that end time; the others end now."""
+    client, ended = tracking.client(), ended_at(tracking)
     for row in table.itertuples():
         if row.run_id is None or (isinstance(row.run_id, float) and math.isnan(row.run_id)):
             continue
         if isinstance(getattr(row, "proposed_by", None), str):
             client.set_tag(row.run_id, "sweeper.proposed_by", row.proposed_by)
-        end_run(client, row.run_id, row.outcome)
+        end_run(client, row.run_id, row.outcome, ended.get(row.run_id))
 
 
 def baseline_gain(table: pd.DataFrame, metric: str, mode: str) -> tuple[float | None, float | None]:

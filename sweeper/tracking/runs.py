@@ -132,10 +132,7 @@ def trial_run_id(tracking: Tracking, trial_id: str, trial_name: str, params: dic
     refuses to change one)."""
     client = tracking.client()
     wanted = {**params, **dict(tracking.child_params)}
-    existing = client.search_runs(
-        [tracking.experiment_id],
-        filter_string=f"tags.`{TRIAL_TAG}` = '{trial_id}' and tags.`{PARENT_TAG}` = '{tracking.parent_run_id}'",
-        max_results=1)
+    existing = _trial_runs(tracking, trial_id)
     if existing:
         run = existing[0]
         missing = {k: v for k, v in wanted.items() if k not in run.data.params}
@@ -147,6 +144,29 @@ def trial_run_id(tracking: Tracking, trial_id: str, trial_name: str, params: dic
         **dict(tracking.child_tags), PARENT_TAG: tracking.parent_run_id, TRIAL_TAG: trial_id})
     _log_params(client, run.info.run_id, wanted)
     return run.info.run_id
+
+
+def _trial_runs(tracking: Tracking, trial_id: str) -> list:
+    return tracking.client().search_runs(
+        [tracking.experiment_id],
+        filter_string=f"tags.`{TRIAL_TAG}` = '{trial_id}' and tags.`{PARENT_TAG}` = '{tracking.parent_run_id}'",
+        max_results=1)
+
+
+def end_trial_run(tracking: Tracking, trial_id: str, failed: bool) -> None:
+    """Driver, as a trial ends: its run FINISHED (or FAILED) now, so the UI's Duration is the
+    trial's; its outcome follows when the sweep ends (`close_trial_runs`, which keeps this end time).
+    A trial that failed before it made its run has none to end."""
+    for run in _trial_runs(tracking, trial_id):
+        tracking.client().set_terminated(run.info.run_id, status="FAILED" if failed else "FINISHED")
+
+
+def ended_at(tracking: Tracking) -> dict[str, int]:
+    """run id -> end time (ms), for every child run already ended."""
+    runs = tracking.client().search_runs(
+        [tracking.experiment_id], filter_string=f"tags.`{PARENT_TAG}` = '{tracking.parent_run_id}'",
+        max_results=10_000)
+    return {r.info.run_id: r.info.end_time for r in runs if r.info.status != "RUNNING" and r.info.end_time}
 
 
 def child_runs(tracking: Tracking) -> dict[str, str]:

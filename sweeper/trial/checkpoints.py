@@ -6,12 +6,15 @@ import posixpath
 
 import pyarrow.fs
 from ray import tune
+from ray.tune.trainable import wrap_function
+
+from sweeper.compat import restore_target, with_restore_target
 
 log = logging.getLogger("sweeper")
 
 
 def surviving_checkpoint(checkpoint: tune.Checkpoint | None) -> tune.Checkpoint | None:
-    """The checkpoint Tune hands a restarted trial, or, where that one is gone, the trial's newest
+    """The checkpoint Tune names for a restarted trial, or, where that one is gone, the trial's newest
     checkpoint left (None: none is, and the trial starts over).
 
     Tune deletes a checkpoint that falls out of `num_to_keep` the moment the next one registers,
@@ -28,3 +31,20 @@ def surviving_checkpoint(checkpoint: tune.Checkpoint | None) -> tune.Checkpoint 
     log.warning("checkpoint %s is gone (deleted by Tune before a killed driver saved its state); %s",
                 checkpoint.path, f"resuming from {left[-1]}" if left else "the trial starts over")
     return tune.Checkpoint(left[-1], filesystem=fs) if left else None  # checkpoint_NNNNNN: zero-padded
+def resuming_from_what_survives(trainable) -> type:
+    """Tune's class for the function `trainable` (as `tune.with_parameters` returns it), restoring a
+    trial from `surviving_checkpoint` of the one Tune names: Ray's `Trainable.restore` refuses a
+    checkpoint that is gone before the trial's function could choose another."""
+    base = wrap_function(trainable)
+
+    class Resuming(base):
+        def restore(self, checkpoint_path):
+            named = restore_target(checkpoint_path)
+            if named is None:
+                return super().restore(checkpoint_path)
+            left = surviving_checkpoint(named)
+            if left is None:  # none left: the trial starts over
+                return None
+            return super().restore(with_restore_target(checkpoint_path, left))
+
+    return Resuming

@@ -14,7 +14,6 @@ from ray import tune
 from sweeper.search.footprint import memory_cap
 from sweeper.tracking.outcomes import OOM
 from sweeper.tracking.runs import trial_run_id
-from sweeper.trial.checkpoints import surviving_checkpoint
 from sweeper.trial.delivery import RunLog, retrying, trial_spool
 from sweeper.trial.ledger import Ledger
 from trainables.training.checkpoint import GRID_FILE
@@ -38,7 +37,7 @@ def run_trial(sampled: dict, *, kind, train_fn, base, shared: dict, tracking, cp
 def _train_and_log(cfg, *, kind, train_fn, shared: dict, tracking, metric: str, mode: str, started: float) -> None:
     run_log = _open_run_log(tracking, kind.run_params(cfg))
     last = {"eval_period": 0}
-    checkpoint = surviving_checkpoint(tune.get_checkpoint())
+    checkpoint = tune.get_checkpoint()  # one left, where Tune named a deleted one (sweeper.trial.checkpoints)
     with (checkpoint.as_directory() if checkpoint else nullcontext()) as restore_from:
         ledger = Ledger(metric, mode, _devices_held(), restore_from, since=started)
 
@@ -84,8 +83,10 @@ def _share_the_machine(cfg, cpus: float) -> None:
     """This process's settings for a machine it shares with other trials (and with MLflow outages)."""
     torch.set_num_threads(max(1, int(cpus)))  # several trials share a machine; don't oversubscribe
     cap_gpu_memory(cfg)
-    # Ray Train logs every checkpoint's full path; the console has a line per eval period already.
+    # Ray Train logs every checkpoint's full path, and Tune every resumption's (in a process a
+    # trial already set up: Tune reuses it); the console has a line per trial already.
     logging.getLogger("ray.train").setLevel(logging.WARNING)
+    logging.getLogger("ray.tune.trainable.trainable").setLevel(logging.WARNING)
     # MLflow's client retries one failed call for minutes, which would stall training through an
     # outage; here a failed call fails fast and RunLog retries it between eval periods.
     os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = "1"
