@@ -10,7 +10,7 @@ one searched float `x`, TPE proposing it, every period's metrics in an MLflow sq
 
 Arms (each in a fresh subprocess, a fresh Ray, a fresh store):
 - plain: `tune.Tuner` + `OptunaSearch` (ConcurrencyLimiter) + `MLflowLoggerCallback`, FIFO;
-- fifo: `python -m sweeper run` on the same function as a custom trainable (README "Any trainable"),
+- fifo: `python -m sweeper run` on the same function as a custom trainable (docs/guide/search-spaces.md, "Any trainable"),
   `scheduler=None`;
 - default: the same with the scheduler sweeper fills in for a custom trainable (ASHA: a trial
   that lags at a rung is stopped);
