@@ -5,7 +5,9 @@ Run the two generator sweeps first (README, "From generators to a classifier"); 
 Searched: how much real data goes into each batch, how many synthetic images per class (a fixed
 pool, or fresh draws every batch), the architecture and the optimiser. The real-only point
 (real_fraction=1) is the reference of the CAS ratio; the synthetic-only point is the hand-picked
-start of the search. Point `data`/`test_data` at your own class folders with --set.
+start of the search. The real photos are CIFAR-10's cats and dogs: its training split for training and
+validation, its test split for the test (downloaded once, or from the SWEEPER_DATASETS mirror). Point
+`data`/`test_data` at your own class folders with --set.
 """
 from sweeper import Sweep
 from trainables.classifier import ClassifierConfig
@@ -28,7 +30,7 @@ SYNTHETIC_ONLY = {**REAL_ONLY, "real_fraction": 0.0, "synthetic_per_class": 0}
 sweep = Sweep(
     name="catdog",
     config=ClassifierConfig(
-        data="../shared/data/cifar10-catdog", test_data="../shared/data/cifar10-catdog/test", resolution=32,
+        data="cifar10:cat,dog", test_data="cifar10/test:cat,dog", resolution=32,
         generators="cat=models:/cats-generator@best,dog=models:/dogs-generator@best",
         batch_size=64, steps_per_eval=200, num_evals=10),
     space=space,

@@ -14,6 +14,11 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
+# Known dataset names (cifar10:cat, afhq-cat, ...) resolve from the photos beside the repository, never
+# from a download. In os.environ at import, so every subprocess (sweeps, Ray workers) inherits it; a
+# value the developer set wins.
+if SHARED_DATA.is_dir():
+    os.environ.setdefault("SWEEPER_DATASETS", str(SHARED_DATA))
 
 
 @pytest.fixture(autouse=True)

@@ -109,7 +109,7 @@ CASES = [
      {}, ["photos.zip", "cannot read archive"]),
     ("data-unknown-class", {"space.py": GOOD, "pets": lambda p: _images(p, 3)}, ["space.py", "--data", "pets:dragon"],
      {}, ["'dragon'", "pets", "cat"]),
-    ("data-known-name-offline", {"space.py": GOOD}, ["space.py", "--data", "afhq-cat"], {"SWEEPER_OFFLINE": "1"},
+    ("data-known-name-offline", {"space.py": GOOD}, ["space.py", "--data", "afhq-cat"], {"SWEEPER_OFFLINE": "1", "SWEEPER_DATASETS": ""},
      ["afhq", "SWEEPER_OFFLINE=1"]),
     ("data-toy-unknown-class", {"space.py": GOOD}, ["space.py", "--data", "toy-faces:dragon"], {}, ["'dragon'"]),
     # where things go

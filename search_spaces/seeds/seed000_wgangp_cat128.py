@@ -3,7 +3,7 @@
 Generator: 5 ConvTranspose+BatchNorm+ReLU blocks (7 at 512x512); critic: 5 Conv+InstanceNorm+
 LeakyReLU blocks (the first without a norm, as in DCGAN). Adam, g_lr 8e-5, critic lr 1e-4,
 z_dim 200, batch 64, 5 critic steps per G step, gradient penalty λ = 10. The project did not
-publish its betas; we use DCGAN's (0.5, 0.999). Real cats: `--data ../shared/data/afhq-cat-128`.
+publish its betas; we use DCGAN's (0.5, 0.999). Real cats: `--data afhq-cat`.
 """
 from ray import tune
 

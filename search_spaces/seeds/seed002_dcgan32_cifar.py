@@ -3,7 +3,7 @@
 Strided convolutions in D with LeakyReLU(0.2) and dropout 0.4 and no normalisation; a generator
 without batch norm; Adam 2e-4, β1 0.5, z_dim 100, batch 128. Our blocks are 4x4 kernels where the
 tutorial used 3x3. The file defaults to toy dogs so it runs anywhere; the published data:
-`--data ../shared/data/cifar10-catdog:dog` (dogs) or `--data ../shared/data/cifar10-catdog` (cats+dogs).
+`--data cifar10:dog` (dogs) or `--data cifar10:cat,dog` (cats+dogs).
 """
 from ray import tune
 

@@ -1,8 +1,8 @@
 """Seed 003: a dog-face GAN whose discriminator is trained with MSE (least squares, Mao et al. 2017).
 
 DCGAN networks at 64x64, D regressing real to 1 and fake to 0 and G pulling fakes to 1; Adam 2e-4,
-β1 0.5, z_dim 100, batch 64. Real dogs: `--data ../shared/data/cifar10-catdog:dog` (32 px) or any
-folder of dog photos.
+β1 0.5, z_dim 100, batch 64. Real dogs: `--data afhq-dog` (AFHQ's dog faces), `--data cifar10:dog` (32 px) or
+any folder of dog photos.
 """
 from ray import tune
 

@@ -19,8 +19,9 @@ RESOLUTIONS = (32, 64, 128, 256)
 class ClassifierConfig(Config):
     PREPARED_KEYS: ClassVar[tuple[str, ...]] = ("data", "test_data", "resolution", "generators")
 
-    # data: real images with one subfolder per class; validation always comes out of `data`
-    data: str = "../shared/data/cifar10-catdog"
+    # data: real images of two or more classes (a known name, a folder with one subfolder per class,
+    # ...: trainables.data.sources); validation always comes out of `data`
+    data: str = "cifar10:cat,dog"
     test_data: str = ""  # "" carves the test split out of `data` (test_fraction); else a second source
     resolution: int = 32
     # class=URI pairs, comma separated; "" when training on real images only (real_fraction 1)

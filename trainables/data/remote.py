@@ -1,10 +1,36 @@
 """Known public datasets by name: downloaded once, checksum-verified and extracted into the cache.
 
 Files land under `<cache>/datasets/<name>/`, where the cache is $SWEEPER_CACHE (default
-~/.cache/sweeper). `fetch` returns a folder whose first-level subfolders are the classes.
+~/.cache/sweeper). `fetch` returns a folder whose first-level subfolders are the classes;
+`local_folder` resolves a parsed name (a split, a mirror) to such a folder.
+
+Names (what `data` and `test_data` accept, parsed by `parse_named`):
+  "cifar10", "afhq", "cat-faces-64"   the dataset's training split, every class
+  "cifar10:dog", "cifar10:cat,dog"    only those classes (trainables.data.sources selects them)
+  "afhq-cat", "afhq-dog"              aliases: one class of afhq
+  "cifar10/test:cat,dog", "afhq-cat/test"
+                                      the test split: for cifar10 its 10,000-image test batch, for afhq
+                                      its `val` folder (the only held-out split AFHQ publishes);
+                                      cat-faces-64 has none, and asking for it is an error.
+The `/test` spelling reads like the folder it resolves to; a real folder of that name in the current
+directory wins over the known name, as every existing path does.
 
 Environment:
-  SWEEPER_OFFLINE=1        never download; a dataset not already in the cache is an error.
+  SWEEPER_DATASETS=FOLDER  a local mirror: known names resolve from FOLDER and are never downloaded
+                           nor copied into the cache (an air-gapped machine, CI). Layout:
+                             FOLDER/<name>/ or else FOLDER/<name>-<anything>/ (the first such folder
+                             in sorted order; an alias such as afhq-cat is looked up under its own
+                             name first, then under its dataset's name, afhq), holding either class
+                             folders (<class>/*.png|jpg, the training split; no test split) or
+                             train/<class>/... and test/<class>/... (val/ is taken when there is no
+                             test/). E.g. cifar10-catdog/{train,test}/{cat,dog}/*.png serves
+                             "cifar10:cat", "cifar10:cat,dog" and "cifar10/test:cat,dog";
+                             afhq-cat-128/train/cat/*.jpg serves "afhq-cat".
+                           A name with no folder in the mirror is an error (one line, naming the name
+                           and FOLDER), never a download: a mirror is set where downloading is not
+                           wanted. An empty value is the same as unset.
+  SWEEPER_OFFLINE=1        never download; a dataset not already in the cache is an error (a
+                           mirror needs no network, so SWEEPER_DATASETS still resolves).
   SWEEPER_DATA_MIRROR=URL  download every file from `<URL>/<file name>` instead of its own URL
                            (an intranet copy, or file:///some/folder/); checksums still apply.
                            SWEEPER_OFFLINE=1 wins: it blocks the mirror too.
@@ -32,6 +58,7 @@ import urllib.request
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
+from typing import NamedTuple
 
 import numpy as np
 from filelock import FileLock
@@ -64,6 +91,7 @@ class RemoteDataset:
     root: str = ""  # subfolder of the extracted tree that holds the class folders
     homepage: str = ""
     extract_into: str = ""  # a folder to extract into: names the class of archives without class folders
+    test_root: str = ""  # subfolder of the extracted tree with the test split's class folders; "": none
 
 
 REGISTRY: dict[str, RemoteDataset] = {}
@@ -88,20 +116,21 @@ register(RemoteDataset(
     "afhq",
     (RemoteFile("https://www.dropbox.com/s/t9l9o3vsx2jai3z/afhq.zip?dl=1",
                 "7f63dcc14ef58c0e849b59091287e1844da97016073aac20403ae6c6132b950f"),),
-    root="afhq/train", homepage="https://github.com/clovaai/stargan-v2",
+    root="afhq/train", test_root="afhq/val", homepage="https://github.com/clovaai/stargan-v2",
 ))
 register(RemoteDataset(
     "cifar10",
     (RemoteFile("https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz",
                 "6d958be074577803d12ecdefd02955f39262c83c16fe9348329d7fe0b5c001ce"),),
-    layout="cifar10-python", homepage="https://www.cs.toronto.edu/~kriz/cifar.html",
+    layout="cifar10-python", test_root="test", homepage="https://www.cs.toronto.edu/~kriz/cifar.html",
 ))
 
 ALIASES = {"afhq-cat": ("afhq", "cat"), "afhq-dog": ("afhq", "dog")}
 
 
 def resolve_name(source: str) -> tuple[RemoteDataset, str | None] | None:
-    """(dataset, class or None) for "name", "name:class" or an alias; None when not a known name."""
+    """(dataset, class or None) for "name", "name:class" or an alias; None when not a known name.
+    Training split only; `parse_named` reads every spelling."""
     if not isinstance(source, str):
         return None
     if source in ALIASES:
@@ -109,6 +138,110 @@ def resolve_name(source: str) -> tuple[RemoteDataset, str | None] | None:
         return REGISTRY[name], class_name
     name, _, class_name = source.partition(":")
     return (REGISTRY[name], class_name or None) if name in REGISTRY else None
+
+
+TRAIN, TEST = "train", "test"
+SPLIT_SUFFIX = "/" + TEST  # "cifar10/test"
+MIRROR_ENV = "SWEEPER_DATASETS"
+
+
+class Named(NamedTuple):
+    """A parsed known name: which dataset, which split, which classes (the text after ":", or None)."""
+    dataset: RemoteDataset
+    split: str = TRAIN
+    classes: str | None = None
+    alias: str | None = None  # "afhq-cat": looked up first in a mirror
+
+
+def parse_named(source: str) -> Named | None:
+    """"name[/test][:classes]" or "alias[/test]" (module docstring); None when not a known name."""
+    if not isinstance(source, str):
+        return None
+    spelled, sep, classes = source.partition(":")
+    split = TEST if spelled.endswith(SPLIT_SUFFIX) else TRAIN
+    name = spelled[: -len(SPLIT_SUFFIX)] if split == TEST else spelled
+    if name in ALIASES and not sep:
+        dataset, class_name = ALIASES[name]
+        return Named(REGISTRY[dataset], split, class_name, alias=name)
+    if name in REGISTRY:
+        return Named(REGISTRY[name], split, classes or None)
+    return None
+
+
+def spelling(named: Named) -> str:
+    """The name as a user writes it, for messages."""
+    base = named.alias or named.dataset.name
+    suffix = SPLIT_SUFFIX if named.split == TEST else ""
+    return f"{base}{suffix}" + (f":{named.classes}" if named.classes and not named.alias else "")
+
+
+def mirror_root() -> Path | None:
+    """The SWEEPER_DATASETS folder, or None when unset or empty."""
+    value = os.environ.get(MIRROR_ENV, "").strip()
+    return Path(value).expanduser() if value else None
+
+
+def local_folder(named: Named) -> Path:
+    """The folder of `named`'s split: from the mirror when SWEEPER_DATASETS is set, else from the
+    cache, downloading first if needed."""
+    root = mirror_root()
+    if root is not None:
+        return _mirror_split(named, root)
+    _check_split(named)
+    folder = fetch(named.dataset)
+    return folder if named.split == TRAIN else _home(named.dataset)[1] / named.dataset.test_root
+
+
+def present_folder(named: Named) -> Path | None:
+    """`local_folder` when that needs no download (a mirror, or already in the cache), else None."""
+    root = mirror_root()
+    if root is not None:
+        return _mirror_split(named, root)
+    if not _home(named.dataset)[1].is_dir():
+        return None
+    return local_folder(named)
+
+
+def check_available(named: Named) -> None:
+    """Raise DatasetError unless `local_folder(named)` can succeed without decoding anything: the mirror
+    has it, or the split exists and SWEEPER_OFFLINE does not forbid a download it needs."""
+    root = mirror_root()
+    if root is not None:
+        _mirror_split(named, root)
+        return
+    _check_split(named)
+    check_fetchable(named.dataset)
+
+
+def _check_split(named: Named) -> None:
+    if named.split == TEST and not named.dataset.test_root:
+        raise DatasetError(f"{spelling(named)}: {named.dataset.name} publishes no test split")
+
+
+def _mirror_split(named: Named, root: Path) -> Path:
+    folder = _mirror_folder(named, root)
+    if named.split == TRAIN:
+        return folder / TRAIN if (folder / TRAIN).is_dir() else folder
+    for split in (TEST, "val"):
+        if (folder / split).is_dir():
+            return folder / split
+    raise DatasetError(f"{spelling(named)}: the mirror folder {folder} has no test/ (or val/) folder "
+                       f"({MIRROR_ENV}={root})")
+
+
+def _mirror_folder(named: Named, root: Path) -> Path:
+    """root/<name> or the first root/<name>-*, trying the alias's name before its dataset's."""
+    if not root.is_dir():
+        raise DatasetError(f"{MIRROR_ENV}={root}: no such folder (the mirror of known dataset names)")
+    names = [n for n in (named.alias, named.dataset.name) if n]
+    entries = sorted(p.name for p in root.iterdir() if p.is_dir())
+    for name in names:
+        found = [e for e in entries if e == name] or [e for e in entries if e.startswith(name + "-")]
+        if found:
+            return root / found[0]
+    looked = " or ".join(f"{n}/, {n}-*/" for n in names)
+    raise DatasetError(f"{spelling(named)}: not in the dataset mirror {MIRROR_ENV}={root} (looked for {looked}); "
+                       f"add it there, or unset {MIRROR_ENV} to download it")
 
 
 def fetch(dataset: RemoteDataset) -> Path:
@@ -147,7 +280,7 @@ def check_fetchable(dataset: RemoteDataset) -> None:
         raise DatasetError(
             f"{dataset.name} is not in the cache ({home}) and SWEEPER_OFFLINE=1: unset SWEEPER_OFFLINE to "
             f"download it from {urls} (or from a mirror set in SWEEPER_DATA_MIRROR), or download it "
-            "yourself and pass the archive path as --data"
+            "yourself and pass the archive path as --data, or set SWEEPER_DATASETS to a local mirror that holds it"
         )
 
 
