@@ -1,4 +1,4 @@
-"""Every private name of Ray Tune and Optuna that sweeper relies on, each behind one small function.
+"""Every private name of Ray Tune, Optuna and MLflow that sweeper relies on, each behind one small function.
 
 A private name may change in any release, and then a sweep breaks at run time, maybe hours in. Here
 each one is named in a single place, and `tests/test_compat.py` checks each against the installed
@@ -177,6 +177,19 @@ def alive_nodes(nodes: list[dict]) -> list[Node]:
     "NodeManagerAddress", "Resources") are read only here. The typed public API,
     `ray.util.state.list_nodes`, needs the dashboard, and sweeper starts Ray without it."""
     return [Node(n["NodeManagerAddress"], n["NodeID"], n["Resources"].get("CPU", 0)) for n in nodes if n["Alive"]]
+
+
+# --- MLflow ---------------------------------------------------------------------------------------
+
+
+def monitor_running(monitor) -> bool:
+    """Whether MLflow's `SystemMetricsMonitor` still samples: its thread (`monitor._process`) is alive.
+
+    One failed MLflow call ends the monitor's thread for good, and the monitor says nothing of it;
+    sweeper.trial.system starts a new one then. Where the name is gone (another release), the
+    monitor counts as running: it is then never restarted, never doubled."""
+    thread = getattr(monitor, "_process", monitor)
+    return thread is monitor or (thread is not None and thread.is_alive())
 
 
 # --- Optuna -------------------------------------------------------------------------------------

@@ -112,6 +112,8 @@ CASES = [
     ("data-known-name-offline", {"space.py": GOOD}, ["space.py", "--data", "afhq-cat"], {"SWEEPER_OFFLINE": "1", "SWEEPER_DATASETS": ""},
      ["afhq", "SWEEPER_OFFLINE=1"]),
     ("data-toy-unknown-class", {"space.py": GOOD}, ["space.py", "--data", "toy-faces:dragon"], {}, ["'dragon'"]),
+    ("system-metrics-interval", {"space.py": GOOD}, ["space.py"], {"SWEEPER_SYSTEM_METRICS_S": "often"},
+     ["SWEEPER_SYSTEM_METRICS_S", "often"]),
     # where things go
     ("tracking-unreachable", {"space.py": GOOD}, ["space.py"], {"MLFLOW_TRACKING_URI": "http://127.0.0.1:{port}"},
      ["MLFLOW_TRACKING_URI=http://127.0.0.1:", "does not answer"]),

@@ -6,6 +6,7 @@ import ast
 import inspect
 import sys
 import textwrap
+import threading
 import time
 from importlib.metadata import version
 
@@ -267,6 +268,21 @@ def test_ray_nodes_answer_reads_as_this_nodes_address_id_and_cpus(ray_local):
     # The id in the form sweeper.trial.leftovers pins its task with.
     pinned = _node_id.options(scheduling_strategy=NodeAffinitySchedulingStrategy(node.node_id, soft=False))
     assert ray.get(pinned.remote()) == node.node_id
+
+
+# --- MLflow ---------------------------------------------------------------------------------------
+
+def test_a_system_metrics_monitor_keeps_its_thread_where_sweeper_reads_it():
+    from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+
+    monitor = SystemMetricsMonitor("0" * 32, sampling_interval=1)
+    private = "SystemMetricsMonitor._process"
+    assert held("mlflow", private, lambda: monitor._process) is None, changed("mlflow", private)
+    assert compat.monitor_running(monitor) is False  # not started
+    monitor._process = threading.Thread(target=lambda: None)
+    monitor._process.start()
+    monitor._process.join()
+    assert compat.monitor_running(monitor) is False  # its thread ended (a failed call ends it)
 
 
 # --- Optuna -------------------------------------------------------------------------------------

@@ -54,8 +54,10 @@ from sweeper.tracking.runs import (
     reopen_sweep,
 )
 from sweeper.tracking.summary import log_summary
+from sweeper.tracking.sweep_report import log_report
 from sweeper.trial.checkpoints import resuming_from_what_survives
 from sweeper.trial.leftovers import deliver_leftovers
+from sweeper.trial.system import sampling_interval
 from sweeper.trial.trainable import run_trial
 
 log = logging.getLogger("sweeper")
@@ -147,6 +149,7 @@ def _start(sweep: Sweep, *, quick: bool, sweep_file: str, path: str,
     tracking_uri = default_tracking_uri() if resumed is None else resumed.tracking_uri
     check_reachable(tracking_uri)
     kind.check(sweep)
+    sampling_interval()  # SWEEPER_SYSTEM_METRICS_S, which every trial reads: a bad value is bad input here
     # Proven here, not found after minutes of preparation (sweeper.driver.preflight).
     preflight.check_device(sweep)
     preflight.prove_storage(path, storage=resume.split_experiment_path(path)[0])
@@ -285,7 +288,9 @@ def _summarise(run: Running, table, results, searcher, candidates: dict, state: 
         _log_rungs(run)
         resume.record(state, resume.SUMMARY, True)
     end_run(client, run.tracking.parent_run_id, COMPLETED if winner is not None else NO_WINNER)
-    return dataclasses.replace(summary, runs_view=report.save_runs_view(client, report.latest_sweep(client, sweep.name)))
+    record = report.latest_sweep(client, sweep.name)
+    log_report(client, record)  # after end_run, so the page shows the sweep's outcome; warns, never fails
+    return dataclasses.replace(summary, runs_view=report.save_runs_view(client, record))
 
 
 def _register_once(run: Running, table, winner: final.Candidate, state: SweepState) -> dict:

@@ -16,6 +16,7 @@ from sweeper.tracking.outcomes import OOM
 from sweeper.tracking.runs import trial_run_id
 from sweeper.trial.delivery import RunLog, retrying, trial_spool
 from sweeper.trial.ledger import Ledger
+from sweeper.trial.system import TrialUsage, stop_leftover_monitor
 from trainables.training.checkpoint import GRID_FILE
 
 
@@ -25,7 +26,9 @@ def run_trial(sampled: dict, *, kind, train_fn, base, shared: dict, tracking, cp
     `train_fn(cfg, report, restore_from=..., **kind.trial_kwargs(cfg, shared))` trains."""
     started = time.monotonic()  # this process's share of the trial's compute_s starts here
     # Tune runs the next trial in the process the last one ended in (reuse_actors): what a stopped
-    # or failed one held (its frames lived on in its exception until then) is freed first.
+    # or failed one held (its frames lived on in its exception until then) is freed first, and
+    # its system-metrics monitor stopped (where its function did not unwind).
+    stop_leftover_monitor()
     _free_the_device()
     cfg = base.replace(**sampled).validate()
     _share_the_machine(cfg, cpus)
@@ -38,11 +41,14 @@ def _train_and_log(cfg, *, kind, train_fn, shared: dict, tracking, metric: str, 
     run_log = _open_run_log(tracking, kind.run_params(cfg))
     last = {"eval_period": 0}
     checkpoint = tune.get_checkpoint()  # one left, where Tune named a deleted one (sweeper.trial.checkpoints)
-    with (checkpoint.as_directory() if checkpoint else nullcontext()) as restore_from:
+    # Its peak memory from here; system metrics until the trial's function ends (returns or raises:
+    # a trial the scheduler stops raises SystemExit in its report call).
+    with (TrialUsage(tracking.uri, run_log.run_id) as usage,
+          (checkpoint.as_directory() if checkpoint else nullcontext()) as restore_from):
         ledger = Ledger(metric, mode, _devices_held(), restore_from, since=started)
 
         def report(metrics: dict, directory) -> None:
-            metrics = ledger.add(metrics)
+            metrics = ledger.add({**metrics, **usage.at_eval_period(mlflow_reachable=run_log.failures == 0)})
             last["eval_period"] = int(metrics["eval_period"])
             run_log.log(metrics, Path(directory) / GRID_FILE if directory else None)
             if directory:
