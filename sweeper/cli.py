@@ -1,4 +1,4 @@
-"""`python -m sweeper run FILE ...`, `python -m sweeper data prepare SRC` and `python -m sweeper ui`.
+"""`python -m sweeper COMMAND`: run, resume, data prepare, status, export, report and ui (`--help` lists them).
 
 Bad input (a file, key or value) is one line on stderr and exit code 2, before anything starts.
 Anything else is a bug or an outage: its traceback is printed (and kept in the sweep's parent
@@ -20,7 +20,16 @@ EXIT_NOTHING_TO_REGISTER = 1
 EXIT_INTERNAL_ERROR = 1
 
 
+# Usage statistics off unless the user opted in: setdefault, so an explicit value in the environment
+# wins (MLFLOW_DISABLE_TELEMETRY=false, RAY_USAGE_STATS_ENABLED=1). Set in os.environ, not per call,
+# so every process sweeper starts inherits it: Ray's raylets and trial workers, the `ui` server.
+# DO_NOT_TRACK is left alone: MLflow reads it too, and setting it would override an MLflow opt-in.
+NO_USAGE_STATS = {"MLFLOW_DISABLE_TELEMETRY": "true", "RAY_USAGE_STATS_ENABLED": "0"}
+
+
 def main(argv=None) -> int:
+    for name, value in NO_USAGE_STATS.items():  # before anything imports Ray or MLflow
+        os.environ.setdefault(name, value)
     args = _parser().parse_args(argv)
     try:
         return args.command(args)
@@ -42,7 +51,7 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m sweeper", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(required=True, metavar="COMMAND")
     # In the order `--help` lists them.
-    for add_command in (_add_run, _add_resume, _add_data, _add_status, _add_export, _add_ui):
+    for add_command in (_add_run, _add_resume, _add_data, _add_status, _add_export, _add_report, _add_ui):
         add_command(commands)
     return parser
 
@@ -101,6 +110,15 @@ def _add_export(commands) -> None:
                                                "with --steps) or .csv file")
     export.add_argument("--steps", action="store_true", help="one row per trial and eval period, every metric")
     export.set_defaults(command=_export)
+
+
+def _add_report(commands) -> None:
+    report = commands.add_parser("report", help="write a sweep's report: one self-contained HTML page (its trials' "
+                                                "params, curves, importance and best samples; opens offline)")
+    report.add_argument("name", help="sweep name (its MLflow experiment); its latest run is reported")
+    report.add_argument("-o", "--output", help="the .html file (default: NAME-report.html)")
+    report.add_argument("--top", type=int, default=10, help="sample grids of the N best trials (default 10)")
+    report.set_defaults(command=_sweep_report)
 
 
 def _add_ui(commands) -> None:
@@ -272,6 +290,13 @@ def _export(args) -> int:
 
     print(export(args.name, args.output or f"{args.name}-{'steps' if args.steps else 'trials'}.parquet",
                  steps=args.steps))
+    return 0
+
+
+def _sweep_report(args) -> int:
+    from sweeper.tracking.sweep_report import write_report
+
+    print(write_report(args.name, args.output or f"{args.name}-report.html", top=args.top))
     return 0
 
 

@@ -372,13 +372,16 @@ VIEW_KEY = "sweeper"
 
 def save_runs_view(client: MlflowClient, sweep: SweepRecord) -> str:
     """The sweep's runs table as MLflow's UI should open it, saved where its Share button saves a view
-    (an experiment tag the UI reads for `?viewStateShareKey=`): FID, KID, kimg and the searched
-    params as columns, the best final (else per-eval) metric first. The URL from MLflow's root is
-    returned. Column choices are otherwise kept only in the browser; this tag's format is MLflow's
-    own, undocumented (tests/test_ui_browser.py notices if it changes)."""
+    (an experiment tag the UI reads for `?viewStateShareKey=`): the final metric (fid_final), the
+    best per-eval value so far (`fid_best`, the trials' objective: the `fid` column is each trial's
+    latest), FID, KID, kimg and the searched params as columns, ordered by the final metric where
+    one was measured, else by the best so far. The URL from MLflow's root is returned. Column choices
+    are otherwise kept only in the browser; this tag's format is MLflow's own, undocumented
+    (tests/test_ui_browser.py notices if it changes)."""
     final, measured = final_metrics(sweep), {k for run in sweep.trials for k in run.data.metrics}
-    metrics = [k for k in dict.fromkeys([*final, sweep.metric, "kid", "kimg"]) if k in measured]
-    view = {"orderByKey": f"metrics.`{(final or [sweep.metric])[0]}`", "orderByAsc": sweep.mode == "min",
+    best_so_far = [k for k in (f"{sweep.metric}_best", sweep.metric) if k in measured][:1]
+    metrics = [k for k in dict.fromkeys([*final, *best_so_far, sweep.metric, "kid", "kimg"]) if k in measured]
+    view = {"orderByKey": f"metrics.`{(final or best_so_far or [sweep.metric])[0]}`", "orderByAsc": sweep.mode == "min",
             "selectedColumns": [f"metrics.`{k}`" for k in metrics] + [f"params.`{k}`" for k in sweep.searched]}
     experiment_id = sweep.parent.info.experiment_id
     client.set_experiment_tag(experiment_id, f"mlflow.sharedViewState.{VIEW_KEY}", json.dumps(view))
