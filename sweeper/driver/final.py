@@ -42,6 +42,7 @@ import pyarrow.fs
 import ray
 import torch
 
+from sweeper.compat import alive_nodes
 from sweeper.driver import resume
 from sweeper.driver.resume import SweepState
 from sweeper.driver.running import Running
@@ -187,9 +188,11 @@ def best_checkpoint(result, metric: str, mode: str):
 
 def measure(jobs: dict, *, kind, shared: dict, resources: dict) -> dict:
     """{trial id: (config, checkpoint)} -> {trial id: (metrics, {file name: bytes})}, in parallel
-    Ray tasks, each with one trial's resources (so they pack onto GPUs like the trials did). A task
-    that fails is logged and left out."""
+    Ray tasks, each with one trial's resources (so they pack onto GPUs like the trials did; without
+    GPUs, its share of the node's CPUs: `task_resources`). A task that fails is logged and left out."""
     shared_ref = ray.put(shared)
+    largest_node = max((node.cpus for node in alive_nodes(ray.nodes())), default=0)
+    resources = task_resources(resources, len(jobs), largest_node)
     # max_calls=1: each worker exits after its checkpoint, so no idle worker keeps GPU memory.
     remote = ray.remote(num_cpus=resources.get("cpu", 1), num_gpus=resources.get("gpu", 0), max_retries=1,
                         max_calls=1)(_measure_checkpoint)
@@ -204,8 +207,19 @@ def measure(jobs: dict, *, kind, shared: dict, resources: dict) -> dict:
     return measured
 
 
+def task_resources(per_trial: dict, n_jobs: int, largest_node_cpus: float) -> dict:
+    """One final-evaluation task's resources: a trial's where it gets a GPU (the tasks pack onto GPUs
+    like the trials); without one, the largest node's CPUs shared out among the `n_jobs` tasks, never
+    fewer than a trial's. Nothing else runs then, and a task's CPUs are its torch threads: on a 2-core
+    machine the report draw's single job ran the Inception on one thread beside an idle core."""
+    if per_trial.get("gpu") or n_jobs < 1:
+        return per_trial
+    share = int(largest_node_cpus // n_jobs)
+    return {**per_trial, "cpu": max(per_trial.get("cpu", 1), share)}
+
+
 def _measure_checkpoint(kind, cfg, checkpoint, shared: dict, cpus: float) -> tuple[dict, dict]:
-    torch.set_num_threads(max(1, int(cpus)))  # packed beside others, like a trial
+    torch.set_num_threads(max(1, int(cpus)))  # its share of the node (task_resources)
     with checkpoint.as_directory() as directory:
         metrics, files = kind.measure(cfg, directory, shared)
         return metrics, {**files, **checkpoint_grid(directory)}
