@@ -1,6 +1,5 @@
 """No usage statistics by default: the processes `python -m sweeper` starts (the `ui` server, the
 driver's Ray trial workers) get MLflow's and Ray's switches off, unless the user set them."""
-import json
 import os
 import signal
 import subprocess
@@ -62,44 +61,4 @@ def test_the_ui_server_gets_the_switches(tmp_path, given, expected):
         ui.wait(timeout=60)
 
 
-SPACE = '''
-import json
-import os
-
-from ray import tune
-
-from sweeper import Sweep
-from trainables.config import Config
-from dataclasses import dataclass
-
-
-@dataclass(frozen=True)
-class Probe(Config):
-    x: float = 0.0
-    num_evals: int = 1
-    seed: int = 0
-
-
-def probe(cfg, report, restore_from=None):
-    from ray._common.usage import usage_lib
-
-    seen = {k: os.environ.get(k) for k in ("MLFLOW_DISABLE_TELEMETRY", "RAY_USAGE_STATS_ENABLED")}
-    seen["ray_usage_stats_enabled"] = usage_lib.usage_stats_enabled()
-    with open(OUT, "w") as f:
-        json.dump(seen, f)
-    report({"eval_period": 1, "loss": cfg.x}, None)
-
-
-sweep = Sweep("probe", Probe(), trainable=probe, metric="loss", mode="min", space={"x": tune.uniform(0, 1)},
-              num_samples=1)
-'''
-
-
-def test_a_sweeps_trial_workers_run_with_usage_statistics_off(tmp_path):
-    out = tmp_path / "seen.json"
-    (tmp_path / "probe.py").write_text(f"OUT = {str(out)!r}\n" + SPACE)
-    result = subprocess.run([sys.executable, "-m", "sweeper", "run", "probe.py"], cwd=tmp_path,
-                            env=_env(SWEEPER_CACHE=str(tmp_path / "cache")), capture_output=True, text=True,
-                            timeout=600)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    assert json.loads(out.read_text()) == {**OFF, "ray_usage_stats_enabled": False}
+# That a sweep's trial processes run with both off: tests/test_trial_reuse.py (its sweep records it).

@@ -1,6 +1,7 @@
 """Trial processes are reused between trials (Tune's reuse_actors), with what a trial sets put back
 and what it held freed for the next one (a trial ASHA stopped too); each trial's run ends as the
-trial does; and the console prints one line per ended trial, not one per eval period."""
+trial does; its process runs with MLflow's and Ray's usage statistics off; and the console prints one
+line per ended trial, not one per eval period."""
 import os
 import re
 import subprocess
@@ -42,9 +43,15 @@ def fit(cfg, report, restore_from=None):
     still_held = sum(ref() is not None for ref in earlier)
     held = Held()
     earlier.append(weakref.ref(held))
+    from ray._common.usage import usage_lib
+
+    # Usage statistics off in the trial's process (sweeper.cli sets them before Ray starts).
+    telemetry_off = (os.environ.get("MLFLOW_DISABLE_TELEMETRY") == "true"
+                     and os.environ.get("RAY_USAGE_STATS_ENABLED") == "0" and not usage_lib.usage_stats_enabled())
     for period in range(1, cfg.num_evals + 1):
         report({{"eval_period": period, "loss": (cfg.x - 3) ** 2 + 1 / period, "pid": os.getpid(),
-                 "threads_at_start": threads, "still_held_at_start": still_held}}, None)
+                 "threads_at_start": threads, "still_held_at_start": still_held,
+                 "telemetry_off": float(telemetry_off)}}, None)
 
 
 # ASHA stops some trials inside their report call: their process then runs the next trial.
@@ -58,7 +65,8 @@ sweep = Sweep("reuse", Quadratic(), trainable=fit, metric="loss", mode="min",
 def test_one_process_runs_many_trials_each_with_its_own_threads_run_and_console_line(tmp_path):
     (tmp_path / "reuse.py").write_text(SPACE)
     env = {**os.environ, "SWEEPER_OFFLINE": "1"}
-    env.pop("MLFLOW_TRACKING_URI", None)
+    for name in ("MLFLOW_TRACKING_URI", "MLFLOW_DISABLE_TELEMETRY", "RAY_USAGE_STATS_ENABLED"):
+        env.pop(name, None)
     result = subprocess.run([sys.executable, "-m", "sweeper", "run", "reuse.py"], cwd=tmp_path, env=env,
                             capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
@@ -82,6 +90,7 @@ def test_one_process_runs_many_trials_each_with_its_own_threads_run_and_console_
         assert child.data.metrics["threads_at_start"] == 2
         # What the trials before it held (the stopped ones' frames too) is gone when it starts.
         assert child.data.metrics["still_held_at_start"] == 0
+        assert child.data.metrics["telemetry_off"] == 1.0  # MLflow's and Ray's usage statistics
         pids.add(child.data.metrics["pid"])
     assert len(pids) < TRIALS, "every trial started a process of its own: Tune reused none"
     assert any(c.data.tags["sweeper.outcome"] == "stopped-early" for c in children), "ASHA stopped none"
