@@ -188,10 +188,33 @@ def where_the_time_goes(times: Path, started_at: float, wall: float, args) -> di
     last = max(r["report_end"] for r in records)
     reports = sum(r["report_end"] - r["report_start"] for r in records) / n
     work = len(records) * args.work_s / n  # a trial a scheduler stopped or paused did less than all its periods
-    return {"trial_starts": n, "resumed_starts": sum(p > 1 for p in first_periods.values()), "processes": len({r["pid"] for r in records}), "periods_run": len(records),
+    gaps = _gaps_before_starts(records)
+    return {"trial_starts": n, "resumed_starts": sum(p > 1 for p in first_periods.values()),
+            "gap_before_new_start_s": _median(gaps["new"]), "gap_before_resumed_start_s": _median(gaps["resumed"]),
+            "processes": len({r["pid"] for r in records}), "periods_run": len(records),
             "per_trial_between_s": (last - first) * args.concurrency / n - work - reports,
             "per_trial_reports_s": reports, "per_trial_work_s": work,
             "before_first_trial_s": first - started_at, "after_last_trial_s": started_at + wall - last}
+
+
+def _gaps_before_starts(records: list[dict]) -> dict[str, list[float]]:
+    """In each process, the seconds from one trial function's last report to the next function's
+    start, by whether that next start is a new trial or a paused one resumed: what a start costs
+    in a reused process (the resumed one restores its checkpoint)."""
+    starts = {}
+    for r in records:
+        start = starts.setdefault((r["pid"], r["fit_start"]), {"first": r["period"], "end": r["report_end"]})
+        start["first"], start["end"] = min(start["first"], r["period"]), max(start["end"], r["report_end"])
+    gaps = {"new": [], "resumed": []}
+    for (pid, fit_start), start in sorted(starts.items(), key=lambda item: item[0][1]):
+        before = [s["end"] for (p, f), s in starts.items() if p == pid and f < fit_start]
+        if before:
+            gaps["resumed" if start["first"] > 1 else "new"].append(fit_start - max(before))
+    return gaps
+
+
+def _median(values: list[float]) -> float:
+    return sorted(values)[len(values) // 2] if values else float("nan")
 
 
 def startup_costs() -> dict:
@@ -344,6 +367,8 @@ def main() -> None:
                   f"{row['per_trial_reports_s']:.2f} s, work {row['per_trial_work_s']:.2f} s ({row['trial_starts']} trial "
                   f"starts of which {row['resumed_starts']} resumed, {row['periods_run']} periods, {row['processes']} processes); per sweep: {row['before_first_trial_s']:.0f} s before "
                   f"the first trial, {row['after_last_trial_s']:.0f} s after the last")
+            print(f"{'':>10}in a reused process, from a trial's last report to the next start: new trial "
+                  f"{row['gap_before_new_start_s']:.2f} s, resumed trial {row['gap_before_resumed_start_s']:.2f} s (medians)")
     for row in rows:
         if "status_s" in row:
             print(f"{row['arm']:>8}: status {row['status_s']:.1f} s, export {row['export_s']:.1f} s, "
