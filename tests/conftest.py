@@ -149,3 +149,18 @@ def one_cpu_nodes(cache_dir: Path, workers: int):
             yield cluster, nodes
         finally:
             cluster.shutdown()
+
+
+CHROMIUM = shutil.which("chromium")  # Debian's; Playwright drives it and downloads no browser
+
+
+@pytest.fixture(scope="module")
+def browser():
+    """Headless Chromium, for the tests that look at what a person sees (the MLflow UI, the report)."""
+    if CHROMIUM is None:
+        pytest.skip("no `chromium` on PATH (Debian: apt-get install chromium; .ci/run installs it)")
+    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright not installed (pip install -e '.[test]')")
+    with sync_api.sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True)
+        yield browser
+        browser.close()

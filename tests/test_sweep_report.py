@@ -12,7 +12,6 @@ import json
 import math
 import os
 import re
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -21,7 +20,6 @@ import pytest
 from mlflow.entities import Metric, Param
 from mlflow.tracking import MlflowClient
 
-CHROMIUM = shutil.which("chromium")
 EXTERNAL = re.compile(r"<(script|link|img|iframe)\b[^>]*\b(src|href)\s*=\s*['\"]?(https?:)?//", re.I)
 # Each figure's traces as the page holds them (plotly keeps a figure's data on its div).
 FIGURES_JS = """Array.from(document.querySelectorAll('.js-plotly-plot')).map(d => d.data.map(t => ({
@@ -37,17 +35,6 @@ def _cli(*args, cwd, uri=None):
         env["MLFLOW_TRACKING_URI"] = uri
     return subprocess.run([sys.executable, "-m", "sweeper", *args], cwd=cwd, env=env, capture_output=True,
                           text=True, timeout=300)
-
-
-@pytest.fixture(scope="module")
-def browser():
-    if CHROMIUM is None:
-        pytest.skip("no `chromium` on PATH (Debian: apt-get install chromium; .ci/run installs it)")
-    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright not installed (pip install -e '.[test]')")
-    with sync_api.sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True)
-        yield browser
-        browser.close()
 
 
 def _open(browser, path):

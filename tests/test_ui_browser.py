@@ -4,7 +4,6 @@ URL it prints, the image grid of two trials and the registered model. Screenshot
 kept in the test's tmp dir (ui_*.png)."""
 import os
 import re
-import shutil
 import signal
 import subprocess
 import sys
@@ -15,21 +14,9 @@ from conftest import free_port, wait_until_up
 
 pytestmark = pytest.mark.slow  # needs the shared quick sweep (a few minutes)
 
-CHROMIUM = shutil.which("chromium")
 MODEL = "wgangp-quick-generator"
 TIMEOUT_MS = 30_000
 ALIAS_CHIP = re.compile(r"^@\s*best$")  # MLflow's alias tag, not a tag value that mentions @best
-
-
-@pytest.fixture(scope="module")
-def browser():
-    if CHROMIUM is None:
-        pytest.skip("no `chromium` on PATH (Debian: apt-get install chromium; .ci/run installs it)")
-    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright not installed (pip install -e '.[test]')")
-    with sync_api.sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True)
-        yield browser
-        browser.close()
 
 
 @pytest.fixture(scope="module")
