@@ -230,8 +230,9 @@ def test_export_steps_is_every_metric_history(sweep, tmp_path):
     assert table.schema.field("eval_period").type == pa.int64()
     frame = table.to_pandas()
     # What the trainable reported, and what every trial reports beside it (sweeper.trial.ledger): the
-    # sweep's objective (the best score so far) and the device-seconds spent so far.
-    keys = [METRIC, f"{METRIC}_best", "compute_s", "loss"]
+    # sweep's objective (the best score so far), the device-seconds spent so far and its process's
+    # peak memory (sweeper.trial.system); MLflow's system metrics, sampled by the clock, are not rows.
+    keys = [METRIC, f"{METRIC}_best", "compute_s", "loss", "peak_rss_mib"]
     assert sorted(frame.columns) == sorted(["trial_id", "run_id", "eval_period", *keys])
     client = MlflowClient(sweep["uri"])
     expected = []

@@ -135,12 +135,18 @@ def history(client: MlflowClient, run_id: str, key: str) -> dict[int, float]:
 
 # -- one row per trial -------------------------------------------------------------------------
 
+def _period_metrics(sweep: SweepRecord) -> set[str]:
+    """What the trials logged per eval period: not MLflow's system metrics (`system/...`), whose
+    steps count samples every few seconds, not eval periods (MLflow's System metrics tab shows them)."""
+    return {k for run in sweep.trials for k in run.data.metrics if not k.startswith("system/")}
+
+
 def trial_rows(client: MlflowClient, sweep: SweepRecord) -> tuple[list[dict], dict[str, type]]:
     """(rows best first, column -> type): id, run, state, who proposed it, eval periods done, best
     and last value of the sweep's metric, the latest value of every other metric (kimg, img_per_s,
     the final re-measurement such as fid_final when it was made) and every param (`params.<key>`)."""
     param_types = typed_param_columns(sweep)
-    metric_keys = sorted({k for run in sweep.trials for k in run.data.metrics} - {STEP_METRIC, sweep.metric})
+    metric_keys = sorted(_period_metrics(sweep) - {STEP_METRIC, sweep.metric})
     best, last = f"best_{sweep.metric}", f"last_{sweep.metric}"
     types = {"trial_id": str, "run_id": str, "state": str, "proposed_by": str, "eval_periods": int,
              best: float, last: float, **{k: float for k in metric_keys},
@@ -185,11 +191,11 @@ def sort_best_first(rows: list[dict], column: str, mode: str) -> list[dict]:
 def step_rows(client: MlflowClient, sweep: SweepRecord) -> tuple[list[dict], dict[str, type]]:
     """(rows, column -> type): for each trial and eval period, every metric logged at that step
     (the final re-measurement is logged at the step of the checkpoint it measured)."""
-    metric_keys = sorted({k for run in sweep.trials for k in run.data.metrics} - {STEP_METRIC})
+    metric_keys = sorted(_period_metrics(sweep) - {STEP_METRIC})
     types = {"trial_id": str, "run_id": str, STEP_METRIC: int, **{k: float for k in metric_keys}}
     rows = []
     for run in sorted(sweep.trials, key=lambda r: r.data.tags[TRIAL_TAG]):
-        histories = {k: history(client, run.info.run_id, k) for k in run.data.metrics}
+        histories = {k: history(client, run.info.run_id, k) for k in run.data.metrics if k in metric_keys}
         for step in sorted({s for values in histories.values() for s in values}):
             rows.append({"trial_id": run.data.tags[TRIAL_TAG], "run_id": run.info.run_id, STEP_METRIC: step,
                          **{k: histories.get(k, {}).get(step, math.nan) for k in metric_keys}})
