@@ -127,10 +127,13 @@ def _all_pages(search) -> list:
 
 def history(client: MlflowClient, run_id: str, key: str) -> dict[int, float]:
     """step -> value; where a step was logged twice, the later value."""
-    values = {}
-    for m in sorted(client.get_metric_history(run_id, key), key=lambda m: (m.step, m.timestamp)):
-        values[int(m.step)] = float(m.value)
-    return values
+    return {step: value for step, (value, _) in timed_history(client, run_id, key).items()}
+
+
+def timed_history(client: MlflowClient, run_id: str, key: str) -> dict[int, tuple[float, int]]:
+    """step -> (value, when MLflow received it, ms); where a step was logged twice, the later."""
+    return {int(m.step): (float(m.value), int(m.timestamp))
+            for m in sorted(client.get_metric_history(run_id, key), key=lambda m: (m.step, m.timestamp))}
 
 
 # -- one row per trial -------------------------------------------------------------------------

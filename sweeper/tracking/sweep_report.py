@@ -52,7 +52,9 @@ from sweeper.tracking.report import (
     SweepRecord,
     connect,
     final_metrics,
+    history,
     latest_sweep,
+    timed_history,
     trial_state,
     typed,
     typed_param_columns,
@@ -146,7 +148,7 @@ def read_trials(client: MlflowClient, sweep: SweepRecord) -> list[Trial]:
     trials = []
     for run in sorted(sweep.trials, key=lambda r: r.data.tags[TRIAL_TAG]):
         points = _points(client, run.info.run_id, sweep.metric)
-        outcome = _outcome(run, points, planned)
+        outcome = _outcome(run, planned)
         values = points["value"].to_numpy(float)
         finite = values[np.isfinite(values)]
         best = float((finite.min() if sweep.mode == "min" else finite.max()) if finite.size else math.nan)
@@ -164,9 +166,9 @@ def read_trials(client: MlflowClient, sweep: SweepRecord) -> list[Trial]:
 def _points(client: MlflowClient, run_id: str, metric: str) -> pd.DataFrame:
     """One row per eval period with a value of `metric`: its step, kimg (else the step), value,
     the trial's compute so far and when MLflow received it."""
-    values = _history(client, run_id, metric)
-    kimg = {step: v for step, (v, _) in _history(client, run_id, "kimg").items()}
-    compute = {step: v for step, (v, _) in _history(client, run_id, COMPUTE_METRIC).items()}
+    values = timed_history(client, run_id, metric)
+    kimg = history(client, run_id, "kimg")
+    compute = history(client, run_id, COMPUTE_METRIC)
     rows = [{"step": step, "x": kimg.get(step, math.nan), "value": value,
              COMPUTE_METRIC: compute.get(step, math.nan), "timestamp": stamp}
             for step, (value, stamp) in sorted(values.items())]
@@ -174,13 +176,7 @@ def _points(client: MlflowClient, run_id: str, metric: str) -> pd.DataFrame:
     return frame
 
 
-def _history(client: MlflowClient, run_id: str, key: str) -> dict[int, tuple[float, int]]:
-    """step -> (value, timestamp); where a step was logged twice, the later."""
-    return {int(m.step): (float(m.value), int(m.timestamp))
-            for m in sorted(client.get_metric_history(run_id, key), key=lambda m: (m.step, m.timestamp))}
-
-
-def _outcome(run, points: pd.DataFrame, planned: int | None) -> str:
+def _outcome(run, planned: int | None) -> str:
     """The driver's outcome tag; before the sweep ends (no tag yet) what MLflow's status says: a
     trial still training is running, one that ended without all its periods stopped early."""
     state = trial_state(run)
