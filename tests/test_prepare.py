@@ -221,6 +221,7 @@ def test_named_dataset_is_fetched_then_prepared(tmp_path, monkeypatch):
     digest = hashlib.sha256(archive.read_bytes()).hexdigest()
     register(RemoteDataset("test-pets", (RemoteFile(archive.as_uri(), digest),), root="pets"))
     monkeypatch.setenv("SWEEPER_OFFLINE", "0")
+    monkeypatch.setenv("SWEEPER_DATASETS", "")  # downloaded, not taken from the mirror conftest sets
     cats = prepare("test-pets:cat", 16)
     assert cats.data.classes == ("cat", "dog") and cats.data.labels.tolist() == [0, 0, 0]
     np.testing.assert_array_equal(cats.data.images, prepare(f"{pets}:cat", 16).data.images)
