@@ -1,4 +1,4 @@
-"""sweeper: hyperparameter sweeps of GAN training (Ray Tune + Optuna + successive halving, tracked in MLflow).
+"""sweeper: hyperparameter sweeps of GAN training (Ray Tune + Optuna + successive halving or population-based training, tracked in MLflow).
 
 Search-space files import `Sweep` and its options from here; importing it starts nothing and
 imports neither Ray nor torch. The packages below, from the top layer down (each imports only
@@ -14,16 +14,19 @@ from the layers under it; `lint-imports` checks it):
 """
 from sweeper.definition import (
     ASHA,
+    PB2,
+    PBT,
     TPE,
     Budget,
     FinalEval,
     Promotion,
     Quick,
+    Range,
     Resources,
     Sweep,
     SweepError,
     suggest_optimizer,
 )
 
-__all__ = ["Sweep", "SweepError", "TPE", "Promotion", "ASHA", "Resources", "FinalEval", "Quick", "Budget",
+__all__ = ["Sweep", "SweepError", "TPE", "Promotion", "ASHA", "PBT", "PB2", "Range", "Resources", "FinalEval", "Quick", "Budget",
            "suggest_optimizer"]

@@ -15,6 +15,7 @@ torch's private names are in `trainables/compat.py` instead, since trainables mu
 """
 from __future__ import annotations
 
+from contextlib import contextmanager
 from typing import NamedTuple
 
 import optuna
@@ -159,6 +160,43 @@ def with_restore_target(argument, checkpoint):
     if hasattr(argument, "checkpoint") and hasattr(argument, "metrics"):
         return type(argument)(checkpoint=checkpoint, metrics=argument.metrics)
     return checkpoint
+
+
+# --- Ray Tune: population-based training ---------------------------------------------------------
+
+
+@contextmanager
+def pbt_accepts_a_searcher(pbt_module):
+    """Within it, Ray's PBT (and PB2) takes a trial proposed by a searcher: its `on_trial_add` refuses
+    any `SearchGenerator` (the name `pbt_module.SearchGenerator`, looked up in Ray's
+    `ray.tune.schedulers.pbt` module at each call), because a searcher would learn from results of
+    configs that PBT has since changed. sweeper's searcher only proposes the initial population (the
+    warm starts, then TPE's random start-up draws) and learns nothing PBT relies on. There is no public
+    switch."""
+    refused = pbt_module.SearchGenerator
+    pbt_module.SearchGenerator = _NeverASearcher
+    try:
+        yield
+    finally:
+        pbt_module.SearchGenerator = refused
+
+
+class _NeverASearcher:
+    pass
+
+
+def after_each_exploit(scheduler_class, announce) -> None:
+    """`announce(scheduler, trial, donor, config_before, donor_result)` after each exploit of a
+    subclass of Ray's PBT (`_exploit(tune_controller, trial, trial_to_clone)`, where the trial takes
+    the donor's checkpoint and a mutated config; `_trial_state[donor].last_result` is the donor's
+    result at the checkpoint taken). Ray only logs an exploit; there is no public hook."""
+    exploit = scheduler_class._exploit
+
+    def _exploit(self, tune_controller, trial, trial_to_clone):
+        before, donor_result = dict(trial.config), dict(self._trial_state[trial_to_clone].last_result or {})
+        exploit(self, tune_controller, trial, trial_to_clone)
+        announce(self, trial, trial_to_clone, before, donor_result)
+    scheduler_class._exploit = _exploit
 
 
 # --- Ray core: the nodes ------------------------------------------------------------------------

@@ -114,6 +114,19 @@ CASES = [
     ("data-toy-unknown-class", {"space.py": GOOD}, ["space.py", "--data", "toy-faces:dragon"], {}, ["'dragon'"]),
     ("system-metrics-interval", {"space.py": GOOD}, ["space.py"], {"SWEEPER_SYSTEM_METRICS_S": "often"},
      ["SWEEPER_SYSTEM_METRICS_S", "often"]),
+    # a population (PBT, PB2)
+    ("pbt-mutates-architecture", {"space.py": HEADER + "from sweeper import PBT\n" + f'sweep = Sweep("bad", GANConfig({QUICK}), '
+                                  'space={"g_lr": tune.loguniform(1e-5, 1e-3)}, scheduler=PBT(mutations={"z_dim": [64, 128]}))\n'},
+     ["space.py"], {}, ["scheduler.mutations['z_dim']", "cannot change in the middle of a run"]),
+    ("pbt-bad-mutation", {"space.py": HEADER + "from sweeper import PBT\n" + f'sweep = Sweep("bad", GANConfig({QUICK}), '
+                          'space={"g_lr": tune.loguniform(1e-5, 1e-3)}, scheduler=PBT(mutations={"g_lr": 1e-4}))\n'},
+     ["space.py"], {}, ["scheduler.mutations['g_lr']", "a list of at least 2 values or a Range"]),
+    ("pb2-bad-bound", {"space.py": HEADER + "from sweeper import PB2\n" + f'sweep = Sweep("bad", GANConfig({QUICK}), '
+                       'space={"g_lr": tune.loguniform(1e-5, 1e-3)}, scheduler=PB2(bounds={"g_lr": (1e-3, 1e-5)}))\n'},
+     ["space.py"], {}, ["scheduler.bounds['g_lr']", "low < high"]),
+    ("pbt-budget-in-kimg", {"space.py": HEADER + "from sweeper import PBT\n" + f'sweep = Sweep("bad", GANConfig({QUICK}), '
+                            'space={"g_lr": tune.loguniform(1e-5, 1e-3)}, scheduler=PBT())\n'},
+     ["space.py", "--budget", "100kimg"], {}, ["budget: 100kimg", "device time"]),
     # where things go
     ("tracking-unreachable", {"space.py": GOOD}, ["space.py"], {"MLFLOW_TRACKING_URI": "http://127.0.0.1:{port}"},
      ["MLFLOW_TRACKING_URI=http://127.0.0.1:", "does not answer"]),

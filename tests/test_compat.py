@@ -414,3 +414,31 @@ def test_the_tested_versions_are_inside_pyprojects_caps():
         specifier = requirements[name].specifier
         assert any(s.operator == "<" for s in specifier), f"{name} has no upper bound in pyproject.toml"
         assert specifier.contains(version(name)), f"installed {name} {version(name)} is outside pyproject's {specifier}"
+
+
+def test_pbt_refuses_a_searcher_except_where_sweeper_lets_it_and_names_its_exploit_and_states():
+    from types import SimpleNamespace
+
+    from ray.tune.schedulers import PopulationBasedTraining
+    from ray.tune.schedulers import pbt as pbt_module
+    from ray.tune.search import SearchGenerator
+
+    def pbt():
+        return PopulationBasedTraining(time_attr="eval_period", metric="fid", mode="min", perturbation_interval=1,
+                                       hyperparam_mutations={"g_lr": [1e-4, 2e-4]})
+
+    searcher = SearchGenerator(SweepSearch(time_attr="eval_period", max_t=2, n_startup_trials=1,
+                                           space={"g_lr": tune.choice([1e-4, 2e-4])}, metric="fid", mode="min"))
+    controller = SimpleNamespace(search_alg=searcher)  # all PBT's on_trial_add reads of the controller
+    trial = Trial("__fake", trial_id="t0", stub=True, config={"g_lr": 1e-4})
+    with pytest.raises(ValueError, match="Search algorithms cannot be used"):
+        pbt().on_trial_add(controller, trial)
+    accepting = pbt()
+    with compat.pbt_accepts_a_searcher(pbt_module):
+        accepting.on_trial_add(controller, trial)
+    assert pbt_module.SearchGenerator is SearchGenerator  # put back
+    state = held("ray", "PopulationBasedTraining._trial_state", lambda: accepting._trial_state[trial])
+    assert hasattr(state, "last_result"), changed("ray", "_PBTTrialState.last_result")
+    exploit = held("ray", "PopulationBasedTraining._exploit", lambda: PopulationBasedTraining._exploit)
+    assert list(inspect.signature(exploit).parameters) == ["self", "tune_controller", "trial", "trial_to_clone"], \
+        changed("ray", "PopulationBasedTraining._exploit")

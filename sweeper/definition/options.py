@@ -1,5 +1,5 @@
-"""The options a Sweep is built from, each pure data: the searcher (TPE), the scheduler (Promotion
-or ASHA), per-trial resources, the final evaluation and the `--quick` budget."""
+"""The options a Sweep is built from, each pure data: the searcher (TPE), the scheduler (Promotion,
+ASHA, PBT or PB2), per-trial resources, the final evaluation and the `--quick` budget."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -69,6 +69,87 @@ class Promotion:
                 raise SweepError(f"scheduler.{key}: must be an int >= {low}, got {value!r}")
         if self.rungs_in not in RUNGS_IN:
             raise SweepError(f"scheduler.rungs_in: {self.rungs_in!r} is not one of {', '.join(map(repr, RUNGS_IN))}")
+
+
+@dataclass(frozen=True)
+class Range:
+    """A continuous hyperparameter range PBT resamples from (log-uniformly with `log`), and keeps a
+    perturbed value within."""
+    low: float
+    high: float
+    log: bool = False
+
+    def __post_init__(self):
+        if not (isinstance(self.low, (int, float)) and isinstance(self.high, (int, float)) and self.low < self.high):
+            raise SweepError(f"Range: needs numbers low < high, got {self.low!r}, {self.high!r}")
+        if self.log and self.low <= 0:
+            raise SweepError(f"Range: a log range needs low > 0, got {self.low!r}")
+
+
+@dataclass(frozen=True)
+class PBT:
+    """Population-based training (Ray Tune's PopulationBasedTraining; sweeper.search.population):
+    `num_samples` members train side by side; every `interval` eval periods a member in the worst
+    `quantile` by its current per-eval metric (not its best so far) takes the checkpoint of one in
+    the best quantile (weights, EMA, optimisers, step) and a mutated copy of its hyperparameters,
+    then trains on. The initial population is the searcher's first `num_samples` proposals (the warm
+    starts first); after that the mutations alone explore.
+
+    `mutations`: config key -> a list of values (a perturbation moves to a neighbouring one) or a
+    Range (a perturbation multiplies by 0.8 or 1.2, kept within the range); with probability
+    `resample_probability` a key is drawn afresh instead. None: the kind's (for GANs the G/D
+    learning rates, beta1, n_critic, the gradient-penalty weight and the EMA decay). Only keys a
+    checkpoint can carry over may change (a GAN's architecture and optimizer may not)."""
+    interval: int = 1
+    quantile: float = 0.25
+    mutations: dict | None = None
+    resample_probability: float = 0.25
+
+    @property
+    def mutated(self) -> tuple:
+        return tuple(sorted(self.mutations or ()))
+
+    def __post_init__(self):
+        _check_population(self)
+        if not (isinstance(self.resample_probability, (int, float)) and 0 <= self.resample_probability <= 1):
+            raise SweepError(f"scheduler.resample_probability: must be in [0, 1], got {self.resample_probability!r}")
+        for key, values in (self.mutations or {}).items():
+            if not (isinstance(values, Range) or (isinstance(values, list) and len(values) >= 2)):
+                raise SweepError(f"scheduler.mutations[{key!r}]: expected a list of at least 2 values or a "
+                                 f"Range(low, high), got {values!r}")
+
+
+@dataclass(frozen=True)
+class PB2:
+    """Population-based bandits (Ray Tune's PB2: PBT whose explore step is a Gaussian-process bandit
+    over the population's history instead of random perturbations; needs scikit-learn). `bounds`:
+    config key -> (low, high), continuous only (PB2 proposes any value inside); None: the kind's
+    (for GANs the learning rates, beta1 and the gradient-penalty weight; n_critic and the EMA decay,
+    which take few values, are left to PBT)."""
+    interval: int = 1
+    quantile: float = 0.25
+    bounds: dict | None = None
+
+    @property
+    def mutated(self) -> tuple:
+        return tuple(sorted(self.bounds or ()))
+
+    def __post_init__(self):
+        _check_population(self)
+        for key, bound in (self.bounds or {}).items():
+            if not (isinstance(bound, (tuple, list)) and len(bound) == 2
+                    and all(isinstance(b, (int, float)) for b in bound) and bound[0] < bound[1]):
+                raise SweepError(f"scheduler.bounds[{key!r}]: expected (low, high) with low < high, got {bound!r}")
+
+
+def _check_population(scheduler) -> None:
+    if type(scheduler.interval) is not int or scheduler.interval < 1:
+        raise SweepError(f"scheduler.interval: must be an int >= 1 (eval periods), got {scheduler.interval!r}")
+    if not (isinstance(scheduler.quantile, (int, float)) and 0 < scheduler.quantile <= 0.5):
+        raise SweepError(f"scheduler.quantile: must be in (0, 0.5], got {scheduler.quantile!r}")
+
+
+POPULATION = (PBT, PB2)
 
 
 @dataclass(frozen=True)

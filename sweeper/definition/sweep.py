@@ -16,7 +16,19 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from sweeper.definition.budget import Budget, parse_budget
-from sweeper.definition.options import ASHA, AUTO, TPE, FinalEval, Promotion, Quick, Resources, SweepError
+from sweeper.definition.options import (
+    ASHA,
+    AUTO,
+    PB2,
+    PBT,
+    POPULATION,
+    TPE,
+    FinalEval,
+    Promotion,
+    Quick,
+    Resources,
+    SweepError,
+)
 from sweeper.definition.space import (
     SpaceError,
     float_ranges,
@@ -35,6 +47,15 @@ from sweeper.definition.warm import (
 )
 from trainables.config import Config, ConfigError, field_types
 
+# In a PBT/PB2 trial's Tune config: how many times the member has taken another's checkpoint (set by
+# the scheduler at each exploit: sweeper.search.population), so that each generation's MLflow run is
+# found again, not made twice, when the trial is retried or the sweep resumed. Not a config key.
+GENERATION_KEY = "sweeper_generation"
+
+
+def without_generation(sampled: dict) -> dict:
+    return {key: value for key, value in sampled.items() if key != GENERATION_KEY}
+
 
 @dataclass(frozen=True)
 class Sweep:
@@ -52,8 +73,9 @@ class Sweep:
     max_concurrent: int | None = None       # None: what the resources allow, capped (sweeper.search.tuner)
     searcher: TPE = TPE()
     # "auto": the kind's (Promotion for GANs, ASHA otherwise); ASHA(): Ray's, which only stops
-    # trials; None: FIFO, every trial runs its full num_evals.
-    scheduler: Promotion | ASHA | None | str = AUTO
+    # trials; PBT()/PB2(): a population whose members take each other's checkpoints and mutate their
+    # hyperparameters as they train; None: FIFO, every trial runs its full num_evals.
+    scheduler: Promotion | ASHA | PBT | PB2 | None | str = AUTO
     # Device-seconds or kimg for the whole sweep ("2gpu-h", "600cpu-s", "5000kimg"; sweeper.search.plan):
     # with Promotion it sets the rungs, max_t and num_samples; with any scheduler the sweep stops when spent.
     budget: Budget | str | None = None
@@ -82,8 +104,9 @@ class Sweep:
         if type(num_evals) is not int or num_evals < 1:
             raise SweepError(f"config.num_evals: {type(self.config).__name__} needs an int num_evals >= 1 (the trial's "
                              f"budget in eval periods, ASHA's max_t), got {num_evals!r}")
-        if not isinstance(self.scheduler, (Promotion, ASHA, type(None))):
-            raise SweepError(f"scheduler: expected Promotion(...), ASHA(...) or None (FIFO), got {self.scheduler!r}")
+        if not isinstance(self.scheduler, (Promotion, ASHA, *POPULATION, type(None))):
+            raise SweepError(f"scheduler: expected Promotion(...), ASHA(...), PBT(...), PB2(...) or None (FIFO), "
+                             f"got {self.scheduler!r}")
         if self.budget is not None and not isinstance(self.budget, Budget):
             raise SweepError(f"budget: expected a Budget or text such as '2gpu-h', got {self.budget!r}")
         if self.final.top_k < 1:
@@ -177,7 +200,8 @@ class Sweep:
         return {k: v for k, v in dataclasses.asdict(self.config).items() if k not in searched}
 
     def trial_config(self, sampled: dict) -> Config:
-        return self.config.replace(**sampled).validate()
+        """The config a trial trains with, from its Tune config (the population's generation dropped)."""
+        return self.config.replace(**without_generation(sampled)).validate()
 
     def resolve(self, *, quick=False, overrides=(), num_samples=None, data=None, name=None,
                 budget=None) -> "Sweep":

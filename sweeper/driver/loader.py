@@ -22,6 +22,8 @@ from ray import cloudpickle
 from sweeper.definition import Sweep, SweepError
 from sweeper.kinds import complete
 
+SPACE_MODULE_PREFIX = "sweeper_space_"
+
 
 def load_sweep(path) -> Sweep:
     path = Path(path)
@@ -32,7 +34,7 @@ def load_sweep(path) -> Sweep:
     if path.suffix != ".py":
         raise SweepError(f"search-space file {path} is not a Python file; expected a .py file")
     # One module name per file (not per stem: seeds/dcgan.py and dcgan.py must not collide).
-    name = "sweeper_space_" + hashlib.sha1(str(path.resolve()).encode()).hexdigest()[:12]
+    name = SPACE_MODULE_PREFIX + hashlib.sha1(str(path.resolve()).encode()).hexdigest()[:12]
     spec = importlib.util.spec_from_file_location(name, path)
     module = importlib.util.module_from_spec(spec)
     sys.modules[name] = module

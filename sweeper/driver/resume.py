@@ -38,13 +38,16 @@ import dataclasses
 import json
 import logging
 import pickle
+import sys
 import time
+import types
 
 import pyarrow.fs
 from ray import cloudpickle, tune
 from ray.tune.utils import flatten_dict
 
 from sweeper.compat import run_config_of
+from sweeper.driver.loader import SPACE_MODULE_PREFIX
 from sweeper.driver.moved import old_module_names
 from trainables.cache import write_whole
 from trainables.errors import BadInput
@@ -159,10 +162,24 @@ def retell_retried(tuner: tune.Tuner, searcher) -> None:
 
 
 def recorded_sweep(state: SweepState):
-    """The Sweep as the driver recorded it when the sweep started (also one an older sweeper wrote)."""
+    """The Sweep as the driver recorded it when the sweep started (also one an older sweeper wrote),
+    with what its file defined importable again (`_file_module_importable`)."""
     fs, path = pyarrow.fs.FileSystem.from_uri(state.path)
     with fs.open_input_stream(f"{path}/{SWEEP_FILE}") as f, old_module_names():
-        return cloudpickle.loads(f.readall())
+        sweep = cloudpickle.loads(f.readall())
+    _file_module_importable(sweep)
+    return sweep
+
+
+def _file_module_importable(sweep) -> None:
+    """Ray's OptunaSearch saves its state with plain pickle, which names a define-by-run space by
+    its module: the search-space file's, a name only the driver that loaded the file had
+    (sweeper.driver.loader). `sweep.pkl` holds the space (and a trainable the file defined) by
+    value; a resumed driver puts each back under that module name, so the searcher's state loads."""
+    for defined in (sweep.space, sweep.trainable):
+        module = getattr(defined, "__module__", None) or ""
+        if callable(defined) and module.startswith(SPACE_MODULE_PREFIX):
+            setattr(sys.modules.setdefault(module, types.ModuleType(module)), defined.__name__, defined)
 
 
 def sweeps_in(storage: str) -> list[SweepState]:

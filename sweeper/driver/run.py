@@ -17,10 +17,10 @@ from ray import tune
 from ray.tune.execution.experiment_state import _ExperimentCheckpointManager
 
 from sweeper.compat import save_state_at_a_cost_share, tune_config_of
-from sweeper.definition import ASHA, Sweep
+from sweeper.definition import ASHA, POPULATION, Sweep, without_generation
 from sweeper.driver import final, preflight, resume
 from sweeper.driver.planning import plan_params, plan_sweep
-from sweeper.driver.register import register
+from sweeper.driver.register import model_run_id, register
 from sweeper.driver.resume import SweepState, experiment_path
 from sweeper.driver.running import Running
 from sweeper.kinds import complete, kind_of
@@ -31,6 +31,7 @@ from sweeper.search.scheduler import WarmStartASHA
 from sweeper.search.spending import Spending, read_search_state, register_spending, spending_of
 from sweeper.search.tuner import build_searcher, build_tuner
 from sweeper.tracking import report
+from sweeper.tracking.lineage import log_lineage
 from sweeper.tracking.outcomes import (
     COMPLETED,
     ERROR,
@@ -229,7 +230,8 @@ def _tuner(run: Running, restore: bool):
     sweep = run.sweep
     trainable = resuming_from_what_survives(tune.with_parameters(
         run_trial, kind=run.kind, train_fn=sweep.trainable, base=sweep.config, shared=run.inputs.trial,
-        tracking=run.tracking, cpus=sweep.resources.cpus, metric=sweep.metric, mode=sweep.mode))
+        tracking=run.tracking, cpus=sweep.resources.cpus, metric=sweep.metric, mode=sweep.mode,
+        population=sweep.scheduler.mutated if isinstance(sweep.scheduler, POPULATION) else ()))
     if not restore:
         # A budget's sweep has room for more trials than its plan's (the budget stops it): the plan's third.
         searcher = build_searcher(sweep, configs=run.plan.num_samples if run.plan else None)
@@ -278,7 +280,7 @@ def _summarise(run: Running, table, results, searcher, candidates: dict, state: 
         for key, value in metrics.items():
             client.log_metric(run.tracking.parent_run_id, key, value)
         resume.record(state, resume.PARENT_METRICS, {key: float(value) for key, value in metrics.items()})
-    best_config = dict(final.result_of(results, winner).config) if winner else None
+    best_config = without_generation(final.result_of(results, winner).config) if winner else None
     summary = SweepSummary(sweep.name, run.tracking, table, final_metric, run.inputs.measured_on, winner=winner,
                            final_value=metrics.get(final_metric), best_config=best_config, metrics=metrics,
                            lines=lines, **registered)
@@ -286,6 +288,7 @@ def _summarise(run: Running, table, results, searcher, candidates: dict, state: 
         log_summary(run.tracking, sweep, table, results, searcher, winner, kind.final_metric,
                     extra={"summary.json": _summary_json(summary)})
         _log_rungs(run)
+        _log_lineage(run, candidates.get(winner), table)
         resume.record(state, resume.SUMMARY, True)
     end_run(client, run.tracking.parent_run_id, COMPLETED if winner is not None else NO_WINNER)
     record = report.latest_sweep(client, sweep.name)
@@ -305,7 +308,8 @@ def _register_once(run: Running, table, winner: final.Candidate, state: SweepSta
         return {key: done[key] for key in ("model", "model_version", "alias_decision")}
     client = run.tracking.client()
     name = model_name(run.sweep.name, run.kind.model_kind, run.quick)
-    run_id = table[table["trial_id"] == winner.trial_id].iloc[0]["run_id"]
+    with winner.checkpoint.as_directory() as directory:
+        run_id = model_run_id(table[table["trial_id"] == winner.trial_id].iloc[0]["run_id"], directory)
     for version in client.search_model_versions(f"name = '{name}' and run_id = '{run_id}'"):
         client.delete_model_version(name, version.version)
         print(f"models:/{name}/{version.version}: an unfinished registration, deleted; registering again", flush=True)
@@ -342,6 +346,19 @@ def _log_rungs(run: Running) -> None:
         log.warning("the rungs' decisions were not logged (%s: %s)", type(e).__name__, str(e).splitlines()[0][:200])
 
 
+def _log_lineage(run: Running, winner: final.Candidate | None, table) -> None:
+    """A population's lineage table and figure on the parent run, the winner's path marked."""
+    sweep = run.sweep
+    if not isinstance(sweep.scheduler, POPULATION):
+        return
+    run_id = None
+    if winner is not None:
+        with winner.checkpoint.as_directory() as directory:
+            run_id = model_run_id(table[table["trial_id"] == winner.trial_id].iloc[0]["run_id"], directory)
+    log_lineage(run.tracking, list(sweep.scheduler.mutated), sweep.metric, run_id,
+                winner.period if winner is not None else None, mode=sweep.mode)
+
+
 def _summary_json(summary: SweepSummary) -> bytes:
     return json.dumps(
         {"best_trial": summary.winner, summary.final_metric: summary.final_value,
@@ -364,5 +381,8 @@ def _scheduler_name(scheduler) -> str:
         return "fifo"
     if isinstance(scheduler, ASHA):
         return f"asha(grace={scheduler.grace_period},rf={scheduler.reduction_factor},warm_starts_never_stopped)"
+    if isinstance(scheduler, POPULATION):
+        return (f"{type(scheduler).__name__.lower()}(interval={scheduler.interval},quantile={scheduler.quantile},"
+                f"mutates={','.join(scheduler.mutated)})")
     return (f"promotion(eta={scheduler.reduction_factor},first_rung={scheduler.first_rung},"
             f"max_brackets={scheduler.max_brackets},rungs_in={scheduler.rungs_in})")

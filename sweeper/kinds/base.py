@@ -58,6 +58,17 @@ class Kind:
     # Config changes that shorten the one eval period sweeper.search.footprint runs to measure a trial's
     # GPU memory (Resources(gpu_fraction="auto")); num_evals is set to 1 anyway.
     footprint_changes: dict = {}
+    # Config keys a trial restored from another's checkpoint can train on with a new value (what
+    # PBT/PB2 may mutate); empty: the kind's trials cannot be a population.
+    mutable_keys: tuple = ()
+
+    def mutations(self, config) -> dict:
+        """PBT's default mutations for a sweep of `config` (sweeper.definition.PBT)."""
+        return {}
+
+    def bounds(self, config) -> dict:
+        """PB2's default bounds for a sweep of `config` (sweeper.definition.PB2)."""
+        return {}
 
     def trainable(self) -> Callable | None:
         """The default trainable of this config type; None: a Sweep must name one."""

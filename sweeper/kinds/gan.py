@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from sweeper.definition import Promotion, Quick
+from sweeper.definition import Promotion, Quick, Range
 from sweeper.kinds.base import Inputs, Kind
 from sweeper.kinds.generators import TRAINING_IMAGES, training_images_record
 from sweeper.kinds.refstats import MIN_TO_SPLIT, REPORT, SELECT, half_indices, pass_resources, reference_stats_in_task
@@ -22,6 +22,7 @@ from trainables.metrics import extractor_by_name, proxy_spec, standard_spec
 from trainables.training.checkpoint import load_generator
 from trainables.training.evaluate import final_fid_kid
 from trainables.training.gan import resolve_device, train_gan
+from trainables.training.mutation import MUTABLE_KEYS
 
 
 class GANKind(Kind):
@@ -39,11 +40,32 @@ class GANKind(Kind):
     # cuDNN workspaces, a CUDA graph captured after its warm-up steps); the FID at the sweep's own
     # fid_samples, whose batches set the evaluation's peak.
     footprint_changes = {"steps_per_eval": 20}
+    # 800 G steps at batch 16, not 400 at 32: on a CPU core the hand-tuned WGAN-GP draws blobs after
+    # 400 G steps at either batch and face shapes after 800, and a step at 16 costs ~60% of one at 32
+    # (bench/RESULTS.md, "The README's quick sweep").
     quick = Quick(num_samples=6, config=dict(
-        resolution=32, g_width=16, d_width=16, batch_size=32, steps_per_eval=100, num_evals=4,
+        resolution=32, g_width=16, d_width=16, batch_size=16, steps_per_eval=200, num_evals=4,
         # Two halves of the real images and two final draws (sweeper.driver.final) at half the old
         # counts: the standard Inception (~5-9 img/s on 2 CPU cores) sees as many images as before.
         fid_samples=512, ref_samples=256, final_fid_samples=128))
+
+    # What a restore applies to the optimisers, the step and the EMA (trainables.training.mutation).
+    mutable_keys = tuple(sorted(MUTABLE_KEYS))
+
+    def mutations(self, config) -> dict:
+        """The learning rates over the range the shipped spaces search, beta1 between Gulrajani et
+        al.'s 0 and Radford et al.'s 0.5, the critic's steps, the EMA decay (off, ~1k or ~10k G steps)
+        and, where the loss has one, the gradient penalty's weight around its usual 10."""
+        mutations = {"g_lr": Range(1e-5, 1e-3, log=True), "d_lr": Range(1e-5, 1e-3, log=True),
+                     "beta1": [0.0, 0.5], "n_critic": [1, 2, 5], "ema_decay": [0.0, 0.999, 0.9999]}
+        if config.loss == "wgan-gp":
+            mutations["gp_weight"] = Range(1.0, 100.0, log=True)
+        return mutations
+
+    def bounds(self, config) -> dict:
+        """The continuous part of `mutations` (PB2 proposes any value inside a bound)."""
+        return {key: (values.low, values.high) for key, values in self.mutations(config).items()
+                if isinstance(values, Range)} | {"beta1": (0.0, 0.9)}
 
     def trainable(self):
         return train_gan

@@ -52,6 +52,10 @@ class SweepSearch(OptunaSearch):
     # Rungs in compute (sweeper.search.promotion.Rungs): a trial's value is told once per rung it
     # reaches, at the rung's horizon in periods, whatever period it reached it at; None: at every period.
     rung_clock = None
+    # A population (PBT): its values are not told per period. A member's periods repeat after it
+    # takes another's checkpoint, and its curve is then several models'; it proposes nothing after
+    # the initial population anyway.
+    per_period = True
 
     def __init__(self, *, time_attr: str, max_t: int, n_startup_trials: int, warm_overrides=(),
                  neighbour_overrides=(), **kwargs):
@@ -132,7 +136,8 @@ class SweepSearch(OptunaSearch):
         # At the trial's eval period, not Tune's training_iteration: the rungs are eval periods, and
         # a retried trial's repeated periods land on the steps they had.
         trials = optuna_trials_of(self)
-        if trial_id in trials and trial_id not in completed_trials_of(self) and self._time_attr in result:
+        if self.per_period and trial_id in trials and trial_id not in completed_trials_of(self) \
+                and self._time_attr in result:
             step = self._step(trial_id, result)
             if step is not None:
                 trials[trial_id].report(result[self.metric], step)

@@ -12,12 +12,13 @@ import optuna
 from ray import tune
 from ray.tune.schedulers import FIFOScheduler
 
-from sweeper.definition import ASHA, Promotion, Sweep
+from sweeper.definition import ASHA, POPULATION, Promotion, Sweep
 from sweeper.definition.space import always_searched_keys
 from sweeper.search import console
 from sweeper.search.ending import EndTrialRuns
 from sweeper.search.footprint import RAY_UNITS
 from sweeper.search.plan import Plan, fixed_plan
+from sweeper.search.population import build_population
 from sweeper.search.promotion import PromotionASHA, RunningLimiter
 from sweeper.search.scheduler import WarmStartASHA
 from sweeper.search.searcher import SweepSearch
@@ -41,6 +42,8 @@ def max_concurrent(sweep: Sweep, available: dict, per_trial: dict | None = None)
         return sweep.max_concurrent
     per_trial = per_trial or sweep.resources.per_trial(available.get("GPU", 0))
     fits = max(1, min(_how_many(available.get(kind.upper(), 0), amount) for kind, amount in per_trial.items()))
+    if isinstance(sweep.scheduler, POPULATION):
+        return fits  # the whole population is proposed at once; PBT time-shares it over what fits
     n, n_startup = sweep.num_samples, sweep.searcher.startup_trials(sweep.num_samples)
     if n_startup > n // 2:
         return fits
@@ -93,13 +96,15 @@ def build_searcher(sweep: Sweep, configs: int | None = None) -> SweepSearch:
 
 def build_scheduler(sweep: Sweep, plan: Plan | None = None, searcher: SweepSearch | None = None):
     """Promotion: PromotionASHA on `plan` (a budget's), or without one on the sweep's num_evals and
-    num_samples (`fixed_plan`); ASHA: Ray's, the trials `searcher` proposed as warm starts never
+    num_samples (`fixed_plan`); PBT/PB2: Ray's (sweeper.search.population); ASHA: Ray's, the trials `searcher` proposed as warm starts never
     stopped (none without a searcher); None: FIFO."""
     if isinstance(sweep.scheduler, Promotion):
         promotion = sweep.scheduler
         plan = plan or fixed_plan(sweep.config.num_evals, sweep.num_samples, eta=promotion.reduction_factor,
                                   first_rung=promotion.first_rung)
         return PromotionASHA.from_plan(plan, in_compute=promotion.rungs_in == "compute", time_attr=TIME_ATTR)
+    if isinstance(sweep.scheduler, POPULATION):
+        return build_population(sweep, TIME_ATTR)
     if isinstance(sweep.scheduler, ASHA):
         return WarmStartASHA(searcher=searcher, time_attr=TIME_ATTR, max_t=sweep.config.num_evals,
                              grace_period=sweep.scheduler.grace_period,
@@ -136,6 +141,8 @@ def build_tuner(sweep: Sweep, trainable, *, storage_path: str | Path, run_name: 
         _register_spending(sweep, plan, key)
         searcher.budget_path, stop, budget_path = key, BudgetStop(key), key
     concurrency = max_concurrent(sweep, available, per_trial)
+    population = isinstance(sweep.scheduler, POPULATION)
+    searcher.per_period = not population
     if isinstance(scheduler, PromotionASHA):
         # TPE models the highest rung with enough results (sweeper.search.rung_model).
         searcher.rungs, searcher.model_seed = scheduler.state()["rungs"], sweep.searcher.seed
@@ -165,8 +172,10 @@ def build_tuner(sweep: Sweep, trainable, *, storage_path: str | Path, run_name: 
             name=run_name, storage_path=storage_path if "://" in str(storage_path) else str(Path(storage_path).resolve()),
             failure_config=tune.FailureConfig(max_failures=sweep.max_failures),
             # The best checkpoint (for the final evaluation) and the latest (for retries) survive.
+            # A population keeps them all until the sweep ends (sweeper.search.population): a clone
+            # restores from its donor's a moment after Tune would delete it.
             checkpoint_config=tune.CheckpointConfig(
-                num_to_keep=2, checkpoint_score_attribute=sweep.metric,
+                num_to_keep=None if population else 2, checkpoint_score_attribute=sweep.metric,
                 checkpoint_score_order=sweep.mode),
             # Tune's table looks every column up in every trial's config: only the keys all trials have.
             progress_reporter=console.status_table(shown, sorted(always_searched_keys(sweep.space)), sweep.num_samples,

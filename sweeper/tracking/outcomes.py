@@ -6,6 +6,7 @@ import math
 
 import pandas as pd
 
+from sweeper.definition import without_generation
 from sweeper.tracking.runs import Tracking, ended_at
 
 COMPLETED, STOPPED, DIVERGED, ERROR, INTERRUPTED = "completed", "stopped-early", "diverged", "error", "interrupted"
@@ -58,7 +59,7 @@ def trial_table(results, runs: dict, sweep, proposed_by: dict, warm_starts: dict
                      "trial_seconds": float(metrics.get("time_total_s", 0)),
                      "compute_s": float(metrics.get("compute_s", math.nan)),
                      "error": error_line(result.error),
-                     **{f"config.{k}": v for k, v in result.config.items()}})
+                     **{f"config.{k}": v for k, v in without_generation(result.config).items()}})
     rows += [{"trial_id": t, "run_id": r, "outcome": ERROR} for t, r in runs.items() if t not in seen]
     return pd.DataFrame(rows)
 

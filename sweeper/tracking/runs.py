@@ -20,6 +20,8 @@ SWEEPS_DIR = Path("sweeps")
 TRIAL_TAG = "sweeper.trial_id"
 PARENT_TAG = "mlflow.parentRunId"
 STEP_METRIC = "eval_period"  # the step of every per-period metric: the eval period it was measured at
+# A population member's runs (PBT): one per generation, the next made at each exploit (sweeper.tracking.lineage).
+GENERATION_TAG = "sweeper.generation"
 
 
 def default_tracking_uri() -> str:
@@ -122,7 +124,8 @@ def drop_lost_trial_runs(tracking: Tracking, known_trial_ids: set) -> int:
     return len(lost)
 
 
-def trial_run_id(tracking: Tracking, trial_id: str, trial_name: str, params: dict) -> str:
+def trial_run_id(tracking: Tracking, trial_id: str, trial_name: str, params: dict,
+                 generation: int | None = None) -> str:
     """Trial: its child run, found again by trial id on a retry, created on the first attempt;
     either way with all its params when this returns.
 
@@ -132,7 +135,7 @@ def trial_run_id(tracking: Tracking, trial_id: str, trial_name: str, params: dic
     refuses to change one)."""
     client = tracking.client()
     wanted = {**params, **dict(tracking.child_params)}
-    existing = _trial_runs(tracking, trial_id)
+    existing = _trial_runs(tracking, trial_id, generation=generation)
     if existing:
         run = existing[0]
         missing = {k: v for k, v in wanted.items() if k not in run.data.params}
@@ -141,16 +144,41 @@ def trial_run_id(tracking: Tracking, trial_id: str, trial_name: str, params: dic
         client.update_run(run.info.run_id, status="RUNNING")
         return run.info.run_id
     run = client.create_run(tracking.experiment_id, run_name=trial_name, tags={
-        **dict(tracking.child_tags), PARENT_TAG: tracking.parent_run_id, TRIAL_TAG: trial_id})
+        **dict(tracking.child_tags), PARENT_TAG: tracking.parent_run_id, TRIAL_TAG: trial_id,
+        **({GENERATION_TAG: str(generation)} if generation is not None else {})})
     _log_params(client, run.info.run_id, wanted)
     return run.info.run_id
 
 
-def _trial_runs(tracking: Tracking, trial_id: str) -> list:
+def generation_run_id(tracking: Tracking, trial_id: str, trial_name: str, params: dict, generation: int,
+                      tags: dict) -> tuple[str, list[str]]:
+    """Trial of a population (PBT): the child run of its `generation`, found again on a retry or
+    created with `tags` (its lineage: sweeper.trial.lineage) and all its params; and the ids of its
+    earlier generations' runs still RUNNING, which this one replaces (the caller ends them)."""
+    client = tracking.client()
+    existing = _trial_runs(tracking, trial_id, generation=generation)
+    if existing:
+        run_id = trial_run_id(tracking, trial_id, trial_name, params, generation=generation)
+    else:
+        run = client.create_run(tracking.experiment_id, run_name=f"{trial_name}-g{generation}" if generation else trial_name, tags={
+            **dict(tracking.child_tags), PARENT_TAG: tracking.parent_run_id, TRIAL_TAG: trial_id,
+            GENERATION_TAG: str(generation), **tags})
+        _log_params(client, run.info.run_id, {**params, **dict(tracking.child_params)})
+        run_id = run.info.run_id
+    earlier = [r.info.run_id for r in _trial_runs(tracking, trial_id, max_results=1000)
+               if r.info.run_id != run_id and r.info.status == "RUNNING"
+               and int(r.data.tags.get(GENERATION_TAG, 0)) < generation]
+    return run_id, earlier
+
+
+def _trial_runs(tracking: Tracking, trial_id: str, generation: int | None = None, max_results: int = 1) -> list:
+    """The trial's child runs, its latest generation's first (a population member has one per
+    generation; any other trial one); `generation`: that generation's only."""
+    only = f" and tags.`{GENERATION_TAG}` = '{generation}'" if generation is not None else ""
     return tracking.client().search_runs(
         [tracking.experiment_id],
-        filter_string=f"tags.`{TRIAL_TAG}` = '{trial_id}' and tags.`{PARENT_TAG}` = '{tracking.parent_run_id}'",
-        max_results=1)
+        filter_string=f"tags.`{TRIAL_TAG}` = '{trial_id}' and tags.`{PARENT_TAG}` = '{tracking.parent_run_id}'{only}",
+        max_results=max_results, order_by=["attributes.start_time DESC"])
 
 
 def end_trial_run(tracking: Tracking, trial_id: str, failed: bool) -> None:
@@ -170,10 +198,11 @@ def ended_at(tracking: Tracking) -> dict[str, int]:
 
 
 def child_runs(tracking: Tracking) -> dict[str, str]:
-    """trial id -> child run id, for every trial of this sweep."""
+    """trial id -> child run id, for every trial of this sweep (a population member's latest
+    generation's)."""
     runs = tracking.client().search_runs(
         [tracking.experiment_id], filter_string=f"tags.`{PARENT_TAG}` = '{tracking.parent_run_id}'",
-        max_results=10_000)
+        max_results=10_000, order_by=["attributes.start_time ASC"])
     return {r.data.tags[TRIAL_TAG]: r.info.run_id for r in runs if TRIAL_TAG in r.data.tags}
 
 

@@ -97,15 +97,15 @@ def trial_grid(client, row: pd.Series, metric: str, mode: str) -> tuple[bytes, s
     measured = f"final/{MEASURED_GRID}"
     period = pd.to_numeric(row.get("final_eval_period"), errors="coerce")
     if math.isfinite(period) and measured in {a.path for a in client.list_artifacts(run_id, "final")}:
-        return _download(client, run_id, measured), f"grid: period {int(period)}, the measured checkpoint"
+        return artifact_bytes(client, run_id, measured), f"grid: period {int(period)}, the measured checkpoint"
     periods = {int(m.group(1)): m.group(0) for a in client.list_artifacts(run_id, "grids")
                if (m := PERIOD_GRID.fullmatch(a.path))}
     if not periods:
         return None
     best = _best_period(client, run_id, metric, mode)
     if best in periods:
-        return _download(client, run_id, periods[best]), f"grid: period {best}, its best {metric}"
-    return _download(client, run_id, periods[max(periods)]), f"grid: period {max(periods)}, its latest"
+        return artifact_bytes(client, run_id, periods[best]), f"grid: period {best}, its best {metric}"
+    return artifact_bytes(client, run_id, periods[max(periods)]), f"grid: period {max(periods)}, its latest"
 
 
 def _best_period(client, run_id: str, metric: str, mode: str) -> int | None:
@@ -117,7 +117,7 @@ def _best_period(client, run_id: str, metric: str, mode: str) -> int | None:
     return int((min if mode == "min" else max)(values, key=lambda v: v[0])[1])
 
 
-def _download(client, run_id: str, path: str) -> bytes:
+def artifact_bytes(client, run_id: str, path: str) -> bytes:
     with tempfile.TemporaryDirectory() as tmp:
         return Path(client.download_artifacts(run_id, path, tmp)).read_bytes()
 

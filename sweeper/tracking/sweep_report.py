@@ -46,6 +46,8 @@ from plotly.colors import sample_colorscale
 from plotly.offline import get_plotlyjs
 
 from sweeper.tracking import figures
+from sweeper.tracking.lineage import FIGURE_FILE as LINEAGE_FIGURE
+from sweeper.tracking.lineage import TABLE_FILE as LINEAGE_TABLE
 from sweeper.tracking.outcomes import COMPLETED, DIVERGED, ERROR, INTERRUPTED, OOM, STOPPED
 from sweeper.tracking.report import (
     BEST_TRIAL_TAG,
@@ -60,7 +62,7 @@ from sweeper.tracking.report import (
     typed_param_columns,
 )
 from sweeper.tracking.runs import STEP_METRIC, TRIAL_TAG
-from sweeper.tracking.summary import trial_grid
+from sweeper.tracking.summary import artifact_bytes, trial_grid
 from trainables.errors import BadInput
 
 log = logging.getLogger("sweeper")
@@ -135,6 +137,7 @@ def build_report(client: MlflowClient, sweep: SweepRecord, *, top: int = TOP_GRI
     ]
     parts = [_figure_html(title, fig) for title, fig in sections]
     parts.append(_grids_html(client, ranked[:top], sweep, final))
+    parts.append(_lineage_html(client, sweep))
     parts.append(_table_html(ranked, sweep, final))
     return _page(sweep, trials, winner, final, parts)
 
@@ -453,6 +456,19 @@ def _grids_html(client: MlflowClient, top: list[Trial], sweep: SweepRecord, fina
     return (f"<section><h2>Samples of the best {len(cards)} trials</h2><p class='note'>The measured "
             f"checkpoint's grid for a trial the final evaluation measured, else the grid of its best period; "
             f"best first (`--top` for more).</p><div class='grids'>{body}</div></section>")
+
+
+def _lineage_html(client: MlflowClient, sweep: SweepRecord) -> str:
+    """A population's lineage figure (sweeper.tracking.lineage), where the sweep was one."""
+    run_id = sweep.parent.info.run_id
+    if LINEAGE_FIGURE not in {a.path for a in client.list_artifacts(run_id)}:
+        return ""
+    png = artifact_bytes(client, run_id, LINEAGE_FIGURE)
+    return (f"<section><h2>Population lineage</h2><p class='note'>Each member's runs, one per generation; "
+            f"a dashed line is an exploit (the member took the donor's checkpoint); the thick line is the "
+            f"winner's path, and below it the schedule it trained with ({LINEAGE_TABLE} on the parent run "
+            f"has the table).</p><img style='max-width:100%' alt='lineage' "
+            f"src='data:image/png;base64,{base64.b64encode(png).decode()}'></section>")
 
 
 def _table_html(ranked: list[Trial], sweep: SweepRecord, final: str | None) -> str:

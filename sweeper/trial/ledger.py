@@ -36,6 +36,11 @@ class Ledger:
             self.train_compute_s = float(state.get("train_compute_s", 0.0))
         self._since = time.monotonic() if since is None else since
 
+    def spent_as(self, compute_s: float, train_compute_s: float) -> None:
+        """Spending carried on from elsewhere than the checkpoint: a PBT clone keeps its donor's
+        best but goes on from its own spending (sweeper.trial.lineage)."""
+        self.compute_s, self.train_compute_s = float(compute_s), float(train_compute_s)
+
     @property
     def objective(self) -> str:
         return f"{self.metric}_best"

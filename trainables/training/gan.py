@@ -20,6 +20,7 @@ from trainables.training.checkpoint import GRID_FILE, load_checkpoint, save_chec
 from trainables.training.cuda import make_step, prefer_channels_last, speedups
 from trainables.training.ema import build_ema, update_ema
 from trainables.training.evaluate import fid_kid, save_grid
+from trainables.training.mutation import apply_hyperparameters
 from trainables.training.optim import build_optimizers, build_schedule
 
 Report = Callable[[dict, "str | None"], None]
@@ -60,6 +61,20 @@ def build_training(cfg: GANConfig, device: torch.device) -> Training:
     return Training(G, D, opt_g, opt_d, build_schedule(cfg, opt_g), build_schedule(cfg, opt_d), build_ema(cfg, G))
 
 
+def restore(run: Training, cfg: GANConfig, directory) -> dict:
+    """Loads the checkpoint in `directory` into `run` and applies `cfg`'s mutable hyperparameters
+    (mutation.py); returns the saved progress.
+
+    The checkpoint may have been written under another config (a population-based exploit), which
+    may have turned the EMA on or off. Turned on (the checkpoint has no EMA): the EMA starts as a
+    copy of the restored G, as if it had been started at this step. Turned off (`run.ema` is None):
+    the checkpoint's EMA is not read and the generator is G. Any other missing state is an error.
+    """
+    progress = load_checkpoint(directory, run.stateful(), if_absent={"ema": lambda: run.ema.copy_from(run.G)})
+    apply_hyperparameters(run, cfg)
+    return progress
+
+
 def train_gan(cfg: GANConfig, report: Report, *, images: np.ndarray, extractor, ref_stats,
               restore_from: str | None = None) -> dict:
     """Trains until `cfg.num_evals` eval periods are done (or D/G diverge); returns the last metrics."""
@@ -75,13 +90,14 @@ def train_gan(cfg: GANConfig, report: Report, *, images: np.ndarray, extractor, 
     batches = DeviceBatches(images, device)
 
     # Resume: weights, optimiser moments, schedules, EMA, RNG and counters, so the run continues
-    # bit-identically.
+    # bit-identically; under a mutated config (a PBT exploit) with that config's hyperparameters.
     progress = {"eval_period": 0, "step": 0, "kimg": 0.0}
     if restore_from is not None:
-        progress = load_checkpoint(restore_from, run.stateful())
+        progress = restore(run, cfg, restore_from)
 
     # The step itself: eager, or (cuda_graph, on a GPU with the data resident) captured once and
-    # replayed; made after the restore, so a graph captures the restored tensors.
+    # replayed; made after the restore, so a graph captures the restored tensors and the restored
+    # trial's own n_critic, gp_weight and betas (a mutated config's, after an exploit).
     step = make_step(cfg, run, batches)
 
     metrics = {}
@@ -126,5 +142,5 @@ def _train_period(cfg: GANConfig, run: Training, step_fn: Callable, device: torc
                 "kimg": progress["kimg"] + cfg.steps_per_eval * kimg_per_step}
     metrics = {"eval_period": progress["eval_period"], "kimg": progress["kimg"], "loss_d": loss_d,
                "loss_g": loss_g, "img_per_s": cfg.steps_per_eval * kimg_per_step * 1000 / seconds, "train_s": seconds,
-               "lr_g": float(run.opt_g.param_groups[0]["lr"])}
+               "lr_g": float(run.opt_g.param_groups[0]["lr"]), "lr_d": float(run.opt_d.param_groups[0]["lr"])}
     return metrics, progress
