@@ -40,11 +40,11 @@ class GANKind(Kind):
     # cuDNN workspaces, a CUDA graph captured after its warm-up steps); the FID at the sweep's own
     # fid_samples, whose batches set the evaluation's peak.
     footprint_changes = {"steps_per_eval": 20}
-    # 800 G steps at batch 16, not 400 at 32: on a CPU core the hand-tuned WGAN-GP draws blobs after
-    # 400 G steps at either batch and face shapes after 800, and a step at 16 costs ~60% of one at 32
-    # (bench/RESULTS.md, "The README's quick sweep").
+    # 4 x 100 G steps at batch 32: ~5 minutes on 2 cores with a fresh cache. Face shapes need ~800
+    # (tried: 6 and 6:14 minutes), and even then the standard FID on 128 images picks a noise texture
+    # over them (bench/RESULTS.md, "The README's quick sweep").
     quick = Quick(num_samples=6, config=dict(
-        resolution=32, g_width=16, d_width=16, batch_size=16, steps_per_eval=200, num_evals=4,
+        resolution=32, g_width=16, d_width=16, batch_size=32, steps_per_eval=100, num_evals=4,
         # Two halves of the real images and two final draws (sweeper.driver.final) at half the old
         # counts: the standard Inception (~5-9 img/s on 2 CPU cores) sees as many images as before.
         fid_samples=512, ref_samples=256, final_fid_samples=128))
