@@ -44,11 +44,11 @@ def quick_sweep(tmp_path_factory):
         # inspect what a sweep leaves behind, not how good its faces are, and CI has 2 cores.
         [sys.executable, "-m", "sweeper", "run", str(REPO / "search_spaces" / "wgangp.py"), "--quick",
          "--set", "steps_per_eval=20", "--set", "num_evals=4",
-         # And Inception (CPU: ~4 img/s on 2 cores) on 128 real images of each half of the data (the
-         # reference statistics of fid_select and of fid_final) and 96 generated per final draw (fid_select
-         # of each of the 2 candidates, fid_final of each group's pick): 2 x 128 + 4 x 96 images, not
+         # And Inception (CPU: ~13 img/s on 2 cores) on 96 real images of each half of the data (the
+         # reference statistics of fid_select and of fid_final) and 64 generated per final draw (fid_select
+         # of each of the 2 candidates, fid_final of each group's pick): 2 x 96 + 4 x 64 images, not
          # quick's 2 x 256 + 4 x 128.
-         "--set", "ref_samples=128", "--set", "final_fid_samples=96"],
+         "--set", "ref_samples=96", "--set", "final_fid_samples=64"],
         cwd=workdir, env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
     client = MlflowClient(f"sqlite:///{workdir / 'sweeps' / 'mlflow.db'}")

@@ -202,7 +202,7 @@ def test_quick_sweeps_register_apart_and_best_is_the_lowest_fid_select_among_the
     assert float(version.tags["fid_select"]) == pytest.approx(selected[version.run_id], rel=1e-5)
     assert version.tags["sweeper.fid_final_draw"] == "report-half-v1"
     assert version.tags["sweeper.fid_final_extractor"] == "inception-v3-compat"
-    assert version.tags["sweeper.final_fid_samples"] == "96" and version.tags["sweeper.ref_samples"] == "128"
+    assert version.tags["sweeper.final_fid_samples"] == "64" and version.tags["sweeper.ref_samples"] == "96"
     assert version.tags["sweeper.best_alias_decision"].startswith("moved")
     assert "fid_final" in version.description
 
@@ -214,10 +214,10 @@ def test_fid_final_is_the_standard_fid_and_every_fid_names_its_extractor_and_sam
     assert parent.data.tags["sweeper.fid_final_extractor"] == "inception-v3-compat"
     # On a CPU the per-eval FID is the labelled random-conv proxy.
     assert parent.data.tags["sweeper.fid_extractor"] == "random-conv-v1-seed0"
-    assert "a cheap proxy" in result.stdout and "inception-v3-compat, 96 generated vs 128 real images" in result.stdout
+    assert "a cheap proxy" in result.stdout and "inception-v3-compat, 64 generated vs 96 real images" in result.stdout
     for run in [parent, *children]:
         assert (run.data.params["fid_samples"], run.data.params["ref_samples"],
-                run.data.params["final_fid_samples"]) == ("512", "128", "96")  # quick's 512, the fixture's --set
+                run.data.params["final_fid_samples"]) == ("512", "96", "64")  # quick's 512, the fixture's --set
     for child in children:
         if "fid_final" in child.data.metrics:
             assert child.data.tags["sweeper.fid_final_extractor"] == "inception-v3-compat"

@@ -12,6 +12,7 @@ from sweeper.tracking.runs import Tracking, ended_at
 COMPLETED, STOPPED, DIVERGED, ERROR, INTERRUPTED = "completed", "stopped-early", "diverged", "error", "interrupted"
 NO_WINNER = "no-winner"  # a sweep (parent run) that ended without a trial to register
 OOM = "oom"  # out of GPU memory: not retried (the same share would run out again); FAILED
+REPLACED = "replaced"  # a population member's run whose model it gave up for another's checkpoint (PBT)
 RUN_STATUS = {ERROR: "FAILED", OOM: "FAILED", INTERRUPTED: "KILLED"}  # every other outcome ends FINISHED
 OUTCOME_TAG = "sweeper.outcome"
 

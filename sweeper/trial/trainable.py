@@ -15,7 +15,7 @@ from ray import tune
 from sweeper.definition import GENERATION_KEY, without_generation
 from sweeper.search.cost import TRAIN_COMPUTE_S
 from sweeper.search.footprint import memory_cap
-from sweeper.tracking.outcomes import OOM
+from sweeper.tracking.outcomes import OOM, REPLACED, end_run
 from sweeper.tracking.runs import PARENT_TAG, TRIAL_TAG, generation_run_id, trial_run_id
 from sweeper.trial.delivery import RunLog, retrying, trial_spool
 from sweeper.trial.ledger import Ledger
@@ -139,8 +139,7 @@ def _open_run_log(tracking, params: dict, member: Member | None = None, origin: 
             clone_tags(donor, origin.eval_period if donor else None)), "open the member's MLflow run")
         for replaced in earlier:
             RunLog(tracking, replaced, spool).flush(wait=True)
-            retrying(lambda run=replaced: tracking.client().set_terminated(run, status="FINISHED"),
-                     "end the replaced run")
+            retrying(lambda run=replaced: end_run(tracking.client(), run, REPLACED), "end the replaced run")
     # Which machine a trial ran on (the latest node, when a retry moved it), for debugging a cluster sweep.
     retrying(lambda: tracking.client().set_tag(run_id, "sweeper.node_id", ray.get_runtime_context().get_node_id()),
              "tag the trial's node")
