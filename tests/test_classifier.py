@@ -212,9 +212,27 @@ def test_synthetic_only_training_classifies_real_images(synthetic_run):
 
 
 def test_real_only_training_needs_no_generators(data, tmp_path):
-    cfg = TINY.replace(real_fraction=1.0, generators="", num_evals=1, steps_per_eval=18)
+    cfg = TINY.replace(real_fraction=1.0, generators="", num_evals=1, steps_per_eval=18, reference_max_evals=1)
     report, metrics = _train(cfg, data, tmp_path, generators={})
     assert len(report.metrics) == 1 and metrics["val_acc"] > 0.9
+
+
+def test_the_real_only_reference_trains_until_its_val_acc_stops_improving(data, tmp_path):
+    """Its own patience and cap, not the searched trials' num_evals (1 here)."""
+    patience, cap = 2, 12
+    cfg = TINY.replace(real_fraction=1.0, generators="", num_evals=1, reference_patience=patience,
+                       reference_max_evals=cap)
+    report, _ = _train(cfg, data, tmp_path, generators={})
+    accs = [m["val_acc"] for m in report.metrics]
+    assert 1 + patience <= len(accs) < cap, accs
+    # It ended at the first period whose last `patience` periods beat nothing before them.
+    plateaued = [p for p in range(patience + 1, len(accs) + 1) if max(accs[p - patience:p]) <= max(accs[:p - patience])]
+    assert plateaued and plateaued[0] == len(accs), accs
+    assert report.metrics[-1]["out_of_patience"] == 1.0
+    assert all(m["out_of_patience"] == 0.0 for m in report.metrics[:-1])
+    capped, _ = _train(cfg.replace(reference_patience=100, reference_max_evals=3), data, tmp_path / "capped",
+                       generators={})
+    assert len(capped.metrics) == 3 and capped.metrics[-1]["out_of_patience"] == 0.0
 
 
 def test_mixed_pool_training_runs(data, tmp_path):

@@ -22,7 +22,7 @@ TINY_GAN = ["--quick", "--num-samples", "2", "--set", "num_evals=1", "--set", "s
 GENERATORS = "cat=models:/cats-quick-generator@best,dog=models:/dogs-quick-generator@best"
 TINY_CLASSIFIER = ["--quick", "--num-samples", "4", "--set", f"generators={GENERATORS}",
                    "--set", "steps_per_eval=6", "--set", "num_evals=2", "--set", "batch_size=16",
-                   "--set", "val_fraction=0.05"]
+                   "--set", "val_fraction=0.05", "--set", "reference_max_evals=4", "--set", "reference_patience=2"]
 
 
 def _sweeper(workdir, *args, timeout=900):
@@ -137,14 +137,28 @@ def test_cas_ratio_is_the_synthetic_only_over_the_real_only_test_accuracy(sweeps
     real = [c for c in tested if c.data.params["real_fraction"] == "1.0"]
     synthetic = [c for c in tested if c.data.params["real_fraction"] == "0.0"]
     assert len(real) == 1 and len(synthetic) == 1  # top_k = 1 per group
-    # The real-only reference is the warm-start point, run at its full budget.
+    # The real-only reference is the warm-start point, run on its own budget: past the searched
+    # trials' 2 periods, until 2 periods without a better val_acc or its cap of 4.
     assert real[0].data.tags["sweeper.proposed_by"] == "warm-start"
-    assert len(client.get_metric_history(real[0].info.run_id, "val_acc")) == 2
+    accs = [m.value for m in sorted(client.get_metric_history(real[0].info.run_id, "val_acc"), key=lambda m: m.step)]
+    assert 3 <= len(accs) <= 4 and (len(accs) == 4 or max(accs[-2:]) <= max(accs[:-2])), accs
     metrics = parent.data.metrics
-    assert metrics["test_acc_real_only"] == pytest.approx(real[0].data.metrics["test_acc"])
-    assert metrics["test_acc_synthetic_only"] == pytest.approx(synthetic[0].data.metrics["test_acc"])
+    for group, run in (("real_only", real[0]), ("synthetic_only", synthetic[0])):
+        acc, n = run.data.metrics["test_acc"], int(run.data.metrics["test_n"])
+        assert metrics[f"test_acc_{group}"] == pytest.approx(acc)
+        # Wilson's interval, from its closed form, on the run and on the parent.
+        z = 1.959964
+        centre, half = (acc + z * z / (2 * n)) / (1 + z * z / n), z / (1 + z * z / n) * (acc * (1 - acc) / n + z * z / (4 * n * n)) ** 0.5
+        for where in (metrics, {"test_acc_" + group + "_low": run.data.metrics["test_acc_low"],
+                                "test_acc_" + group + "_high": run.data.metrics["test_acc_high"]}):
+            assert where[f"test_acc_{group}_low"] == pytest.approx(centre - half, abs=1e-6)
+            assert where[f"test_acc_{group}_high"] == pytest.approx(centre + half, abs=1e-6)
     assert metrics["cas_ratio"] == pytest.approx(synthetic[0].data.metrics["test_acc"] / real[0].data.metrics["test_acc"])
-    assert "CAS ratio" in result.stdout
+    assert "test accuracy, 95% interval (Wilson): real-only" in result.stdout
+    # Tiny generators: a score above chance only where neither interval includes chance, else none.
+    at_chance = any(metrics[f"test_acc_{g}_low"] <= 0.5 for g in ("real_only", "synthetic_only"))
+    assert ("cas_above_chance" not in metrics) == at_chance
+    assert ("Classification Accuracy Score: none" in result.stdout) == at_chance
 
 
 def test_the_best_classifier_is_registered_by_validation_accuracy(sweeps):

@@ -34,7 +34,7 @@ def _version(client, tmp_path, fid, footing=FOOTING, name=NAME, **changes) -> st
     source = tmp_path / "model"
     source.mkdir(exist_ok=True)
     version = str(client.create_model_version(name, source=str(source)).version)  # int from sqlite, str over REST
-    tags = {"fid_final": str(fid), **{k: v for k, v in changes.items() if k in ("fid_final", "test_acc")}}
+    tags = {"fid_final": str(fid), **{k: v for k, v in changes.items() if k in ("fid_final", "test_acc", "test_acc_low", "test_acc_high")}}
     footing = {**footing, **{k: v for k, v in changes.items() if k not in tags}}
     tag_version(client, name, version, tags=tags, footing=footing, description="test")
     return version
@@ -113,6 +113,20 @@ def test_a_version_without_a_finite_fid_never_takes_best(client, tmp_path):
     v1 = _version(client, tmp_path, float("inf"))
     assert not promote(client, NAME, v1, "fid_final", "min").moved
     assert ALIAS not in client.get_registered_model(NAME).aliases
+
+
+def test_a_test_accuracy_difference_inside_its_intervals_is_said_to_be_noise(client, tmp_path):
+    v1 = _version(client, tmp_path, 0.0, test_acc="0.80", test_acc_low="0.78", test_acc_high="0.82")
+    assert promote(client, NAME, v1, "test_acc", "max").moved
+    close = _version(client, tmp_path, 0.0, test_acc="0.81", test_acc_low="0.79", test_acc_high="0.83")
+    moved, why, _ = promote(client, NAME, close, "test_acc", "max")
+    assert moved and "inside the noise" in why and "[0.79, 0.83]" in why and "[0.78, 0.82]" in why
+    apart = _version(client, tmp_path, 0.0, test_acc="0.90", test_acc_low="0.885", test_acc_high="0.915")
+    moved, why, _ = promote(client, NAME, apart, "test_acc", "max")
+    assert moved and "noise" not in why  # intervals apart: a real difference
+    below = _version(client, tmp_path, 0.0, test_acc="0.89", test_acc_low="0.875", test_acc_high="0.905")
+    moved, why, _ = promote(client, NAME, below, "test_acc", "max")
+    assert not moved and "inside the noise" in why and _best(client) == apart
 
 
 def test_a_half_tagged_version_is_on_no_footing(client, tmp_path):

@@ -72,6 +72,10 @@ class Config:
         """Fields this config has but does not use (betas of an sgd trial): not logged as params."""
         return set()
 
+    def horizon(self) -> int:
+        """The most eval periods a trial of this sweep trains (the schedulers' max_t): `num_evals`."""
+        return self.num_evals
+
     def replace(self, **changes):
         unknown = sorted(set(changes) - field_names(type(self)))
         if unknown:

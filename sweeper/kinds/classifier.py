@@ -24,6 +24,7 @@ from sweeper.definition import FinalEval, Quick, SweepError
 from sweeper.definition.space import space_samples
 from sweeper.kinds import generators
 from sweeper.kinds.base import Inputs, Kind
+from sweeper.tracking.intervals import cas_verdict, wilson
 from sweeper.tracking.outcomes import finite
 from sweeper.tracking.registry import log_pt2_model
 from sweeper.tracking.runs import default_tracking_uri
@@ -140,21 +141,23 @@ class ClassifierKind(Kind):
             metrics = final_test(cfg, checkpoint_dir, shared["test_images"], shared["test_labels"],
                                  shared["classes"], out)
             files = {p.name: p.read_bytes() for p in Path(out).glob("*.png")}
-        return metrics, files
+        low, high = wilson(metrics["test_acc"], int(metrics["test_n"]))
+        return {**metrics, "test_acc_low": low, "test_acc_high": high}, files
 
     def summarise(self, sweep, table) -> tuple[dict, list[str]]:
+        """The CAS measured above chance, each accuracy with its interval (sweeper.tracking.intervals);
+        no score where the real-only reference or the synthetic-only classifier is at chance."""
         synthetic, real = _tested(table, SYNTHETIC_ONLY), _tested(table, REAL_ONLY)
-        metrics = {k: v for k, v in (("test_acc_synthetic_only", synthetic), ("test_acc_real_only", real))
-                   if v is not None}
-        if synthetic is None or not real:
+        if synthetic is None or real is None:
+            metrics = {f"test_acc_{group.replace('-', '_')}": float(row["test_acc"])
+                       for group, row in ((SYNTHETIC_ONLY, synthetic), (REAL_ONLY, real)) if row is not None}
             missing = "synthetic-only (real_fraction=0)" if synthetic is None else "real-only (real_fraction=1)"
-            return metrics, [f"CAS ratio: not measured, no {missing} trial reached the final evaluation"]
-        metrics["cas_ratio"] = synthetic / real
-        # On a balanced test set a constant guess scores 1/classes: the ratio's floor is chance / real.
+            return metrics, [f"Classification Accuracy Score: not measured, no {missing} trial reached the final "
+                             f"evaluation"]
+        # On a balanced test set a constant guess scores 1/classes.
         chance = 1 / max(2, len(sweep.config.generator_uris()))
-        return metrics, [f"Classification Accuracy Score: synthetic-only test_acc {synthetic:.3f} / real-only "
-                         f"{real:.3f} = CAS ratio {synthetic / real:.3f} (chance accuracy {chance:.3f}; each trial "
-                         f"chosen on validation accuracy)"]
+        return cas_verdict(float(synthetic["test_acc"]), float(real["test_acc"]), chance, int(synthetic["test_n"]),
+                           int(real["test_n"]), capped=_capped(real, sweep.config))
 
     def log_model(self, tracking, run_id: str, cfg, checkpoint_dir: str, name: str) -> str:
         classes = tracking_classes(tracking)
@@ -177,14 +180,20 @@ def tracking_classes(tracking) -> list[str]:
     return dict(tracking.child_params)["classes"].split(",")
 
 
-def _tested(table, group: str) -> float | None:
-    """test_acc of the group's trial with the best validation accuracy among those tested."""
+def _capped(reference, cfg) -> bool:
+    """Whether the reference's cap ended it (it had not yet gone reference_patience periods without
+    improving)."""
+    return int(reference.get("eval_periods", 0)) >= cfg.reference_max_evals
+
+
+def _tested(table, group: str):
+    """The table row of the group's trial with the best validation accuracy among those tested."""
     if "test_acc" not in table:
         return None
     rows = table[(table["group"] == group) & finite(table["test_acc"])]
     if rows.empty:
         return None
-    return float(rows.sort_values("best_val_acc", ascending=False, kind="stable")["test_acc"].iloc[0])
+    return rows.sort_values("best_val_acc", ascending=False, kind="stable").iloc[0]
 
 
 def _check_every_class_has_a_generator(sweep, classes, lineage) -> None:

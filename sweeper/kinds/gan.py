@@ -14,7 +14,7 @@ from sweeper.kinds.base import Inputs, Kind
 from sweeper.kinds.generators import TRAINING_IMAGES, training_images_record
 from sweeper.kinds.refstats import MIN_TO_SPLIT, REPORT, SELECT, half_indices, pass_resources, reference_stats_in_task
 from sweeper.kinds.shipped import ShippedFile, ship
-from sweeper.tracking.outcomes import baseline_gain, baseline_trial
+from sweeper.tracking.outcomes import baseline_gain, baseline_trial, finite
 from sweeper.tracking.registry import log_pt2_model
 from trainables.config import GANConfig
 from trainables.data import check_source, prepare
@@ -164,9 +164,18 @@ class GANKind(Kind):
             return metrics, []
         verdict = (f"the best searched trial is {gain:.2f} better" if gain > 0 else
                    f"the search did NOT beat it: its best trial is {-gain:.2f} worse")
+        # The same two trials on the selection draw (other z, the other half of the real images): where
+        # the draws disagree on which is better, the difference is inside the noise of one draw.
+        _, again = baseline_gain(table[finite(table["fid_final"])], "fid_select", "min")
+        disagree = again is not None and (again > 0) != (gain > 0)
+        if again is not None:
+            metrics["fid_gain_within_noise"] = float(disagree)
+        noise = (f"; inside the noise: on the independent selection draw (fid_select) it is {abs(again):.2f} "
+                 f"{'better' if again > 0 else 'worse'}" if disagree else
+                 "; the selection draw (fid_select) agrees" if again is not None else "")
         trial, config = baseline_trial(sweep, table, "fid_final", "min")
         return metrics, [f"hand-tuned baseline (warm start): fid_final {baseline:.2f} (trial {trial}); "
-                         f"{verdict}", *([f"  trial {trial} = {config}"] if config else [])]
+                         f"{verdict}{noise}", *([f"  trial {trial} = {config}"] if config else [])]
 
     def log_model(self, tracking, run_id: str, cfg, checkpoint_dir: str, name: str) -> str:
         """The checkpoint's (EMA) generator, saved as `pt2` (torch.export): loading it back unpickles

@@ -81,7 +81,7 @@ def build_searcher(sweep: Sweep, configs: int | None = None) -> SweepSearch:
         sampler = optuna.samplers.TPESampler(seed=sweep.searcher.seed, n_startup_trials=n_startup,
                                              constant_liar=True, multivariate=True, group=define_by_run)
     return SweepSearch(
-        time_attr=TIME_ATTR, max_t=sweep.config.num_evals, n_startup_trials=n_startup,
+        time_attr=TIME_ATTR, max_t=sweep.config.horizon(), n_startup_trials=n_startup,
         # A define-by-run space is the searcher's own; Tune then cannot hand it metric and mode.
         space=sweep.space if define_by_run else None,
         metric=sweep.objective if define_by_run else None,
@@ -106,7 +106,7 @@ def build_scheduler(sweep: Sweep, plan: Plan | None = None, searcher: SweepSearc
     if isinstance(sweep.scheduler, POPULATION):
         return build_population(sweep, TIME_ATTR)
     if isinstance(sweep.scheduler, ASHA):
-        return WarmStartASHA(searcher=searcher, time_attr=TIME_ATTR, max_t=sweep.config.num_evals,
+        return WarmStartASHA(searcher=searcher, time_attr=TIME_ATTR, max_t=sweep.config.horizon(),
                              grace_period=sweep.scheduler.grace_period,
                              reduction_factor=sweep.scheduler.reduction_factor)
     return FIFOScheduler()

@@ -93,7 +93,9 @@ def _outcome(result, sweep) -> str:
         return OOM
     if result.metrics.get("diverged"):
         return DIVERGED
-    return COMPLETED if result.metrics.get("eval_period", 0) >= sweep.config.num_evals else STOPPED
+    # A trial that ended itself by its own rule (the classifier's reference, out of patience) completed.
+    done = result.metrics.get("eval_period", 0) >= sweep.config.num_evals or result.metrics.get("out_of_patience")
+    return COMPLETED if done else STOPPED
 
 
 def mark_interrupted(table: pd.DataFrame, finished_trial_ids: set) -> pd.DataFrame:

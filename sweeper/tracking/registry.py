@@ -137,13 +137,28 @@ def _settled(best, new, before, n: int, footing: dict, metric: str, mode: str) -
     value, best_value = _number(new.tags, metric), _number(best.tags, metric)
     if str(best.version) != str(new.version):
         return Decision(False, f"not moved: {metric} {value:.4g} is not {word} version {best.version}'s "
-                               f"{best_value:.4g}, {among}")
+                               f"{best_value:.4g}, {among}{_noise(new, best, metric)}")
     if before is None:
         return Decision(True, f"moved: {metric} {value:.4g}, {among} (no version had @{ALIAS} yet)")
     old = _number(before.tags, metric)
     if str(before.version) == str(new.version) or old is None:  # a concurrent decision got there first; or no number
         return Decision(True, f"moved: {metric} {value:.4g}, {among}")
-    return Decision(True, f"moved: {metric} {value:.4g} {word} version {before.version}'s {old:.4g}, {among}")
+    return Decision(True, f"moved: {metric} {value:.4g} {word} version {before.version}'s {old:.4g}, {among}"
+                          f"{_noise(new, before, metric)}")
+
+
+def _noise(new, other, metric: str) -> str:
+    """Where both versions carry a 95% interval of `metric` (`<metric>_low`, `_high`: a test accuracy)
+    and the two overlap: the difference is inside the noise, and the decision says so (it still
+    follows the numbers: the footing's best by its measured value)."""
+    intervals = [(_number(v.tags, f"{metric}_low"), _number(v.tags, f"{metric}_high")) for v in (new, other)]
+    if any(None in interval for interval in intervals):
+        return ""
+    (low, high), (other_low, other_high) = intervals
+    if low > other_high or other_low > high:
+        return ""
+    return (f"; a difference inside the noise: the 95% intervals [{low:.4g}, {high:.4g}] and version "
+            f"{other.version}'s [{other_low:.4g}, {other_high:.4g}] overlap")
 
 
 def _another_footing(current, new_tags: dict, footing: dict) -> str:

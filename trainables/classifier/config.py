@@ -42,6 +42,11 @@ class ClassifierConfig(Config):
     # budget: one eval period = steps_per_eval steps, then validation + checkpoint + report
     steps_per_eval: int = 200
     num_evals: int = 10
+    # The real-only reference (real_fraction 1), the denominator of the CAS, trains on its own budget,
+    # whatever num_evals the searched trials get (and under --quick too): until its val_acc has not
+    # improved for reference_patience eval periods, or reference_max_evals of them
+    reference_patience: int = 3
+    reference_max_evals: int = 30
     val_fraction: float = 0.2  # of the real training images, held out for validation
     test_fraction: float = 0.2  # of `data`, held out for the final test; only when test_data is ""
     # reproducibility and placement
@@ -58,7 +63,7 @@ class ClassifierConfig(Config):
         if self.resolution not in RESOLUTIONS:
             raise ConfigError(f"resolution: {self.resolution} is not supported "
                               f"(choose from {', '.join(map(str, RESOLUTIONS))})")
-        for key in ("batch_size", "steps_per_eval", "num_evals"):
+        for key in ("batch_size", "steps_per_eval", "num_evals", "reference_patience", "reference_max_evals"):
             at_least(key, getattr(self, key), 1)
         for key in ("synthetic_per_class", "weight_decay"):
             at_least(key, getattr(self, key), 0)
@@ -73,6 +78,18 @@ class ClassifierConfig(Config):
             raise ConfigError(f"generators: needed for the synthetic part of batches (real_fraction "
                               f"{self.real_fraction} < 1)")
         return self
+
+    @property
+    def is_reference(self) -> bool:
+        """A real-only trial: the reference the CAS measures the synthetic-only one against."""
+        return self.real_fraction >= 1
+
+    def evals(self) -> int:
+        """This trial's eval periods at most: the reference's own cap, or num_evals."""
+        return self.reference_max_evals if self.is_reference else self.num_evals
+
+    def horizon(self) -> int:
+        return max(self.num_evals, self.reference_max_evals)
 
     def generator_uris(self) -> dict[str, str]:
         """Class name -> generator model URI, parsed from `generators`."""

@@ -87,7 +87,9 @@ def build_optimizer(cfg: ClassifierConfig, model: torch.nn.Module) -> torch.opti
 def train_classifier(cfg: ClassifierConfig, report: Report, *, train_images: np.ndarray, train_labels: np.ndarray,
                      val_images: np.ndarray, val_labels: np.ndarray, generators: dict,
                      restore_from: str | None = None) -> dict:
-    """Trains until `cfg.num_evals` eval periods are done (or the loss diverges); returns the last metrics.
+    """Trains until `cfg.evals()` eval periods are done (or the loss diverges; or, for the real-only
+    reference, until its val_acc has not improved for `reference_patience` periods); returns the
+    last metrics.
 
     Images are uint8 [N, 3, R, R]; labels are class indices, and the classes are 0 .. the largest real
     label. `generators` maps a class index to (generator, z_dim), as SyntheticImages takes them.
@@ -112,14 +114,16 @@ def train_classifier(cfg: ClassifierConfig, report: Report, *, train_images: np.
     # Resume: weights, optimiser moments, the batch streams, the global RNG and counters, so the run
     # continues where the checkpoint left it.
     stateful = {"model": model, "opt": opt, "batches": batches}
-    progress = {"eval_period": 0, "step": 0, "kimg": 0.0}
+    # The reference's patience counts in `progress`, so that a resumed reference goes on counting.
+    progress = {"eval_period": 0, "step": 0, "kimg": 0.0, "best_val_acc": -1.0, "periods_since_best": 0}
     if restore_from is not None:
-        progress = load_checkpoint(restore_from, stateful)
+        progress = {**progress, **load_checkpoint(restore_from, stateful)}
 
     metrics = {}
-    while progress["eval_period"] < cfg.num_evals:
+    while progress["eval_period"] < cfg.evals() and not _out_of_patience(cfg, progress):
         # Train one eval period.
-        metrics, progress = _train_period(cfg, model, opt, batches, progress)
+        metrics, trained = _train_period(cfg, model, opt, batches, progress)
+        progress = {**progress, **trained}  # the patience counts carry on
 
         # Divergence ends the trial cleanly: report it (no checkpoint of a broken state) and stop.
         if not math.isfinite(metrics["train_loss"]):
@@ -130,10 +134,23 @@ def train_classifier(cfg: ClassifierConfig, report: Report, *, train_images: np.
         # Validate, checkpoint and report in one directory that the reporter takes over.
         predicted, val_loss = predict(model, val_x, val_y, device)
         metrics.update(val_acc=(predicted == val_y).float().mean().item(), val_loss=val_loss, diverged=0.0)
+        progress = _count_patience(progress, metrics["val_acc"])
+        if cfg.is_reference:  # the reference's last report says whether patience ended it (else its cap)
+            metrics["out_of_patience"] = float(_out_of_patience(cfg, progress))
         with tempfile.TemporaryDirectory(prefix="sweeper-ckpt-") as directory:
             save_checkpoint(directory, stateful, progress)
             report(metrics, directory)
     return metrics
+
+
+def _count_patience(progress: dict, val_acc: float) -> dict:
+    better = val_acc > progress["best_val_acc"]
+    return {**progress, "best_val_acc": max(val_acc, progress["best_val_acc"]),
+            "periods_since_best": 0 if better else progress["periods_since_best"] + 1}
+
+
+def _out_of_patience(cfg: ClassifierConfig, progress: dict) -> bool:
+    return cfg.is_reference and progress["periods_since_best"] >= cfg.reference_patience
 
 
 def _train_period(cfg: ClassifierConfig, model: torch.nn.Module, opt: torch.optim.Optimizer,
