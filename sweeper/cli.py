@@ -261,7 +261,9 @@ def _report(summary) -> str:
     row = summary.table[summary.table["trial_id"] == summary.winner].iloc[0]
     per_eval = next((c for c in summary.table.columns if c.startswith("best_") and c != summary.final_metric), None)
     also = f"; best per-eval {per_eval[5:]} {row[per_eval]:.4g}" if per_eval else ""
-    lines += [f"best trial: {summary.winner}  {summary.final_metric} {summary.final_value:.4g}{measured_on}{also}",
+    low, high = row.get(f"{summary.final_metric}_low"), row.get(f"{summary.final_metric}_high")
+    interval = f" [95% {low:.4g}, {high:.4g}]" if isinstance(low, float) and isinstance(high, float) else ""
+    lines += [f"best trial: {summary.winner}  {summary.final_metric} {summary.final_value:.4g}{interval}{measured_on}{also}",
               f"best config: {config}", *summary.lines]
     if summary.model is not None:
         lines.append(f"registered model: models:/{summary.model}/{summary.model_version}; @best {summary.alias_decision}")

@@ -272,7 +272,10 @@ def _summarise(run: Running, table, results, searcher, candidates: dict, state: 
     metrics, lines = kind.summarise(sweep, table)
     registered = {}
     if winner is not None:
-        metrics = {final_metric: float(table[table["trial_id"] == winner].iloc[0][final_metric]), **metrics}
+        row = table[table["trial_id"] == winner].iloc[0]
+        # With its interval where the kind measures one (a test accuracy: `test_acc_low`, `_high`).
+        metrics = {**{key: float(row[key]) for key in (final_metric, f"{final_metric}_low", f"{final_metric}_high")
+                      if key in row and pd.notna(row[key])}, **metrics}
         client.set_tag(run.tracking.parent_run_id, "sweeper.best_trial", winner)
         if kind.model_kind is not None:
             registered = _register_once(run, table, candidates[winner], state)
