@@ -21,6 +21,7 @@ from mlflow.tracking import MlflowClient
 
 from sweeper.tracking.outcomes import OUTCOME_TAG
 from sweeper.tracking.runs import (
+    GENERATION_TAG,
     PARENT_TAG,
     STEP_METRIC,
     TRIAL_TAG,
@@ -151,13 +152,15 @@ def trial_rows(client: MlflowClient, sweep: SweepRecord) -> tuple[list[dict], di
     param_types = typed_param_columns(sweep)
     metric_keys = sorted(_period_metrics(sweep) - {STEP_METRIC, sweep.metric})
     best, last = f"best_{sweep.metric}", f"last_{sweep.metric}"
-    types = {"trial_id": str, "run_id": str, "state": str, "proposed_by": str, "eval_periods": int,
+    types = {"trial_id": str, "run_id": str, "generation": int, "state": str, "proposed_by": str, "eval_periods": int,
              best: float, last: float, **{k: float for k in metric_keys},
              **{f"params.{k}": t for k, t in param_types.items()}}
     rows = []
     for run in sweep.trials:
         values = history(client, run.info.run_id, sweep.metric)
-        row = {"trial_id": run.data.tags[TRIAL_TAG], "run_id": run.info.run_id, "state": trial_state(run),
+        row = {"trial_id": run.data.tags[TRIAL_TAG], "run_id": run.info.run_id,
+               # A population member (PBT) has a run per generation (sweeper.tracking.lineage).
+               "generation": int(run.data.tags.get(GENERATION_TAG, 0)), "state": trial_state(run),
                "proposed_by": run.data.tags.get(PROPOSED_BY_TAG),
                "eval_periods": int(run.data.metrics.get(STEP_METRIC, 0)),
                best: best_value(values.values(), sweep.mode),
@@ -276,13 +279,15 @@ def status(name: str | None, uri: str | None = None) -> str:
 def status_text(sweep: SweepRecord, rows: list[dict], types: dict) -> str:
     started = _time(sweep.parent.info.start_time)
     planned = sweep.parent.data.params.get("num_samples", "?")
+    trials = len({row["trial_id"] for row in rows})
+    runs = f" ({len(rows)} runs: one per generation of each member)" if len(rows) > trials else ""
     header = (f"sweep {sweep.name}: {sweep.state}, started {started} (parent run {sweep.parent.info.run_id}); "
-              f"{len(rows)} of {planned} trials started; best {sweep.metric} ({sweep.mode}) first")
+              f"{trials} of {planned} trials started{runs}; best {sweep.metric} ({sweep.mode}) first")
     metric_columns = ([f"best_{sweep.metric}", f"last_{sweep.metric}"] + (["img_per_s"] if "img_per_s" in types else [])
                       + final_metrics(sweep))
     param_columns = [f"params.{k}" for k in sweep.searched]
     titles = ["trial", "state", "periods", *metric_columns, *sweep.searched]
-    table = [[row["trial_id"], row["state"], row["eval_periods"], *(row[c] for c in metric_columns),
+    table = [[row["trial_id"] + (f"/g{row['generation']}" if row["generation"] else ""), row["state"], row["eval_periods"], *(row[c] for c in metric_columns),
               *(row.get(c) for c in param_columns)] for row in rows]
     best_trial = sweep.parent.data.tags.get(BEST_TRIAL_TAG)
     footer = [f"winner: trial {best_trial}"] if best_trial else []
@@ -297,7 +302,8 @@ def sweeps_text(client: MlflowClient, sweeps: list[SweepRecord]) -> str:
     for sweep in sweeps:
         best = best_value([v for run in sweep.trials for v in history(client, run.info.run_id, sweep.metric).values()],
                           sweep.mode)
-        table.append([sweep.name, _time(sweep.parent.info.start_time), sweep.state, len(sweep.trials),
+        table.append([sweep.name, _time(sweep.parent.info.start_time), sweep.state,
+                      len({run.data.tags[TRIAL_TAG] for run in sweep.trials}),
                       f"{sweep.metric} ({sweep.mode})", best, final_text(sweep)])
     return "\n".join([text_table(titles, table), "", "one sweep's trials: python -m sweeper status NAME"])
 
