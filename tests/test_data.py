@@ -114,10 +114,30 @@ def test_load_folder_counts_classes_and_skipped_files(tmp_path):
     assert data.skipped == {"empty": 1, "truncated": 1, "not-an-image": 1}
 
 
+def _centre_square(path: Path, resolution: int) -> np.ndarray:
+    """The documented decoding, written here with PIL alone: the file's centred square, LANCZOS to
+    `resolution`, as uint8 [3, R, R]."""
+    with Image.open(path) as im:
+        im = im.convert("RGB")
+        w, h = im.size
+        side = min(w, h)
+        left, top = (w - side) // 2, (h - side) // 2
+        square = im.crop((left, top, left + side, top + side)).resize((resolution, resolution), Image.LANCZOS)
+    return np.asarray(square, dtype=np.uint8).transpose(2, 0, 1)
+
+
 def test_load_folder_order_is_sorted(tmp_path):
-    data = load_folder(_make_pets(tmp_path / "pets"), 16)
-    first = np.asarray(_noise(40, 40, 1).resize((16, 16), Image.LANCZOS)).transpose(2, 0, 1)
-    np.testing.assert_array_equal(data.images[0], first)  # cat/a.png comes first
+    # Every image, in the order of its path under the folder (class folder first, then the rest of
+    # the path): the usable files of _make_pets, listed here out of order and sorted by the test.
+    root = _make_pets(tmp_path / "pets")
+    usable = ["dog/e.png", "cat/indoor/c.PNG", "cat/b.jpg", "dog/d.JPEG", "cat/a.png"]
+    order = sorted(usable)
+    assert order[0] == "cat/a.png" and order[-2:] == ["dog/d.JPEG", "dog/e.png"]  # the sort meant
+    data = load_folder(root, 16)
+    assert len(data) == len(order)
+    assert data.labels.tolist() == [data.classes.index(name.split("/")[0]) for name in order]
+    for i, name in enumerate(order):
+        np.testing.assert_array_equal(data.images[i], _centre_square(root / name, 16), err_msg=name)
 
 
 def test_class_selection(tmp_path):

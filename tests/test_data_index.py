@@ -254,17 +254,29 @@ def test_a_folder_with_an_unreadable_file_is_not_recorded(tmp_path, monkeypatch)
     assert not list(index_dir().glob("*.json"))
 
 
-@pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() == 0, reason="root reads files without permission")
-def test_a_file_skipped_as_unreadable_is_read_again_once_it_is_readable(tmp_path):
-    # chmod leaves size and mtime alone: a record would keep the file skipped after the fix.
+def test_a_file_skipped_as_unreadable_is_read_again_once_it_is_readable(tmp_path, monkeypatch):
+    # Permissions leave size and mtime alone: a record would keep the file skipped after the fix.
+    # chmod 0 does not stop root (CI runs as root), so the folder listing reads each file with the
+    # builtin open (trainables.data.listing._read_file), and that open refuses this one path with
+    # the PermissionError a chmod 0 gives, until the test makes it readable again.
+    import builtins
+
     pets = _pets(tmp_path / "pets")
     locked = pets / "dog" / "d0.jpg"
-    locked.chmod(0)
-    try:
-        assert prepare(str(pets), 20).data.skipped == {"unreadable": 1}
-        assert not list(index_dir().glob("*.json"))
-    finally:
-        locked.chmod(0o644)
+    real_open, refused = builtins.open, []
+
+    def open_refusing_locked(file, *args, **kwargs):
+        if refused is not None and isinstance(file, (str, bytes, os.PathLike)) \
+                and os.path.realpath(os.fsdecode(file)) == str(locked.resolve()):
+            refused.append(file)
+            raise PermissionError(13, "Permission denied", os.fsdecode(file))
+        return real_open(file, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "open", open_refusing_locked)
+    assert prepare(str(pets), 20).data.skipped == {"unreadable": 1}
+    assert refused  # the refusal was what made it unreadable
+    assert not list(index_dir().glob("*.json"))
+    refused = None  # readable again: same size, same mtime
     again = prepare(str(pets), 20)
     assert len(again.data) == 5 and again.data.skipped == {}
 

@@ -49,22 +49,31 @@ def cats():
 
 
 @pytest.fixture(scope="module")
+def generated():
+    """64 drawn toy faces at RES: the tests that check the extractors' mechanics, not what their
+    features say about photos, run on these (no shared photos needed)."""
+    from trainables.data.toy_faces import toy_faces
+
+    return toy_faces(64, RES, seed=0).images
+
+
+@pytest.fixture(scope="module")
 def cat_features(cats):
     return extract(RandomConvFeatures(seed=0), cats)
 
 
-def test_random_features_are_deterministic_and_seeded(cats):
-    batch = torch.from_numpy(cats[:64])
+def test_random_features_are_deterministic_and_seeded(generated):
+    batch = torch.from_numpy(generated[:64])
     a, b = RandomConvFeatures(seed=0), RandomConvFeatures(seed=0)
     assert a.name == "random-conv-v1-seed0" and a.dims == 512
     assert torch.equal(a.features(batch), b.features(batch))
     assert not torch.allclose(a.features(batch), RandomConvFeatures(seed=1).features(batch))
 
 
-def test_extract_shapes_dtypes_and_any_resolution(cats):
+def test_extract_shapes_dtypes_and_any_resolution(generated):
     extractor = RandomConvFeatures(seed=0)
-    assert extract(extractor, cats[:10]).shape == (10, 512)
-    out = extract(extractor, torch.from_numpy(cats[:5]), batch_size=2)
+    assert extract(extractor, generated[:10]).shape == (10, 512)
+    out = extract(extractor, torch.from_numpy(generated[:5]), batch_size=2)
     assert out.dtype == np.float64 and out.shape == (5, 512)
     assert extract(extractor, np.zeros((3, 3, 48, 80), np.uint8)).shape == (3, 512)
     with pytest.raises(ValueError, match="uint8"):
@@ -137,10 +146,18 @@ def fake_inception_weights(monkeypatch, path: Path) -> None:
     torch.save(model.state_dict(), path)
 
 
-def test_inception_from_weights_file(monkeypatch, tmp_path, cats):
+def test_inception_from_weights_file(monkeypatch, tmp_path, generated):
+    from torch_fidelity import feature_extractor_inceptionv3 as tf_inception
+
     weights = tmp_path / "inception.pth"
     fake_inception_weights(monkeypatch, weights)
     monkeypatch.setenv("SWEEPER_FID_WEIGHTS", str(weights))
+
+    def no_download(*args, **kwargs):
+        raise AssertionError("weights downloaded: the file given is all load_extractor may read")
+
+    monkeypatch.setattr(torch.hub, "load_state_dict_from_url", no_download)
+    monkeypatch.setattr(tf_inception, "load_state_dict_from_url", no_download)
     with warnings.catch_warnings():
         warnings.simplefilter("error", FIDFallbackWarning)
         extractor = load_extractor("cpu")
@@ -149,7 +166,7 @@ def test_inception_from_weights_file(monkeypatch, tmp_path, cats):
     # The full sha256 of the file's bytes, not a prefix: it names the features in tags and cache keys.
     assert extractor.weights_sha256 == hashlib.sha256(weights.read_bytes()).hexdigest()
     assert features_module.standard_spec().weights_sha256 == extractor.weights_sha256
-    feats = extract(extractor, cats[:4])
+    feats = extract(extractor, generated[:4])
     assert feats.shape == (4, 2048) and np.isfinite(feats).all()
 
 

