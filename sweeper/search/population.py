@@ -82,7 +82,7 @@ for _class in (SweepPBT, SweepPB2):
 
 
 def _short(value) -> str:
-    return f"{value:.3g}" if isinstance(value, float) else str(value)
+    return f"{value:.4g}" if isinstance(value, float) else str(value)  # 0.9999, not 1
 
 
 def build_population(sweep: Sweep, time_attr: str):
