@@ -2,10 +2,12 @@
 generators, the training loop with a list-appending `report`, and the final test on real images."""
 import math
 
+import matplotlib
 import numpy as np
 import pytest
 import torch
 from conftest import Recorder
+from PIL import Image
 from sklearn.metrics import accuracy_score, confusion_matrix
 from torch import nn
 
@@ -17,10 +19,10 @@ from trainables.classifier import (
     final_test,
     train_classifier,
 )
-from trainables.classifier.evaluate import CONFUSION_FILE, load_classifier
+from trainables.classifier.evaluate import CONFUSION_FILE
 from trainables.classifier.models import classification_loss, to_input
 from trainables.config import ConfigError
-from trainables.training.checkpoint import CHECKPOINT_FILE
+from trainables.training.checkpoint import CHECKPOINT_FILE, save_checkpoint
 from trainables.training.evaluate import to_uint8
 
 R = 32
@@ -269,11 +271,71 @@ def test_divergence_ends_the_trial_without_a_checkpoint(synthetic_run, data, tmp
     assert len(report.metrics) == 1 and report.checkpoints == []
 
 
-def test_final_test_writes_the_confusion_matrix(synthetic_run, data, tmp_path):
-    images, labels = data["test"]
-    metrics = final_test(TINY, synthetic_run.checkpoints[-1], images, labels, ("up", "down"), tmp_path)
-    model = load_classifier(TINY, synthetic_run.checkpoints[-1], 2)
-    report = accuracy_report(model, images, labels, ("up", "down"), "cpu")
-    assert metrics["test_acc"] == report["acc"] and metrics["test_n"] == 40
-    assert metrics["test_acc_up"] == report["acc_up"] and metrics["test_acc_down"] == report["acc_down"]
-    assert (tmp_path / CONFUSION_FILE).stat().st_size > 0
+# A ResNet-18 (the classifier's own architecture, saved as train_classifier saves it) whose weights
+# make it classify a uniform image by its brightness: the predictions are known without running it.
+LEVELS = (30, 128, 230)  # uint8 grey levels it classifies as class 0, 1, 2 (inputs -0.76, 0.004, 0.80)
+
+
+def brightness_classifier(cfg) -> nn.Module:
+    """Channel 0 carries mean_rgb(x) + 1 from the stem, through every block (each residual branch is
+    zeroed by bn2's scale 0, each downsample passes channel 0 on), to the pooled feature f; the head's
+    logits (1 - 2f, 0, 2f - 3) pick class 0 below f = 0.5, class 2 above 1.5 and class 1 between."""
+    model = build_classifier(cfg, num_classes=3)
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.zero_()
+        for module in model.modules():
+            if isinstance(module, nn.BatchNorm2d):
+                module.running_mean.zero_()
+                module.running_var.fill_(1.0)
+        model.conv1.weight[0, :, 1, 1] = 1 / 3
+        model.bn1.weight[0], model.bn1.bias[0] = 1.0, 1.0
+        for layer in (model.layer2, model.layer3, model.layer4):
+            conv, bn = layer[0].downsample
+            conv.weight[0, 0] = 1.0
+            bn.weight[0] = 1.0
+        model.fc.weight[:, 0] = torch.tensor([-2.0, 0.0, 2.0])
+        model.fc.bias.copy_(torch.tensor([1.0, 0.0, -3.0]))
+    return model
+
+
+def test_final_test_writes_the_confusion_matrix(tmp_path):
+    cfg = ClassifierConfig(arch="resnet18", resolution=R, device="cpu")
+    model = brightness_classifier(cfg)
+    with torch.no_grad():  # the stand-in does what it says, checked apart from final_test
+        grey = torch.tensor(LEVELS, dtype=torch.uint8).view(3, 1, 1, 1).expand(3, 3, R, R)
+        assert model.eval()(to_input(grey)).argmax(1).tolist() == [0, 1, 2]
+    save_checkpoint(tmp_path / "checkpoint", {"model": model}, {"step": 1})
+    # (true class, predicted class) of each test image; the confusion matrix worked out by hand:
+    #   true dark:  3 dark, 1 grey, 0 light   -> acc_dark  3/4
+    #   true grey:  0 dark, 1 grey, 2 light   -> acc_grey  1/3
+    #   true light: 1 dark, 0 grey, 4 light   -> acc_light 4/5;  acc (3 + 1 + 4) / 12
+    cases = [(2, 2), (0, 0), (1, 2), (0, 1), (2, 0), (0, 0), (2, 2), (1, 1), (2, 2), (0, 0), (1, 2), (2, 2)]
+    expected = np.array([[3, 1, 0], [0, 1, 2], [1, 0, 4]])
+    labels = np.array([true for true, _ in cases])
+    images = np.stack([np.full((3, R, R), LEVELS[predicted], np.uint8) for _, predicted in cases])
+    out = tmp_path / "out"
+    out.mkdir()
+
+    metrics = final_test(cfg, tmp_path / "checkpoint", images, labels, ("dark", "grey", "light"), out)
+
+    assert metrics == pytest.approx({"test_acc": 8 / 12, "test_n": 12, "test_acc_dark": 3 / 4,
+                                     "test_acc_grey": 1 / 3, "test_acc_light": 4 / 5}, rel=1e-12)
+    png = Image.open(out / CONFUSION_FILE)
+    assert png.format == "PNG" and png.size == (610, 560)  # 6.1 x 5.6 in (three classes) at 100 dpi
+    pixels = np.asarray(png.convert("RGB")).astype(int)
+    # The cells, true classes down and predicted across, on the Blues scale from 0 to the largest count.
+    blues = [np.array(matplotlib.colormaps["Blues"](count / expected.max(), bytes=True)[:3]) for count in range(5)]
+    # The cell of 4 (light, light) is the one pixel block in the darkest blue; it gives the grid.
+    ys, xs = np.nonzero((pixels == blues[4]).all(-1))
+    size = xs.max() - xs.min() + 1
+    assert size > 100 and ys.max() - ys.min() + 1 == size  # square cells
+    left, top = xs.min() - 2 * size, ys.min() - 2 * size
+    for (i, j), count in np.ndenumerate(expected):
+        cell = pixels[top + i * size: top + (i + 1) * size, left + j * size: left + (j + 1) * size]
+        corner = cell[: size // 4, : size // 4].reshape(-1, 3)  # clear of the centred count
+        assert (corner == blues[count]).all(), (i, j, count, np.unique(corner, axis=0)[:3])
+        # The count is written in white on the dark cells (above half the largest count), else in black.
+        centre = cell[size // 3: 2 * size // 3, size // 3: 2 * size // 3].reshape(-1, 3)
+        white, black = (centre >= 240).all(-1).any(), (centre <= 60).all(-1).any()
+        assert (white and not black) if count > expected.max() / 2 else black, (i, j, count)

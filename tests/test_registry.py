@@ -109,10 +109,15 @@ def test_a_tie_keeps_the_older_version(client, tmp_path):
     assert not promote(client, NAME, v2, "fid_final", "min").moved and _best(client) == v1
 
 
+def _aliases(client, name=NAME) -> dict:
+    """The registry's own aliases of `name`: what promote did, whatever it returned."""
+    return client.get_registered_model(name).aliases
+
+
 def test_a_version_without_a_finite_fid_never_takes_best(client, tmp_path):
     v1 = _version(client, tmp_path, float("inf"))
     assert not promote(client, NAME, v1, "fid_final", "min").moved
-    assert ALIAS not in client.get_registered_model(NAME).aliases
+    assert ALIAS not in _aliases(client)  # the registry's @best stayed unset, not just the return value
 
 
 def test_a_test_accuracy_difference_inside_its_intervals_is_said_to_be_noise(client, tmp_path):
@@ -121,9 +126,10 @@ def test_a_test_accuracy_difference_inside_its_intervals_is_said_to_be_noise(cli
     close = _version(client, tmp_path, 0.0, test_acc="0.81", test_acc_low="0.79", test_acc_high="0.83")
     moved, why, _ = promote(client, NAME, close, "test_acc", "max")
     assert moved and "inside the noise" in why and "[0.79, 0.83]" in why and "[0.78, 0.82]" in why
+    assert _best(client) == close  # noise is said, the numbers still decide
     apart = _version(client, tmp_path, 0.0, test_acc="0.90", test_acc_low="0.885", test_acc_high="0.915")
     moved, why, _ = promote(client, NAME, apart, "test_acc", "max")
-    assert moved and "noise" not in why  # intervals apart: a real difference
+    assert moved and "noise" not in why and _best(client) == apart  # intervals apart: a real difference
     below = _version(client, tmp_path, 0.0, test_acc="0.89", test_acc_low="0.875", test_acc_high="0.905")
     moved, why, _ = promote(client, NAME, below, "test_acc", "max")
     assert not moved and "inside the noise" in why and _best(client) == apart
@@ -132,6 +138,7 @@ def test_a_test_accuracy_difference_inside_its_intervals_is_said_to_be_noise(cli
 def test_a_half_tagged_version_is_on_no_footing(client, tmp_path):
     # A concurrent sweep's version whose tags are still being written (no sweeper.footing yet).
     v1 = str(client.create_model_version(NAME, source=str(tmp_path), tags={**FOOTING, "fid_final": "1"}).version)
+    assert not promote(client, NAME, v1, "fid_final", "min").moved and ALIAS not in _aliases(client)
     v2 = _version(client, tmp_path, 40.0)
     assert promote(client, NAME, v2, "fid_final", "min").moved and _best(client) == v2 != v1
 
@@ -141,7 +148,7 @@ def test_a_higher_is_better_metric_moves_best_upwards_only(client, tmp_path):
     assert promote(client, NAME, v1, "test_acc", "max").moved
     v2 = _version(client, tmp_path, 0.0, test_acc="0.75")
     moved, why, _ = promote(client, NAME, v2, "test_acc", "max")
-    assert not moved and "is not above version 1's 0.8" in why
+    assert not moved and "is not above version 1's 0.8" in why and _best(client) == v1
     v3 = _version(client, tmp_path, 0.0, test_acc="0.85")
     assert promote(client, NAME, v3, "test_acc", "max").moved and _best(client) == v3
 

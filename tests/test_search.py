@@ -3,6 +3,7 @@ liars, ASHA-stopped trials reported PRUNED, warm starts never stopped early (rea
 import math
 import sys
 
+import numpy as np
 import pytest
 import ray
 from optuna.trial import TrialState
@@ -132,3 +133,28 @@ def test_the_period_a_trial_ends_at_reaches_optuna(steered):
         assert trial.intermediate_values.get(reached) == pytest.approx(min(fids), rel=1e-12), trial.number
         if trial.state == TrialState.PRUNED:  # what TPE ranks a pruned trial by
             assert trial.value == pytest.approx(min(fids), rel=1e-12), trial.number
+
+
+def _in_flight_spread(seed: int, finished: int = 10, running: int = 8) -> float:
+    """The mean distance from each of `running` proposals asked one after another, none finished, to
+    its nearest other one (log10 g_lr and z_dim / 64 as axes), after `finished` trials were told."""
+    sweep = _sweep(warm_start=[], num_samples=40, searcher=TPE(seed=seed))  # 5 startup trials
+    searcher = build_searcher(sweep)
+    searcher.set_search_properties(sweep.objective, sweep.mode, dict(sweep.space))  # as Tune does
+    for i in range(finished):
+        params = searcher.suggest(f"done-{i}")
+        searcher.on_trial_complete(f"done-{i}", {sweep.objective: objective(params), "eval_period": NUM_EVALS})
+    points = np.array([[math.log10(p["g_lr"]), p["z_dim"] / 64]
+                       for p in (searcher.suggest(f"running-{i}") for i in range(running))])
+    distances = np.linalg.norm(points[:, None] - points[None], axis=-1)
+    np.fill_diagonal(distances, np.inf)
+    return float(distances.min(1).mean())
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_trials_in_flight_are_told_as_liars_so_parallel_proposals_spread_out(seed):
+    # Each trial in flight counts for TPE as a bad result, so the next proposal avoids it. Without the
+    # liar, TPE asked again on the same finished trials proposes the same spot again: over seeds 0-9
+    # the mean nearest-neighbour distance of 8 proposals in flight was 0.12-0.48 without it and
+    # 0.63-0.85 with it (Optuna 5.1, its real TPESampler; no Ray needed: the searcher alone).
+    assert _in_flight_spread(seed) > 0.55

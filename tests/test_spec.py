@@ -131,9 +131,27 @@ def test_cli_missing_file_is_exit_2(tmp_path):
     assert result.returncode == 2 and "search_spaces/nope.py" in result.stderr
 
 
+# `python -m sweeper` with a tripwire on Ray's start (as tests/test_bad_input.py's `workdir` sets in
+# process): ray.init replaced before sweeper is imported ends the process with exit 97.
+RAY_TRIPWIRE = """
+import os, runpy, sys
+import ray
+
+def ray_started(*args, **kwargs):
+    print("tripwire: ray.init was called", file=sys.stderr, flush=True)
+    os._exit(97)  # not an exception that a caller could catch and carry on after
+
+ray.init = ray_started
+sys.argv[0] = "sweeper"
+runpy.run_module("sweeper", run_name="__main__", alter_sys=True)
+"""
+
+
 def test_dry_run_prints_the_resolved_sweep_without_starting_ray(tmp_path):
-    result = _cli("run", str(WGANGP), "--quick", "--set", "seed=3", "--dry-run", cwd=tmp_path)
-    assert result.returncode == 0, result.stderr
+    env = {**os.environ, "SWEEPER_OFFLINE": "1"}
+    result = subprocess.run([sys.executable, "-c", RAY_TRIPWIRE, "run", str(WGANGP), "--quick", "--set", "seed=3",
+                             "--dry-run"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0 and "tripwire" not in result.stderr, result.stderr
     assert "sweep wgangp: 6 trials" in result.stdout
     assert "seed = 3" in result.stdout and "resolution = 32" in result.stdout
     assert "define-by-run space(): beta1, beta2, d_lr, d_norm, diffaugment, ema_decay, g_lr" in result.stdout
