@@ -24,7 +24,9 @@ REPORT_LINES = [
     r"best trial: (?P<trial>\S+)  fid_final (?P<fid_final>\S+)  \(.+\); best per-eval fid (?P<best_fid>\S+)",
     r"best config: (?P<config>.+)",
     r"hand-tuned baseline \(warm start\): fid_final (?P<baseline>\S+) \(trial (?P<baseline_trial>\S+)\); "
-    r"(?:the best searched trial is (?P<better>\S+) better|the search did NOT beat it: its best trial is (?P<worse>\S+) worse)",
+    r"(?:the best searched trial is (?P<better>\S+) better|the search did NOT beat it: its best trial is (?P<worse>\S+) worse)"
+    r"; (?:(?P<agrees>the selection draw \(fid_select\) agrees)|inside the noise: on the independent selection draw "
+    r"\(fid_select\) it is (?P<again>\S+) (?P<again_sign>better|worse))",
     r"(?:  trial \S+ = warm_start\[\d\] .+)?",  # what the baseline ran, where it names a warm start
     r"registered model: models:/(?P<model>[^/]+)/(?P<version>\d+); @best (?P<decision>.+)",
     r"MLflow store: sqlite:///(?P<db>\S+)",
@@ -312,6 +314,15 @@ def test_parent_run_compares_the_search_with_the_re_measured_baseline(quick_swee
     assert report["baseline_trial"] == children[baseline_run]["tags"]["sweeper.trial_id"]
     told = float(report["better"]) if "better" in report else -float(report["worse"])
     assert told == pytest.approx(gain, abs=0.005)
+    # ... and whether the selection draw agrees on the sign: the same two trials' fid_select.
+    select = {r: children[r]["metrics"]["fid_select"][0] for r in (baseline_run, searched_run)}
+    again = select[baseline_run] - select[searched_run]
+    assert parent["fid_gain_within_noise"] == [float((again > 0) != (gain > 0))]
+    if "agrees" in report:
+        assert (again > 0) == (gain > 0)
+    else:
+        assert (again > 0) != (gain > 0) and report["again_sign"] == ("better" if again > 0 else "worse")
+        assert float(report["again"]) == pytest.approx(abs(again), abs=0.005)
     # The sweep's fid_final is its winner's (@best, picked by fid_select), not the lowest fid_final measured.
     assert parent["fid_final"] == [pytest.approx(final[store["best_run"]][0], rel=1e-9)]
     assert runs[parent_id]["tags"]["sweeper.best_trial"] == runs[store["best_run"]]["tags"]["sweeper.trial_id"]

@@ -175,11 +175,14 @@ def _file_module_importable(sweep) -> None:
     """Ray's OptunaSearch saves its state with plain pickle, which names a define-by-run space by
     its module: the search-space file's, a name only the driver that loaded the file had
     (sweeper.driver.loader). `sweep.pkl` holds the space (and a trainable the file defined) by
-    value; a resumed driver puts each back under that module name, so the searcher's state loads."""
+    value; a resumed driver puts each back under that module name, so the searcher's state loads.
+    The module stays pickled by value, as the loader's is: trial processes have no such module."""
     for defined in (sweep.space, sweep.trainable):
         module = getattr(defined, "__module__", None) or ""
         if callable(defined) and module.startswith(SPACE_MODULE_PREFIX):
-            setattr(sys.modules.setdefault(module, types.ModuleType(module)), defined.__name__, defined)
+            restored = sys.modules.setdefault(module, types.ModuleType(module))
+            setattr(restored, defined.__name__, defined)
+            cloudpickle.register_pickle_by_value(restored)
 
 
 def sweeps_in(storage: str) -> list[SweepState]:
