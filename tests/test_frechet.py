@@ -1,4 +1,6 @@
 """FID and KID math against independent references (scipy's sqrtm, a double-loop MMD)."""
+import re
+
 import numpy as np
 import pytest
 import scipy.linalg
@@ -102,3 +104,30 @@ def test_kid_equals_torch_fidelity_for_the_same_seed():
     theirs = kid_features_to_metric(torch.from_numpy(a), torch.from_numpy(b), kid_subsets=4, kid_subset_size=100,
                                     rng_seed=11, verbose=False)["kernel_inception_distance_mean"]
     assert kernel_inception_distance(a, b, subsets=4, subset_size=100, seed=11) == pytest.approx(theirs, rel=1e-9)
+
+
+def test_feature_stats_are_float64_and_need_a_matrix_of_at_least_two_rows():
+    features = np.random.default_rng(0).standard_normal((5, 3)).astype(np.float32)
+    mu, sigma = feature_stats(features)
+    assert mu.dtype == sigma.dtype == np.float64
+    assert np.array_equal(sigma, np.cov(features.astype(np.float64).T))  # float64 before the products
+    assert feature_stats(features[:2])[1].shape == (3, 3)  # two rows are enough for a covariance
+    for bad in (features[:1], features[0], features[None]):
+        with pytest.raises(ValueError, match=re.escape(str(bad.shape))):
+            feature_stats(bad)
+
+
+def test_frechet_distance_works_in_float64_and_rejects_mismatched_statistics():
+    rng = np.random.default_rng(1)
+    a, b = rng.standard_normal((50, 8)), rng.standard_normal((50, 8)) + 0.3
+    (mu1, s1), (mu2, s2) = feature_stats(a), feature_stats(b)
+    in64 = frechet_distance(mu1, s1, mu2, s2)
+    # float32 covariances go through the same float64 algebra, so the result is the float64 one exactly.
+    assert frechet_distance(mu1, s1.astype(np.float32), mu2, s2) == \
+        frechet_distance(mu1, s1.astype(np.float32).astype(np.float64), mu2, s2)
+    assert frechet_distance(mu1, s1, mu2, s2.astype(np.float32)) == \
+        frechet_distance(mu1, s1, mu2, s2.astype(np.float32).astype(np.float64))
+    assert in64 > 0
+    for args in ((mu1, s1, mu2[:4], s2), (mu1, s1, mu2, s2[:4, :4]), (mu1[:4], s1, mu2[:4], s2)):
+        with pytest.raises(ValueError, match="mismatched statistics"):
+            frechet_distance(*args)
