@@ -4,6 +4,7 @@ import os
 import shutil
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import time
@@ -80,6 +81,17 @@ class Recorder:
             self.checkpoints.append(kept)
         if len(self.metrics) == self.stop_after:
             raise Stopped
+
+
+def store_count(db: Path, query: str) -> int:
+    """A `select count(*)` on a sweep's MLflow sqlite store; 0 before the store or its tables exist."""
+    if not db.exists():
+        return 0
+    with sqlite3.connect(db) as connection:
+        try:
+            return connection.execute(query).fetchone()[0]
+        except sqlite3.OperationalError:  # tables not created yet
+            return 0
 
 
 def free_port() -> int:

@@ -8,7 +8,6 @@ member and generation and one value per period after the resume, and the lineage
 winner's chain and the registered version's schedule.json agree."""
 import json
 import os
-import sqlite3
 import subprocess
 import sys
 import time
@@ -16,6 +15,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from conftest import store_count
 from mlflow.tracking import MlflowClient
 from sessions import kill_session
 
@@ -55,16 +55,6 @@ def _env():
     return env
 
 
-def _count(db: Path, query: str) -> int:
-    if not db.exists():
-        return 0
-    with sqlite3.connect(db) as connection:
-        try:
-            return connection.execute(query).fetchone()[0]
-        except sqlite3.OperationalError:  # tables not created yet
-            return 0
-
-
 @pytest.fixture(scope="module")
 def population(tmp_path_factory):
     workdir = tmp_path_factory.mktemp("pbt")
@@ -77,14 +67,14 @@ def population(tmp_path_factory):
         try:
             deadline = time.monotonic() + 400
             # Killed once members have taken others' checkpoints, long before the population ends.
-            while _count(db, clones) < 2 or _count(db, "select count(*) from metrics where key = 'fid'") < 8:
+            while store_count(db, clones) < 2 or store_count(db, "select count(*) from metrics where key = 'fid'") < 8:
                 assert sweep.poll() is None, (workdir / "first.log").read_text()[-3000:]
                 assert time.monotonic() < deadline, "no 2 exploits in 400 s"
                 time.sleep(0.5)
         finally:
             kill_session(sweep.pid)
             sweep.wait()
-    killed_at = _count(db, "select count(*) from metrics where key = 'fid'")
+    killed_at = store_count(db, "select count(*) from metrics where key = 'fid'")
     result = subprocess.run([sys.executable, "-m", "sweeper", "resume"], cwd=workdir, env=_env(),
                             capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]

@@ -8,7 +8,6 @@ once."""
 import json
 import os
 import signal
-import sqlite3
 import subprocess
 import sys
 import time
@@ -16,6 +15,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from conftest import store_count
 from mlflow.tracking import MlflowClient
 from sessions import kill_session, session
 
@@ -46,19 +46,8 @@ def _env():
     return env
 
 
-def _count(db: Path, query: str) -> int:
-    """A `select count(*)` on the sweep's MLflow store; 0 before the store or its tables exist."""
-    if not db.exists():
-        return 0
-    with sqlite3.connect(db) as connection:
-        try:
-            return connection.execute(query).fetchone()[0]
-        except sqlite3.OperationalError:  # tables not created yet
-            return 0
-
-
 def _fids(db: Path) -> int:
-    return _count(db, "select count(*) from metrics where key = 'fid'")
+    return store_count(db, "select count(*) from metrics where key = 'fid'")
 
 
 def _wait_for_fids(db: Path, n: int, sweep) -> None:
@@ -102,7 +91,7 @@ def resumed(tmp_path_factory):
 
 
 def _model_versions(db: Path) -> int:
-    return _count(db, "select count(*) from model_versions")
+    return store_count(db, "select count(*) from model_versions")
 
 
 def _resume_killed_when(workdir: Path, log_name: str, condition) -> None:
