@@ -3,6 +3,8 @@ computed by hand (sweeper.search.plan's docstring gives the rule), and the rungs
 trials differ in cost per period. No Ray started."""
 import dataclasses
 import json
+import math
+import re
 
 import pytest
 from ray import tune
@@ -12,7 +14,7 @@ from sweeper.definition.budget import Budget, parse_budget
 from sweeper.definition.options import SweepError
 from sweeper.kinds import complete
 from sweeper.search.cost import PeriodCost
-from sweeper.search.plan import Plan, bracket_periods, describe, plan_budget
+from sweeper.search.plan import Plan, bracket_periods, describe, fixed_plan, plan_budget
 from sweeper.search.tuner import build_scheduler
 from trainables.config import GANConfig
 
@@ -122,3 +124,34 @@ def test_rungs_are_in_compute_where_the_space_searches_what_a_period_costs():
     assert build_scheduler(costly.with_(budget=None)).rungs.compute == ()  # no measured cost: periods
     with pytest.raises(SweepError, match="scheduler.rungs_in: 'flops'"):
         Promotion(rungs_in="flops")
+
+
+@pytest.mark.parametrize("num_evals, rungs", [(2, (2,)), (3, (2, 3)), (8, (2, 8)), (9, (2, 6, 9)), (20, (2, 6, 20)),
+                                              (26, (2, 6, 26)), (27, (2, 6, 18, 27)), (100, (2, 6, 18, 54, 100))])
+def test_without_a_budget_rungs_grow_by_eta_while_max_t_is_at_least_one_and_a_half_times_them(num_evals, rungs):
+    # By hand: rungs 2, 6, 18, 54 (2 x 3^i), each kept where it is at most num_evals / 1.5.
+    plan = fixed_plan(num_evals, 7)
+    assert plan.rungs == rungs and plan.configs == (7,) and plan.brackets == 1
+    assert math.isnan(plan.cost) and math.isnan(plan.cost_per_period)
+
+
+def test_describe_says_bracket_or_brackets_and_a_cost_only_where_known():
+    one = describe(fixed_plan(20, 5))
+    assert one[0].endswith("5 configurations in 1 bracket") and not any("expected cost" in line for line in one)
+    two = describe(plan_budget(1800, 20.0))
+    assert two[0].endswith("brackets")
+    without_unit = describe(plan_budget(1800, 20.0))[-1]
+    assert re.fullmatch(r"  expected cost \S+ \(\S+ per eval period\)", without_unit), without_unit
+
+
+@pytest.mark.parametrize("budget, cost", [(0.0, 1.0), (-1.0, 1.0), (math.inf, 1.0), (100.0, 0.0), (100.0, math.inf)])
+def test_a_budget_or_cost_that_is_not_a_positive_number_is_refused_by_value(budget, cost):
+    with pytest.raises(ValueError, match=re.escape(f"got {budget!r} and {cost!r}")):
+        plan_budget(budget, cost)
+
+
+@pytest.mark.parametrize("eta, first_rung, max_brackets", [(1, 2, 3), (3, 0, 3), (3, 2, 0)])
+def test_eta_below_2_a_first_rung_below_1_or_no_bracket_is_refused(eta, first_rung, max_brackets):
+    with pytest.raises(ValueError, match=re.escape(f"got {eta}, {first_rung}, {max_brackets}")):
+        plan_budget(1800, 20.0, eta=eta, first_rung=first_rung, max_brackets=max_brackets)
+    assert plan_budget(0.5, 0.01, eta=2, first_rung=1, max_brackets=1).brackets == 1  # the smallest valid values
