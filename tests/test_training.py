@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 import torch
-from conftest import Recorder, Stopped
+from conftest import Recorder, Stopped, assert_same_state
 
 from sweeper.kinds.refstats import reference_stats
 from trainables.config import GANConfig
@@ -91,23 +91,6 @@ def test_checkpoint_round_trip_restores_models_optimisers_and_rng(tmp_path):
     plain = build_models(cfg)[0]
     plain.load_state_dict(load_generator_state(tmp_path))
     assert all(torch.equal(v, run.ema.module.state_dict()[k]) for k, v in plain.state_dict().items())
-
-
-def assert_same_state(a, b, where: str) -> None:
-    """Recursively equal state dicts: every tensor with torch.equal (dtype too), everything else with ==."""
-    assert type(a) is type(b), f"{where}: {type(a).__name__} vs {type(b).__name__}"
-    if isinstance(a, torch.Tensor):
-        assert a.dtype == b.dtype and torch.equal(a, b), where
-    elif isinstance(a, dict):
-        assert a.keys() == b.keys(), where
-        for key in a:
-            assert_same_state(a[key], b[key], f"{where}.{key}")
-    elif isinstance(a, (list, tuple)):
-        assert len(a) == len(b), where
-        for i, (x, y) in enumerate(zip(a, b)):
-            assert_same_state(x, y, f"{where}[{i}]")
-    else:
-        assert a == b, f"{where}: {a!r} != {b!r}"
 
 
 def test_assert_same_state_sees_one_changed_element_of_a_large_tensor():
