@@ -46,7 +46,7 @@ def cluster_sweep(mlflow_server, cluster, tmp_path_factory):
     env = {**os.environ, "RAY_ADDRESS": cluster.address, "MLFLOW_TRACKING_URI": uri, "SWEEPER_OFFLINE": "1",
            "SWEEPER_CACHE": str(tmp_path_factory.getbasetemp() / "cache")}
     # The --quick sweep with two trials and an even smaller budget: what is tested is where things run and land.
-    budget = ["num_evals=2", "steps_per_eval=5", "fid_samples=128", "ref_samples=256", "final_fid_samples=64"]
+    budget = ["num_evals=2", "steps_per_eval=5", "fid_samples=64", "ref_samples=64", "final_fid_samples=64"]
     # A path both nodes see stands in for NFS here (the S3 path is issue 10's multi-node test).
     storage = tmp_path_factory.mktemp("shared_storage")
     result = subprocess.run(

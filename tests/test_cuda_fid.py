@@ -98,12 +98,13 @@ def test_reference_stats_run_in_a_gpu_task_and_the_driver_never_initialises_cuda
     facts = json.loads(lines[-1][len("FACTS "):])
     assert facts["cuda_inits"] == [] and facts["cuda_initialized"] is False, "".join(facts["cuda_inits"][:1])
     # With a GPU the per-eval FID is the standard one: the per-eval statistics are fid_select's (the
-    # SELECT half), one computation; fid_final's are the other half's, computed in a task of their own.
+    # SELECT half), one computation; fid_final's are the other half's, computed in the same task.
     per_eval, report = facts["stats"]
     assert per_eval["name"] == "inception-v3-compat" and facts["select_is_per_eval"]
     assert per_eval["half"] == SELECT and not per_eval["hit"] and per_eval["in"] not in (None, facts["driver"])
     assert not facts["report_is_per_eval"] and report["half"] == REPORT and report["name"] == "inception-v3-compat"
     assert facts["shared_indices"] == 0 and not report["hit"] and report["in"] not in (None, facts["driver"])
+    assert report["in"] == per_eval["in"]  # one task: one process started, one network loaded
 
 
 @needs_inception

@@ -202,6 +202,7 @@ def test_gan_inputs_compute_both_statistics_in_tasks_and_the_driver_builds_no_ex
     assert eval_stats["name"] == "random-conv-v1-seed0" and final_stats["name"] == "inception-v3-compat"
     for stats in (eval_stats, final_stats):
         assert not stats["hit"] and stats["in"] not in (None, facts["driver"])
+    assert eval_stats["in"] == final_stats["in"]  # both in one task: one process started
     assert facts["fid_precision"] == "fp32" and facts["precision_tag"] == "fp32"
     assert facts["trial_extractor"] == ["random-conv-v1-seed0", "fp32"]
     assert facts["built_in_all"] == ["RandomConvFeatures"]  # the recorder saw the one the trial side built

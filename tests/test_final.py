@@ -113,13 +113,16 @@ def test_gan_inputs_select_on_one_half_of_the_real_images_and_report_on_the_othe
     inputs = GAN.inputs(sweep, prepared, available={"CPU": 2})
     per_eval, select, report = inputs.trial["ref_stats"], inputs.final["select_stats"], inputs.final["final_stats"]
     assert (per_eval.half, select.half, report.half) == (SELECT, SELECT, REPORT)
-    assert select.extractor_name == report.extractor_name == inputs.final["final_extractor"]
+    # fid_select is the per-eval FID measured again: the proxy's statistics, the very same pass.
+    assert select is per_eval and inputs.final["select_extractor"] == inputs.trial["extractor"] == per_eval.extractor_name
+    assert report.extractor_name == inputs.final["final_extractor"] == "inception-v3-compat"
     chosen_on = set(per_eval.indices) | set(select.indices)
     assert len(report.indices) == 8 and not chosen_on & set(report.indices)
     assert chosen_on <= set(half_indices(40, SELECT)) and set(report.indices) <= set(half_indices(40, REPORT))
     assert inputs.footing["sweeper.ref_samples"] == 8 and inputs.footing["sweeper.fid_final_draw"]
     assert inputs.measured_on.startswith(f"{report.extractor_name}, 16 generated vs 8 real images; ")
-    assert "fid_select on an independent draw: 16 generated with other z vs 8 other real images" in inputs.measured_on
+    assert ("fid_select (random-conv-v1-seed0, the per-eval extractor) on an independent draw: 16 generated with "
+            "other z vs 8 other real images") in inputs.measured_on
 
 
 def _checkpoint(cfg, images, extractor, ref, root, name):
@@ -137,9 +140,12 @@ def _halves(data, extractor, n=CFG.ref_samples):
     return {half: reference_stats(data.images, data.fingerprint, extractor, n, half=half) for half in (SELECT, REPORT)}
 
 
-def _shared(extractor, stats) -> dict:
-    return {"final_extractor": extractor.name, "final_weights": None, "select_stats": stats[SELECT],
-            "final_stats": stats[REPORT]}
+def _shared(extractor, stats, select_extractor=None, select_stats=None) -> dict:
+    """The final evaluation's inputs as GAN.inputs makes them; fid_select by `select_extractor` (the
+    per-eval one) if given, else by `extractor` too."""
+    return {"final_extractor": extractor.name, "final_weights": None, "final_stats": stats[REPORT],
+            "select_extractor": (select_extractor or extractor).name, "select_weights": None,
+            "select_stats": (select_stats or stats)[SELECT]}
 
 
 def test_winner_is_picked_by_the_re_measured_fid_not_the_per_eval_minimum(ray_local, tmp_path):
@@ -164,6 +170,27 @@ def test_winner_is_picked_by_the_re_measured_fid_not_the_per_eval_minimum(ray_lo
         table[column] = [measured[t].get(column, math.nan) for t in table["trial_id"]]
     assert final.winner(table, *GAN.winner_by(None), measured=GAN.final_metric) == "good"
     assert all(math.isfinite(m["kid_select"]) for m in measured.values()) and math.isfinite(measured["good"]["kid_final"])
+
+
+def test_fid_select_is_measured_by_the_per_eval_extractor_and_fid_final_by_the_standard_one(ray_local, tmp_path):
+    # Two random-conv nets of other seeds stand in for the per-eval proxy and the standard network
+    # (an Inception pass is minutes on a CPU); each draw must use its own net and its own statistics.
+    data = toy_faces(256, 32, seed=0)
+    per_eval, standard = RandomConvFeatures(seed=1), RandomConvFeatures(seed=0)
+    per_eval_stats, standard_stats = _halves(data, per_eval, 128), _halves(data, standard, 128)
+    good = _checkpoint(CFG, data.images, per_eval, per_eval_stats[SELECT], tmp_path, "good")
+    measured = final.measure_final({"good": (CFG, good)}, {"good": "searched"}, kind=GAN,
+                                   shared=_shared(standard, standard_stats, per_eval, per_eval_stats),
+                                   resources={"cpu": 1})
+    metrics, files = measured["good"]
+    select, report = (json.loads(files[f"{d}_draw.json"]) for d in (SELECT, REPORT))
+    assert (select["extractor"], report["extractor"]) == (per_eval.name, standard.name)
+    assert (select["reference_key"], report["reference_key"]) == (per_eval_stats[SELECT].key, standard_stats[REPORT].key)
+    G = load_generator(CFG, good.path)
+    for record, extractor, stats, key in ((select, per_eval, per_eval_stats[SELECT], "fid_select"),
+                                          (report, standard, standard_stats[REPORT], "fid_final")):
+        expected = fid_kid_of(G, record["generated"], CFG.z_dim, record["z_seed"], extractor, stats)["fid"]
+        assert metrics[key] == pytest.approx(expected, rel=1e-5)
 
 
 def test_a_checkpoint_that_cannot_be_measured_is_left_out_not_fatal(ray_local, tmp_path):

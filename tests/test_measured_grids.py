@@ -69,6 +69,7 @@ def measured(tmp_path_factory):
     run = SimpleNamespace(sweep=sweep, kind=GAN, per_trial={"cpu": 1}, tracking=SimpleNamespace(client=lambda: client),
                           inputs=SimpleNamespace(trial={}, measured_on="test", final_tags={},
                                                  final={"final_extractor": extractor.name, "final_weights": None,
+                                                        "select_extractor": extractor.name, "select_weights": None,
                                                         "select_stats": stats[SELECT], "final_stats": stats[REPORT]}))
     ray.init(num_cpus=2, include_dashboard=False, address="local")
     try:

@@ -12,7 +12,14 @@ import numpy as np
 from sweeper.definition import Promotion, Quick, Range
 from sweeper.kinds.base import Inputs, Kind
 from sweeper.kinds.generators import TRAINING_IMAGES, training_images_record
-from sweeper.kinds.refstats import MIN_TO_SPLIT, REPORT, SELECT, half_indices, pass_resources, reference_stats_in_task
+from sweeper.kinds.refstats import (
+    MIN_TO_SPLIT,
+    REPORT,
+    SELECT,
+    half_indices,
+    pass_resources,
+    reference_stats_in_one_task,
+)
 from sweeper.kinds.shipped import ShippedFile, ship
 from sweeper.tracking.outcomes import baseline_gain, baseline_trial, finite
 from sweeper.tracking.registry import log_pt2_model
@@ -91,34 +98,41 @@ class GANKind(Kind):
         per_eval, standard = _extractors(cfg, available)
         # The weights travel by object store: a trial on another node never sees this machine's path.
         weights = ship(standard.weights_path)
-        # FID reference statistics, each in a Ray task (a trial's GPU share, or a whole node without
+        # FID reference statistics, in one Ray task (a trial's GPU share, or a whole node without
         # GPUs): the driver never builds the network itself. The real images are split in two disjoint
-        # halves (sweeper.kinds.refstats): what selects (the per-eval FID, fid_select) is measured
-        # against the SELECT half, the reported fid_final against the REPORT half.
+        # halves (sweeper.kinds.refstats): what selects (the per-eval FID, fid_select) is measured by
+        # the per-eval extractor against the SELECT half, the reported fid_final by the standard one
+        # against the REPORT half.
         resources = pass_resources(sweep.resources.per_trial(available.get("GPU", 0)))
-        stats = {(spec, half): reference_stats_in_task(dataset.images, dataset.fingerprint,
-                                                       TrialExtractor.of(spec, weights, cfg.device), cfg.ref_samples,
-                                                       resources=resources, half=half)
-                 # one pass where the per-eval and the standard extractor are the same
-                 for spec, half in dict.fromkeys(((per_eval, SELECT), (standard, SELECT), (standard, REPORT)))}
-        eval_stats, select_stats, final_stats = stats[per_eval, SELECT], stats[standard, SELECT], stats[standard, REPORT]
+        eval_stats, final_stats = reference_stats_in_one_task(
+            dataset.images, dataset.fingerprint,
+            [(TrialExtractor.of(per_eval, weights, cfg.device), cfg.ref_samples, SELECT),
+             (TrialExtractor.of(standard, weights, cfg.device), cfg.ref_samples, REPORT)], resources=resources)
+        per_eval_weights = weights if per_eval == standard else None
         return Inputs(
             trial={"images": dataset.images, "ref_stats": eval_stats, "extractor": per_eval.name,
-                   "weights": weights if per_eval == standard else None, "fid_precision": standard.precision,
+                   "weights": per_eval_weights, "fid_precision": standard.precision,
                    "weights_sha256": per_eval.weights_sha256},
-            final={"select_stats": select_stats, "final_stats": final_stats, "final_extractor": standard.name,
+            # fid_select is the per-eval FID measured again (other z): the number that ranked the trials,
+            # so picking by it picks what the sweep was steering towards. On a CPU that is the proxy on
+            # as many images as it likes: at the quick size the standard FID on 128 images, dominated by
+            # its small-sample bias, ranked a noise texture above face shapes that the proxy put far
+            # ahead (bench/RESULTS.md, "The README's quick sweep at 800 G steps").
+            final={"select_stats": eval_stats, "select_extractor": per_eval.name, "select_weights": per_eval_weights,
+                   "select_weights_sha256": per_eval.weights_sha256,
+                   "final_stats": final_stats, "final_extractor": standard.name,
                    "final_weights": weights, "final_weights_sha256": standard.weights_sha256},
             tags={"sweeper.fid_extractor": per_eval.name, "sweeper.fid_precision": standard.precision},
-            parent_tags={"sweeper.fid_final_extractor": standard.name,
+            parent_tags={"sweeper.fid_final_extractor": standard.name, "sweeper.fid_select_extractor": per_eval.name,
                          "sweeper.dataset_fingerprint": dataset.fingerprint, "sweeper.dataset_cache_key": prepared.key},
-            final_tags={"sweeper.fid_final_extractor": standard.name},
+            final_tags={"sweeper.fid_final_extractor": standard.name, "sweeper.fid_select_extractor": per_eval.name},
             footing={**extractor_footing(standard), "sweeper.data_fingerprint": dataset.fingerprint,
                      "sweeper.resolution": cfg.resolution, "sweeper.final_fid_samples": cfg.final_fid_samples,
                      "sweeper.ref_samples": final_stats.n_samples,
                      # fid_final against the REPORT half of the real images, not chosen on: not comparable
                      # with versions measured before (against images that also chose, and biased low).
                      "sweeper.fid_final_draw": FID_FINAL_DRAW},
-            measured_on=_measured_on(standard, cfg, select_stats, final_stats),
+            measured_on=_measured_on(per_eval, standard, cfg, eval_stats, final_stats),
             # Per-image digests of the training images: a classifier refuses test images among them.
             lineage={TRAINING_IMAGES: training_images_record(dataset)},
             lines=[_extractor_line(per_eval, standard, cfg)])
@@ -137,15 +151,17 @@ class GANKind(Kind):
 
     def measure(self, cfg, checkpoint_dir: str, shared: dict) -> tuple[dict, dict]:
         """One draw of the final evaluation (`shared["final_draw"]`, sweeper.driver.final):
-        "select" -> fid_select/kid_select against the SELECT half's statistics; "report" (the
-        default) -> fid_final/kid_final against the REPORT half's. Each with its own z (see
+        "select" -> fid_select/kid_select by the per-eval extractor against the SELECT half's
+        statistics; "report" (the default) -> fid_final/kid_final by the standard extractor against
+        the REPORT half's. Each with its own z (see
         trainables.training.evaluate.DRAWS) and a record of the draw as `<draw>_draw.json`."""
         draw = shared.get("final_draw", REPORT)
-        stats = shared["select_stats"] if draw == SELECT else shared["final_stats"]
-        features = extractor_by_name(shared["final_extractor"], resolve_device(cfg.device),
-                                     weights_path=_local(shared["final_weights"]),
+        part = "select" if draw == SELECT else "final"  # fid_select: the per-eval extractor; fid_final: the standard
+        stats = shared[f"{part}_stats"]
+        features = extractor_by_name(shared[f"{part}_extractor"], resolve_device(cfg.device),
+                                     weights_path=_local(shared[f"{part}_weights"]),
                                      precision=shared.get("fid_precision"),
-                                     weights_sha256=shared.get("final_weights_sha256"))
+                                     weights_sha256=shared.get(f"{part}_weights_sha256"))
         metrics, record = final_fid_kid(cfg, checkpoint_dir, features, stats, draw)
         record = {"draw": draw, "metrics": metrics, **record, "extractor": features.name,
                   "real_images": stats.n_samples, "real_half": stats.half, "reference_key": stats.key}
@@ -263,11 +279,12 @@ def _extractors(cfg: GANConfig, available: dict):
     return (standard if per_eval.name == standard.name else per_eval), standard
 
 
-def _measured_on(standard, cfg, select_stats, final_stats) -> str:
+def _measured_on(per_eval, standard, cfg, select_stats, final_stats) -> str:
     """How the reported fid_final was measured, and the independent draw the winner was picked on."""
     split = not set(select_stats.indices) & set(final_stats.indices)  # not with fewer than MIN_TO_SPLIT images
+    by = "" if per_eval is standard else f" ({per_eval.name}, the per-eval extractor)"
     return (f"{standard.name}, {cfg.final_fid_samples} generated vs {final_stats.n_samples} real images; the winner "
-            f"picked by fid_select on {'an independent' if split else 'another'} draw: {cfg.final_fid_samples} "
+            f"picked by fid_select{by} on {'an independent' if split else 'another'} draw: {cfg.final_fid_samples} "
             f"generated with other z vs {select_stats.n_samples} {'other' if split else 'the same'} real images")
 
 
@@ -276,10 +293,10 @@ def _extractor_line(per_eval, standard, cfg) -> str:
         return (f"FID: {standard.name}, per eval on {cfg.fid_samples} samples, fid_select and fid_final on "
                 f"{cfg.final_fid_samples} each, against up to {cfg.ref_samples} real images of one half of the "
                 f"data (fid_final: of the other half)")
-    return (f"FID per eval: {per_eval.name} on {cfg.fid_samples} samples, a cheap proxy that ranks "
-            f"trials (no GPU), not comparable to published FIDs; fid_select and fid_final: {standard.name} on "
-            f"{cfg.final_fid_samples} samples each; all against up to {cfg.ref_samples} real images of one half "
-            f"of the data (fid_final: of the other half)")
+    return (f"FID per eval and fid_select: {per_eval.name} on {cfg.fid_samples} and {cfg.final_fid_samples} samples, "
+            f"a cheap proxy that ranks trials (no GPU), not comparable to published FIDs; fid_final: {standard.name} "
+            f"on {cfg.final_fid_samples} samples; all against up to {cfg.ref_samples} real images of one half of the "
+            f"data (fid_final: of the other half)")
 
 
 GAN = GANKind()

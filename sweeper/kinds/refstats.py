@@ -1,6 +1,6 @@
 """FID (and KID) reference statistics of the real data: computed once per sweep, cached by content.
 
-A sweep computes them in a Ray task with a trial's resources (`reference_stats_in_task`), so the
+A sweep computes them in one Ray task with a trial's resources (`reference_stats_in_one_task`), so the
 driver never loads the feature network onto a GPU of its own, outside Ray's accounting, for the
 whole sweep; `reference_stats` is the same computation in the calling process.
 
@@ -122,16 +122,32 @@ def reference_stats_in_task(images: np.ndarray, fingerprint: str, recipe: Extrac
     fraction}; see `pass_resources`) that builds the extractor from `recipe` on its own device; only
     the chosen images go to it. A hit reads the cache file and starts nothing. The driver writes the
     cache entry (the task may run on a node without the driver's cache)."""
-    chosen, key, path, cached = _lookup(images, fingerprint, recipe, n_samples, seed, half)
-    if cached is not None:
-        return cached
-    cpus = resources.get("cpu", 1)
-    # max_calls=1: the worker exits after the task, so the network's GPU memory (and the CUDA
-    # context) is released before the trials start rather than kept by an idle pooled worker.
-    task = ray.remote(num_cpus=cpus, num_gpus=resources.get("gpu", 0), max_calls=1, max_retries=1)(_compute_in_task)
-    mu, sigma, features, pid = ray.get(task.remote(recipe, _take(images, chosen), seed, cpus))
-    _save_atomic(path, mu=mu, sigma=sigma, features=features, key=np.array(key))
-    return RefStats(mu, sigma, features, recipe.name, len(chosen), key, computed_in=pid, half=half, indices=chosen)
+    return reference_stats_in_one_task(images, fingerprint, [(recipe, n_samples, half)], resources=resources,
+                                       seed=seed)[0]
+
+
+def reference_stats_in_one_task(images: np.ndarray, fingerprint: str, requests: list, *, resources: dict,
+                                seed: int = 0) -> list[RefStats]:
+    """`reference_stats_in_task` for several (recipe, n_samples, half) requests, in request order:
+    the misses all in one Ray task (a task's start, imports and network loading cost about as much
+    as a pass over a few hundred images on a CPU)."""
+    lookups = [_lookup(images, fingerprint, recipe, n_samples, seed, half) for recipe, n_samples, half in requests]
+    missing = [i for i, (_, _, _, cached) in enumerate(lookups) if cached is None]
+    if missing:
+        cpus = resources.get("cpu", 1)
+        # max_calls=1: the worker exits after the task, so the network's GPU memory (and the CUDA
+        # context) is released before the trials start rather than kept by an idle pooled worker.
+        task = ray.remote(num_cpus=cpus, num_gpus=resources.get("gpu", 0), max_calls=1,
+                          max_retries=1)(_compute_in_task)
+        jobs = [(requests[i][0], _take(images, lookups[i][0])) for i in missing]
+        computed, pid = ray.get(task.remote(jobs, seed, cpus))
+        for i, (mu, sigma, features) in zip(missing, computed):
+            chosen, key, path, _ = lookups[i]
+            _save_atomic(path, mu=mu, sigma=sigma, features=features, key=np.array(key))
+            recipe, _, half = requests[i]
+            lookups[i] = (chosen, key, path, RefStats(mu, sigma, features, recipe.name, len(chosen), key,
+                                                      computed_in=pid, half=half, indices=chosen))
+    return [cached for _, _, _, cached in lookups]
 
 
 def pass_resources(trial: dict) -> dict:
@@ -167,9 +183,10 @@ def _compute(extractor, images: np.ndarray, seed: int) -> tuple[np.ndarray, np.n
     return mu, sigma, feats[keep].astype(np.float32)
 
 
-def _compute_in_task(recipe: ExtractorRecipe, images: np.ndarray, seed: int, cpus: float):
+def _compute_in_task(jobs: list, seed: int, cpus: float):
+    """([(mu, sigma, features) of each (recipe, images) job], this process's pid)."""
     torch.set_num_threads(max(1, int(cpus)))  # its share of the node, like a trial
-    return (*_compute(recipe.build(), images, seed), os.getpid())
+    return [_compute(recipe.build(), images, seed) for recipe, images in jobs], os.getpid()
 
 
 def _subset(pool: np.ndarray, n: int, seed: int) -> np.ndarray:
