@@ -22,6 +22,26 @@ if SHARED_DATA.is_dir():
     os.environ.setdefault("SWEEPER_DATASETS", str(SHARED_DATA))
 
 
+# The suite runs on two pytest-xdist workers (`-n 2 --dist loadgroup`, pyproject.toml): a sweep spends
+# much of its time waiting (process and Ray starts, Ray tasks, the store), which the other worker
+# fills. Each module goes to one worker whole, so its module-scoped sweep runs once, and every module
+# that reads the session's quick sweep goes to the same worker, so that runs once too. The modules
+# whose fixtures run whole sweeps start first (slowest first, by --durations), so that neither worker
+# is left with a long one at the end.
+SLOW_FIRST = ("test_classifier_sweep", "quick_sweep", "test_outages", "test_cluster", "test_pbt", "test_resume",
+              "test_multinode", "test_trial_failures", "test_budget", "test_late_delivery", "test_status_export",
+              "test_real_data_sweeps")
+
+
+def pytest_collection_modifyitems(config, items):
+    with_quick_sweep = {item.path for item in items if "quick_sweep" in getattr(item, "fixturenames", ())}
+    group = {item: "quick_sweep" if item.path in with_quick_sweep else item.path.stem for item in items}
+    for item in items:
+        item.add_marker(pytest.mark.xdist_group(group[item]))
+    rank = {name: i for i, name in enumerate(SLOW_FIRST)}
+    items.sort(key=lambda item: rank.get(group[item], len(rank)))  # stable: the rest keep their order
+
+
 @pytest.fixture(autouse=True)
 def _isolated_cache(tmp_path_factory, monkeypatch):
     # Tests never download (SWEEPER_OFFLINE) and never touch the user's cache.
