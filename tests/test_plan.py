@@ -142,6 +142,10 @@ def test_describe_says_bracket_or_brackets_and_a_cost_only_where_known():
     assert two[0].endswith("brackets")
     without_unit = describe(plan_budget(1800, 20.0))[-1]
     assert re.fullmatch(r"  expected cost \S+ \(\S+ per eval period\)", without_unit), without_unit
+    assert without_unit == "  expected cost 1800 (20 per eval period)"
+    # 16 periods: rungs 2, 6 (P(1, 0) = 3*2 + 4 = 10; P(2, 0) = 42 > 16), brackets 10 + 6 = 16 fit exactly.
+    assert describe(plan_budget(16, 1.0))[0] == \
+        "budget plan: eta 3, rungs 2, 6 eval periods (max_t 6), 4 configurations in 2 brackets"
 
 
 @pytest.mark.parametrize("budget, cost", [(0.0, 1.0), (-1.0, 1.0), (math.inf, 1.0), (100.0, 0.0), (100.0, math.inf)])
@@ -155,3 +159,32 @@ def test_eta_below_2_a_first_rung_below_1_or_no_bracket_is_refused(eta, first_ru
     with pytest.raises(ValueError, match=re.escape(f"got {eta}, {first_rung}, {max_brackets}")):
         plan_budget(1800, 20.0, eta=eta, first_rung=first_rung, max_brackets=max_brackets)
     assert plan_budget(0.5, 0.01, eta=2, first_rung=1, max_brackets=1).brackets == 1  # the smallest valid values
+
+
+def test_three_brackets_at_most_by_default_though_a_fourth_would_fit():
+    # 432 periods: rungs 2, 6, 18, 54 (P(3, 0) = 27*2 + 9*4 + 3*12 + 36 = 162; P(4, 0) = 162 * 11/3 = 594 > 432).
+    # P(3, s) = 162, 126 (9*6 + 3*12 + 36), 90 (3*18 + 36), 54: all four sum to 432, three to 378.
+    plan = plan_budget(432, 1.0)
+    assert (plan.rungs, plan.configs, plan.cost) == ((2, 6, 18, 54), (27, 9, 3), 378)
+    assert plan_budget(432, 1.0, max_brackets=4).configs == (27, 9, 3, 1)
+
+
+def test_a_rung_exactly_at_the_horizon_cap_is_kept():
+    # A trial may train max_horizon periods: cap 18 plans as cap 20 does (rungs 2, 6, 18; widths 2).
+    plan = plan_budget(200, 1.0, max_horizon=18)
+    assert (plan.rungs, plan.configs, plan.cost) == ((2, 6, 18), (18, 6, 2), 180)
+
+
+def test_a_horizon_of_the_first_rung_is_one_rung_and_a_shorter_one_is_refused_by_value():
+    # 100 periods, no promotion possible: floor(100 / 2) = 50 configurations of 2 periods.
+    plan = plan_budget(100, 1.0, max_horizon=2)
+    assert (plan.rungs, plan.configs, plan.cost) == ((2,), (50,), 100)
+    with pytest.raises(SweepError, match=r"^budget: a trial's 1 eval periods are fewer than the first rung's 2$"):
+        plan_budget(100, 1.0, max_horizon=1)
+
+
+def test_a_budget_short_of_a_plans_cost_by_float_rounding_still_pays_for_it():
+    # 42 at 1 + 1e-9 a period: 42 / (1 + 1e-9) periods, short of the 42 that rungs 2, 6, 18 cost by the slack
+    # (1e-9) exactly. Twice that short, rung 18 is out: rungs 2, 6, brackets 10 + 6 = 16, width floor(41.99 / 16).
+    assert plan_budget(42, 1 + 1e-9).configs == (9,) and plan_budget(42, 1 + 1e-9).rungs == (2, 6, 18)
+    assert plan_budget(42, 1 + 2e-9).configs == (6, 2) and plan_budget(42, 1 + 2e-9).rungs == (2, 6)

@@ -185,13 +185,13 @@ def _corner_values(key: str, domain) -> list:
         if not domain.categories:
             raise SpaceError(f"space.{key}: tune.choice([]) has nothing to choose from")
         return list(domain.categories)
-    if hasattr(domain, "lower") and hasattr(domain, "upper"):
+    if _is_float_range(domain) or type(domain).__name__ == "Integer":  # not hasattr: a str has .lower and .upper
         lower, upper = domain.lower, domain.upper
         if not (math.isfinite(lower) and math.isfinite(upper)):
             raise SpaceError(f"space.{key}: bounds must be finite, got [{lower}, {upper}]")
         if not lower < upper:  # Optuna would refuse it only once the trials start
             raise SpaceError(f"space.{key}: empty range, lower {lower} must be below upper {upper}")
-        # ray.tune's randint upper bound is exclusive; floats never reach it either.
-        integer = isinstance(upper, int) and isinstance(lower, int)
-        return [lower, upper - 1 if integer else upper]
+        # ray.tune's randint upper bound is exclusive; a float range's is its bound, even written as an int
+        # (tune.uniform(0, 1) keeps the int 1).
+        return [lower, upper if _is_float_range(domain) else upper - 1]
     raise SpaceError(f"space.{key}: expected a ray.tune domain (tune.choice, tune.loguniform, ...), got {domain!r}")
