@@ -55,6 +55,17 @@ def test_a_warm_start_may_lie_on_either_bound_but_not_on_randints_exclusive_uppe
         warm_start_params(space, {"n_critic": 6})
 
 
+def test_a_quantized_randint_includes_its_upper_bound_as_ray_tune_draws_it():
+    # qrandint/qlograndint draw their upper bound (a multiple of q); randint/lograndint never do.
+    for inclusive in (tune.qrandint(2, 10, 2), tune.qlograndint(2, 10, 2)):
+        assert 10 in set(inclusive.sample(size=400))  # ray.tune's own behaviour, the reference
+        assert _seen({"n_critic": inclusive}) == [{"n_critic": 2}, {"n_critic": 10}]
+        assert warm_start_params({"n_critic": inclusive}, {"n_critic": 10}) == {"n_critic": 10}
+    for exclusive in (tune.randint(2, 10), tune.lograndint(2, 10)):
+        assert 10 not in set(exclusive.sample(size=400))
+        assert _seen({"n_critic": exclusive}) == [{"n_critic": 2}, {"n_critic": 9}]
+
+
 def test_a_warm_start_in_a_space_that_can_produce_nothing_names_the_key():
     with pytest.raises(SpaceError, match=r"^space\.loss: tune\.choice\(\[\]\) has nothing to choose from$"):
         warm_start_params({"loss": tune.choice([])}, {"loss": "bce"})

@@ -191,7 +191,8 @@ def _corner_values(key: str, domain) -> list:
             raise SpaceError(f"space.{key}: bounds must be finite, got [{lower}, {upper}]")
         if not lower < upper:  # Optuna would refuse it only once the trials start
             raise SpaceError(f"space.{key}: empty range, lower {lower} must be below upper {upper}")
-        # ray.tune's randint upper bound is exclusive; a float range's is its bound, even written as an int
-        # (tune.uniform(0, 1) keeps the int 1).
-        return [lower, upper if _is_float_range(domain) else upper - 1]
+        # ray.tune's randint and lograndint upper bounds are exclusive, qrandint's and qlograndint's inclusive
+        # (a multiple of q); a float range's is its bound, even written as an int (tune.uniform(0, 1) keeps 1).
+        exclusive = not _is_float_range(domain) and type(domain.get_sampler()).__name__ != "Quantized"
+        return [lower, upper - 1 if exclusive else upper]
     raise SpaceError(f"space.{key}: expected a ray.tune domain (tune.choice, tune.loguniform, ...), got {domain!r}")
