@@ -1,5 +1,6 @@
 """Shared test setup: an isolated cache, no downloads, and small real datasets/extractors."""
 import contextlib
+import json
 import os
 import shutil
 import signal
@@ -22,24 +23,21 @@ if SHARED_DATA.is_dir():
     os.environ.setdefault("SWEEPER_DATASETS", str(SHARED_DATA))
 
 
-# The suite runs on two pytest-xdist workers (`-n 2 --dist loadgroup`, pyproject.toml): a sweep spends
-# much of its time waiting (process and Ray starts, Ray tasks, the store), which the other worker
-# fills. Each module goes to one worker whole, so its module-scoped sweep runs once, and every module
-# that reads the session's quick sweep goes to the same worker, so that runs once too. The modules
-# whose fixtures run whole sweeps start first (slowest first, by --durations), so that neither worker
-# is left with a long one at the end.
-SLOW_FIRST = ("test_classifier_sweep", "quick_sweep", "test_outages", "test_cluster", "test_pbt", "test_resume",
+# The suite runs on two pytest-xdist workers (`-n 2 --dist loadfile --no-loadscope-reorder`,
+# pyproject.toml): a sweep spends much of its time waiting (process and Ray starts, Ray tasks, the
+# store), which the other worker fills. A module goes to one worker whole, so its module-scoped sweep
+# runs once; the session's quick sweep runs once per run (`quick_sweep`). A worker takes the next
+# module in this order when it runs short: the modules whose fixtures run whole sweeps first, slowest
+# first (by --durations), so that neither worker is left with a long one at the end; the other
+# modules that read the quick sweep come late, once it has run.
+SLOW_FIRST = ("test_classifier_sweep", "test_sweep_e2e", "test_outages", "test_cluster", "test_pbt", "test_resume",
               "test_multinode", "test_trial_failures", "test_budget", "test_late_delivery", "test_status_export",
               "test_real_data_sweeps")
 
 
 def pytest_collection_modifyitems(config, items):
-    with_quick_sweep = {item.path for item in items if "quick_sweep" in getattr(item, "fixturenames", ())}
-    group = {item: "quick_sweep" if item.path in with_quick_sweep else item.path.stem for item in items}
-    for item in items:
-        item.add_marker(pytest.mark.xdist_group(group[item]))
     rank = {name: i for i, name in enumerate(SLOW_FIRST)}
-    items.sort(key=lambda item: rank.get(group[item], len(rank)))  # stable: the rest keep their order
+    items.sort(key=lambda item: rank.get(item.path.stem, len(rank)))  # stable: the rest keep their order
 
 
 @pytest.fixture(autouse=True)
@@ -54,23 +52,33 @@ def _isolated_cache(tmp_path_factory, monkeypatch):
 @pytest.fixture(scope="session")
 def quick_sweep(tmp_path_factory):
     """One finished `python -m sweeper run search_spaces/wgangp.py --quick` (shortened), shared by
-    every module that inspects a real sweep: (the command's result, a client on its store, its folder)."""
+    every module that inspects a real sweep: (the command's result, a client on its store, its folder).
+    Once per test run: under xdist the first worker to need it runs it, holding a file lock in the
+    run's temporary folder that every worker shares, and the others read what it left."""
+    from filelock import FileLock
     from mlflow.tracking import MlflowClient
 
-    workdir = tmp_path_factory.mktemp("quick_sweep")
-    env = {**os.environ, "SWEEPER_OFFLINE": "1", "SWEEPER_CACHE": str(workdir / "cache")}
-    env.pop("MLFLOW_TRACKING_URI", None)
-    result = subprocess.run(
-        # The quick budget cut to a fifth of its steps (4 x 20 G steps, not 4 x 100): these tests
-        # inspect what a sweep leaves behind, not how good its faces are, and CI has 2 cores.
-        [sys.executable, "-m", "sweeper", "run", str(REPO / "search_spaces" / "wgangp.py"), "--quick",
-         "--set", "steps_per_eval=20", "--set", "num_evals=4",
-         # And Inception (CPU: ~13 img/s on 2 cores) on 96 real images of each half of the data (the
-         # reference statistics of fid_select and of fid_final) and 64 generated per final draw (fid_select
-         # of each of the 2 candidates, fid_final of each group's pick): 2 x 96 + 4 x 64 images, not
-         # quick's 2 x 256 + 4 x 128.
-         "--set", "ref_samples=96", "--set", "final_fid_samples=64"],
-        cwd=workdir, env=env, capture_output=True, text=True, timeout=600)
+    base = tmp_path_factory.getbasetemp()
+    shared = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+    workdir, record = shared / "quick_sweep", shared / "quick_sweep.json"
+    with FileLock(str(shared / "quick_sweep.lock")):
+        if not record.exists():
+            workdir.mkdir()
+            env = {**os.environ, "SWEEPER_OFFLINE": "1", "SWEEPER_CACHE": str(workdir / "cache")}
+            env.pop("MLFLOW_TRACKING_URI", None)
+            ran = subprocess.run(
+                # The quick budget cut to a fifth of its steps (4 x 20 G steps, not 4 x 100): these tests
+                # inspect what a sweep leaves behind, not how good its faces are, and CI has 2 cores.
+                [sys.executable, "-m", "sweeper", "run", str(REPO / "search_spaces" / "wgangp.py"), "--quick",
+                 "--set", "steps_per_eval=20", "--set", "num_evals=4",
+                 # And Inception (CPU: ~13 img/s on 2 cores) on 96 real images of the report half (fid_final's
+                 # reference statistics) and 64 generated for each group's pick (fid_final): not quick's 256
+                 # and 128. fid_select and the per-eval FID are the proxy's.
+                 "--set", "ref_samples=96", "--set", "final_fid_samples=64"],
+                cwd=workdir, env=env, capture_output=True, text=True, timeout=600)
+            record.write_text(json.dumps({"args": ran.args, "returncode": ran.returncode, "stdout": ran.stdout,
+                                          "stderr": ran.stderr}))
+        result = subprocess.CompletedProcess(**json.loads(record.read_text()))
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
     client = MlflowClient(f"sqlite:///{workdir / 'sweeps' / 'mlflow.db'}")
     return result, client, workdir
