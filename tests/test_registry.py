@@ -6,13 +6,19 @@ import logging
 import random
 import threading
 from dataclasses import replace
+from pathlib import Path
 
+import mlflow
+import numpy as np
 import pytest
+import torch
 from conftest import free_port, start_server, stop_server, wait_until_up
 from mlflow.tracking import MlflowClient
+from packaging.version import Version
 
 from sweeper.kinds.gan import extractor_footing
-from sweeper.tracking.registry import ALIAS, DECISION_TAG, model_name, promote, tag_version
+from sweeper.tracking.registry import ALIAS, DECISION_TAG, log_pt2_model, model_name, promote, tag_version
+from sweeper.tracking.runs import Tracking
 from trainables.metrics import ExtractorSpec
 
 SHA_A, SHA_B = "a" * 64, "b" * 64
@@ -164,6 +170,31 @@ def test_a_quick_sweeps_model_never_competes_with_the_real_one(client, tmp_path)
     q1 = _version(client, tmp_path, 5.0, name=quick)
     assert promote(client, quick, q1, "fid_final", "min").moved and _best(client, quick) == q1
     assert _best(client, real) == v1 and len(client.search_model_versions(f"name = '{real}'")) == 1
+
+
+def test_a_model_is_logged_into_its_run_as_pt2_registered_and_loads_back_computing_the_same(tmp_path):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(uri)
+    experiment = client.create_experiment("models", artifact_location=(tmp_path / "artifacts").as_uri())
+    run_id = client.create_run(experiment).info.run_id
+    torch.manual_seed(0)
+    model = torch.nn.Linear(3, 2).eval()
+    example = np.random.default_rng(0).standard_normal((2, 3)).astype(np.float32)
+    previous = mlflow.get_tracking_uri()
+    try:
+        version = log_pt2_model(Tracking(uri, experiment, run_id), run_id, model, example, name="generator",
+                                registered_name=NAME)
+        assert version == "1" and client.get_model_version(NAME, version).run_id == run_id
+        loaded = mlflow.pytorch.load_model(f"models:/{NAME}/{version}")
+        requirements = Path(mlflow.pyfunc.get_model_dependencies(f"models:/{NAME}/{version}")).read_text().split()
+    finally:
+        mlflow.set_tracking_uri(previous)
+    # pt2 loads back as torch.export's graph, not as the pickled nn.Linear; it computes the same.
+    assert not isinstance(loaded, torch.nn.Linear)
+    x = torch.from_numpy(example)
+    assert torch.allclose(loaded(x), x @ model.weight.T + model.bias)
+    # The installed torch pinned without its local build tag (+cu130): pip could not install that from PyPI.
+    assert f"torch=={Version(torch.__version__).public}" in requirements
 
 
 # --- a real `mlflow server`: sweeps registering at once, and a server that fails ---
