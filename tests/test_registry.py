@@ -17,7 +17,16 @@ from mlflow.tracking import MlflowClient
 from packaging.version import Version
 
 from sweeper.kinds.gan import extractor_footing
-from sweeper.tracking.registry import ALIAS, DECISION_TAG, log_pt2_model, model_name, promote, tag_version
+from sweeper.tracking.registry import (
+    ALIAS,
+    DECISION_TAG,
+    _one_line,
+    describe_footing,
+    log_pt2_model,
+    model_name,
+    promote,
+    tag_version,
+)
 from sweeper.tracking.runs import Tracking
 from trainables.metrics import ExtractorSpec
 
@@ -170,6 +179,78 @@ def test_a_quick_sweeps_model_never_competes_with_the_real_one(client, tmp_path)
     q1 = _version(client, tmp_path, 5.0, name=quick)
     assert promote(client, quick, q1, "fid_final", "min").moved and _best(client, quick) == q1
     assert _best(client, real) == v1 and len(client.search_model_versions(f"name = '{real}'")) == 1
+
+
+# FOOTING as the decisions print it: sorted, without "sweeper.", the weights' digest cut to 12.
+SHOWN = ("[data_fingerprint=abc, fid_final_extractor=inception-v3-compat, fid_final_precision=fp32, "
+         "fid_final_weights_sha256=aaaaaaaaaaaa..., final_fid_samples=10000, ref_samples=5000, resolution=64]")
+
+
+def test_each_decision_is_one_line_naming_the_numbers_the_versions_and_the_footing(client, tmp_path, caplog):
+    with caplog.at_level(logging.WARNING, logger="sweeper.tracking.registry"):
+        v1 = _version(client, tmp_path, 40.0)
+        assert promote(client, NAME, v1, "fid_final", "min") == (
+            True, f"moved: fid_final 40, the lowest of 1 version on footing {SHOWN} (no version had @best yet)", True)
+        v2 = _version(client, tmp_path, 35.5)
+        assert promote(client, NAME, v2, "fid_final", "min").why == (
+            f"moved: fid_final 35.5 below version 1's 40, the lowest of 2 versions on footing {SHOWN}")
+        v3 = _version(client, tmp_path, 45.0)
+        assert promote(client, NAME, v3, "fid_final", "min").why == (
+            f"not moved: fid_final 45 is not below version 2's 35.5, the lowest of 3 versions on footing {SHOWN}")
+        # Deciding again for the version @best already points to (a concurrent decision got there first).
+        assert promote(client, NAME, v2, "fid_final", "min") == (
+            True, f"moved: fid_final 35.5, the lowest of 3 versions on footing {SHOWN}", True)
+        other = _version(client, tmp_path, 5.0, **{"sweeper.data_fingerprint": "other"})
+        assert promote(client, NAME, other, "fid_final", "min").why == (
+            "not moved: @best is version 2, measured on another footing (sweeper.data_fingerprint other vs abc), so "
+            f"the numbers do not compare; this version's footing: {SHOWN.replace('=abc', '=other')}")
+        diverged = _version(client, tmp_path, float("nan"))
+        assert promote(client, NAME, diverged, "fid_final", "min").why == "not moved: this version has no finite fid_final"
+        untagged = str(client.create_model_version(NAME, source=str(tmp_path), tags={"fid_final": "1"}).version)
+        assert promote(client, NAME, untagged, "fid_final", "min").why == (
+            "not moved: this version has no footing tag (sweeper.footing)")
+    assert _best(client) == v2 and client.get_model_version(NAME, v3).description == "test"
+    assert not caplog.records  # the registry answered every call: nothing to warn about
+
+
+def test_a_higher_is_better_decision_says_above_and_highest_and_touching_intervals_overlap(client, tmp_path):
+    v1 = _version(client, tmp_path, 0.0, test_acc="0.5", test_acc_low="0.25", test_acc_high="0.75")
+    assert promote(client, NAME, v1, "test_acc", "max").why == (
+        f"moved: test_acc 0.5, the highest of 1 version on footing {SHOWN} (no version had @best yet)")
+    # Its interval starts where v1's ends: closed intervals that meet overlap.
+    v2 = _version(client, tmp_path, 0.0, test_acc="0.875", test_acc_low="0.75", test_acc_high="1.0")
+    assert promote(client, NAME, v2, "test_acc", "max").why == (
+        f"moved: test_acc 0.875 above version 1's 0.5, the highest of 2 versions on footing {SHOWN}; a difference "
+        "inside the noise: the 95% intervals [0.75, 1] and version 1's [0.25, 0.75] overlap")
+    v3 = _version(client, tmp_path, 0.0, test_acc="0.625", test_acc_low="0.5", test_acc_high="0.75")
+    assert promote(client, NAME, v3, "test_acc", "max").why == (
+        f"not moved: test_acc 0.625 is not above version 2's 0.875, the highest of 3 versions on footing {SHOWN}; "
+        "a difference inside the noise: the 95% intervals [0.5, 0.75] and version 2's [0.75, 1] overlap")
+
+
+def test_a_registry_error_leaves_best_and_warns_once_naming_both_failed_calls(client, tmp_path, caplog):
+    v1 = _version(client, tmp_path, 40.0)
+    promote(client, NAME, v1, "fid_final", "min")
+    missing = "MlflowException: Model Version (name=cats-generator, version=7) not found"
+    with caplog.at_level(logging.WARNING, logger="sweeper.tracking.registry"):
+        decision = promote(client, NAME, "7", "fid_final", "min")  # a version the registry does not have
+    assert decision == (False, f"not updated: the registry failed ({missing}); @best left where it was", False)
+    assert [r.getMessage() for r in caplog.records] == [
+        f"models:/cats-generator@best {decision.why}; the decision not recorded on version 7 ({missing})"]
+    assert _best(client) == v1
+
+
+def test_an_error_is_shown_by_its_type_and_first_line_cut_in_the_middle_past_300_characters():
+    assert _one_line(TimeoutError()) == "TimeoutError: "
+    assert _one_line(RuntimeError("\n  503 Service Unavailable\nretries exhausted")) == "RuntimeError: 503 Service Unavailable"
+    assert _one_line(ValueError("x" * 300)) == "ValueError: " + "x" * 300
+    assert _one_line(ValueError("h" * 140 + "m" * 21 + "t" * 140)) == "ValueError: " + "h" * 140 + " ... " + "t" * 140
+
+
+def test_no_footing_is_shown_as_none_and_only_64_character_strings_are_cut():
+    assert describe_footing(None) == describe_footing({}) == "[none]"
+    assert describe_footing({"sweeper.b": "c" * 64, "a": "d" * 63, "sweeper.n": 64}) == (
+        f"[a={'d' * 63}, b=cccccccccccc..., n=64]")
 
 
 def test_a_model_is_logged_into_its_run_as_pt2_registered_and_loads_back_computing_the_same(tmp_path):
