@@ -253,6 +253,35 @@ def test_no_footing_is_shown_as_none_and_only_64_character_strings_are_cut():
         f"[a={'d' * 63}, b=cccccccccccc..., n=64]")
 
 
+class _SweepsKeepArriving(MlflowClient):
+    """The real registry, where every listing of the versions comes just after another sweep registered a
+    better version and pointed @best at it: concurrent writers that keep arriving, in a fixed order."""
+
+    def __init__(self, uri, tmp_path, fid):
+        super().__init__(uri)
+        self.tmp_path, self.fid, self.arrived = tmp_path, fid, []
+
+    def search_model_versions(self, *args, **kwargs):
+        self.fid -= 1
+        self.arrived.append(_version(self, self.tmp_path, self.fid))
+        self.set_registered_model_alias(NAME, ALIAS, self.arrived[-1])
+        return super().search_model_versions(*args, **kwargs)
+
+
+def test_best_that_keeps_changing_under_concurrent_sweeps_is_given_up_after_five_rounds(client, tmp_path, caplog):
+    v1 = _version(client, tmp_path, 40.0)
+    promote(client, NAME, v1, "fid_final", "min")
+    new = _version(client, tmp_path, 35.0)
+    arriving = _SweepsKeepArriving(client.tracking_uri, tmp_path, 35.0)
+    with caplog.at_level(logging.WARNING, logger="sweeper.tracking.registry"):
+        decision = promote(arriving, NAME, new, "fid_final", "min")
+    why = ("not updated: @best kept changing under concurrent sweeps for 5 rounds; it may not be the best on footing "
+           f"{SHOWN}")
+    assert decision == (False, why, False) and len(arriving.arrived) == 5
+    assert [r.getMessage() for r in caplog.records] == [f"models:/cats-generator@best {why}"]
+    assert _best(client) == arriving.arrived[-1] and client.get_model_version(NAME, new).tags[DECISION_TAG] == why
+
+
 def test_a_model_is_logged_into_its_run_as_pt2_registered_and_loads_back_computing_the_same(tmp_path):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     client = MlflowClient(uri)
