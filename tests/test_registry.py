@@ -253,18 +253,16 @@ def test_no_footing_is_shown_as_none_and_only_64_character_strings_are_cut():
         f"[a={'d' * 63}, b=cccccccccccc..., n=64]")
 
 
-class _SweepsKeepArriving(MlflowClient):
-    """The real registry, where every listing of the versions comes just after another sweep registered a
-    better version and pointed @best at it: concurrent writers that keep arriving, in a fixed order."""
+class _Meanwhile(MlflowClient):
+    """The real registry, where every listing of the versions comes just after `meanwhile(client)`: another
+    writer's calls landing between a decision's read of @best and its listing, in a fixed order."""
 
-    def __init__(self, uri, tmp_path, fid):
+    def __init__(self, uri, meanwhile):
         super().__init__(uri)
-        self.tmp_path, self.fid, self.arrived = tmp_path, fid, []
+        self.meanwhile = meanwhile
 
     def search_model_versions(self, *args, **kwargs):
-        self.fid -= 1
-        self.arrived.append(_version(self, self.tmp_path, self.fid))
-        self.set_registered_model_alias(NAME, ALIAS, self.arrived[-1])
+        self.meanwhile(self)
         return super().search_model_versions(*args, **kwargs)
 
 
@@ -272,15 +270,31 @@ def test_best_that_keeps_changing_under_concurrent_sweeps_is_given_up_after_five
     v1 = _version(client, tmp_path, 40.0)
     promote(client, NAME, v1, "fid_final", "min")
     new = _version(client, tmp_path, 35.0)
-    arriving = _SweepsKeepArriving(client.tracking_uri, tmp_path, 35.0)
+    arrived = []
+
+    def another_sweep_registers_a_better_version(registry):
+        arrived.append(_version(registry, tmp_path, 35.0 - len(arrived) - 1))
+        registry.set_registered_model_alias(NAME, ALIAS, arrived[-1])
+
     with caplog.at_level(logging.WARNING, logger="sweeper.tracking.registry"):
-        decision = promote(arriving, NAME, new, "fid_final", "min")
+        decision = promote(_Meanwhile(client.tracking_uri, another_sweep_registers_a_better_version), NAME, new,
+                           "fid_final", "min")
     why = ("not updated: @best kept changing under concurrent sweeps for 5 rounds; it may not be the best on footing "
            f"{SHOWN}")
-    assert decision == (False, why, False) and len(arriving.arrived) == 5
+    assert decision == (False, why, False) and len(arrived) == 5
     assert [r.getMessage() for r in caplog.records] == [f"models:/cats-generator@best {why}"]
-    assert _best(client) == arriving.arrived[-1] and client.get_model_version(NAME, new).tags[DECISION_TAG] == why
+    assert _best(client) == arrived[-1] and client.get_model_version(NAME, new).tags[DECISION_TAG] == why
 
+
+def test_best_on_a_version_deleted_meanwhile_is_left_alone(client, tmp_path):
+    v1 = _version(client, tmp_path, 40.0)
+    promote(client, NAME, v1, "fid_final", "min")
+    v2 = _version(client, tmp_path, 35.0)
+    # @best read as version 1, which someone deletes (and MLflow its alias) before the versions are listed.
+    decision = promote(_Meanwhile(client.tracking_uri, lambda registry: registry.delete_model_version(NAME, v1)),
+                       NAME, v2, "fid_final", "min")
+    assert decision == (False, "not moved: @best points to version 1, which the registry does not list", True)
+    assert ALIAS not in _aliases(client)
 
 def test_a_model_is_logged_into_its_run_as_pt2_registered_and_loads_back_computing_the_same(tmp_path):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
