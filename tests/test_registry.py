@@ -192,23 +192,25 @@ def test_each_decision_is_one_line_naming_the_numbers_the_versions_and_the_footi
         assert promote(client, NAME, v1, "fid_final", "min") == (
             True, f"moved: fid_final 40, the lowest of 1 version on footing {SHOWN} (no version had @best yet)", True)
         v2 = _version(client, tmp_path, 35.5)
-        assert promote(client, NAME, v2, "fid_final", "min").why == (
-            f"moved: fid_final 35.5 below version 1's 40, the lowest of 2 versions on footing {SHOWN}")
+        assert promote(client, NAME, v2, "fid_final", "min") == (
+            True, f"moved: fid_final 35.5 below version 1's 40, the lowest of 2 versions on footing {SHOWN}", True)
         v3 = _version(client, tmp_path, 45.0)
-        assert promote(client, NAME, v3, "fid_final", "min").why == (
-            f"not moved: fid_final 45 is not below version 2's 35.5, the lowest of 3 versions on footing {SHOWN}")
+        assert promote(client, NAME, v3, "fid_final", "min") == (
+            False, f"not moved: fid_final 45 is not below version 2's 35.5, the lowest of 3 versions on footing {SHOWN}",
+            True)
         # Deciding again for the version @best already points to (a concurrent decision got there first).
         assert promote(client, NAME, v2, "fid_final", "min") == (
             True, f"moved: fid_final 35.5, the lowest of 3 versions on footing {SHOWN}", True)
         other = _version(client, tmp_path, 5.0, **{"sweeper.data_fingerprint": "other"})
-        assert promote(client, NAME, other, "fid_final", "min").why == (
-            "not moved: @best is version 2, measured on another footing (sweeper.data_fingerprint other vs abc), so "
-            f"the numbers do not compare; this version's footing: {SHOWN.replace('=abc', '=other')}")
+        assert promote(client, NAME, other, "fid_final", "min") == (
+            False, "not moved: @best is version 2, measured on another footing (sweeper.data_fingerprint other vs abc), "
+            f"so the numbers do not compare; this version's footing: {SHOWN.replace('=abc', '=other')}", True)
         diverged = _version(client, tmp_path, float("nan"))
-        assert promote(client, NAME, diverged, "fid_final", "min").why == "not moved: this version has no finite fid_final"
+        assert promote(client, NAME, diverged, "fid_final", "min") == (
+            False, "not moved: this version has no finite fid_final", True)
         untagged = str(client.create_model_version(NAME, source=str(tmp_path), tags={"fid_final": "1"}).version)
-        assert promote(client, NAME, untagged, "fid_final", "min").why == (
-            "not moved: this version has no footing tag (sweeper.footing)")
+        assert promote(client, NAME, untagged, "fid_final", "min") == (
+            False, "not moved: this version has no footing tag (sweeper.footing)", True)
     assert _best(client) == v2 and client.get_model_version(NAME, v3).description == "test"
     assert not caplog.records  # the registry answered every call: nothing to warn about
 
@@ -223,9 +225,9 @@ def test_a_higher_is_better_decision_says_above_and_highest_and_touching_interva
         f"moved: test_acc 0.875 above version 1's 0.5, the highest of 2 versions on footing {SHOWN}; a difference "
         "inside the noise: the 95% intervals [0.75, 1] and version 1's [0.25, 0.75] overlap")
     v3 = _version(client, tmp_path, 0.0, test_acc="0.625", test_acc_low="0.5", test_acc_high="0.75")
-    assert promote(client, NAME, v3, "test_acc", "max").why == (
-        f"not moved: test_acc 0.625 is not above version 2's 0.875, the highest of 3 versions on footing {SHOWN}; "
-        "a difference inside the noise: the 95% intervals [0.5, 0.75] and version 2's [0.75, 1] overlap")
+    assert promote(client, NAME, v3, "test_acc", "max") == (
+        False, f"not moved: test_acc 0.625 is not above version 2's 0.875, the highest of 3 versions on footing "
+        f"{SHOWN}; a difference inside the noise: the 95% intervals [0.5, 0.75] and version 2's [0.75, 1] overlap", True)
 
 
 def test_a_registry_error_leaves_best_and_warns_once_naming_both_failed_calls(client, tmp_path, caplog):
