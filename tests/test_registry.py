@@ -319,8 +319,9 @@ def test_a_model_is_logged_into_its_run_as_pt2_registered_and_loads_back_computi
     assert not isinstance(loaded, torch.nn.Linear)
     x = torch.from_numpy(example)
     assert torch.allclose(loaded(x), x @ model.weight.T + model.bias)
-    # The installed torch pinned without its local build tag (+cu130): pip could not install that from PyPI.
-    assert f"torch=={Version(torch.__version__).public}" in requirements
+    # Given, not inferred: MLflow and the installed torch, pinned without its local build tag (+cu130), which
+    # pip could not install from PyPI.
+    assert sorted(requirements) == [f"mlflow=={mlflow.__version__}", f"torch=={Version(torch.__version__).public}"]
 
 
 # --- a real `mlflow server`: sweeps registering at once, and a server that fails ---
