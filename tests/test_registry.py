@@ -228,6 +228,10 @@ def test_a_higher_is_better_decision_says_above_and_highest_and_touching_interva
     assert promote(client, NAME, v3, "test_acc", "max") == (
         False, f"not moved: test_acc 0.625 is not above version 2's 0.875, the highest of 3 versions on footing "
         f"{SHOWN}; a difference inside the noise: the 95% intervals [0.5, 0.75] and version 2's [0.75, 1] overlap", True)
+    v4 = _version(client, tmp_path, 0.0, test_acc="0.25", test_acc_low="0.125", test_acc_high="0.375")
+    assert promote(client, NAME, v4, "test_acc", "max") == (
+        False, f"not moved: test_acc 0.25 is not above version 2's 0.875, the highest of 4 versions on footing {SHOWN}",
+        True)  # intervals apart: nothing said about noise
 
 
 def test_a_registry_error_leaves_best_and_warns_once_naming_both_failed_calls(client, tmp_path, caplog):
@@ -310,7 +314,9 @@ def test_a_model_is_logged_into_its_run_as_pt2_registered_and_loads_back_computi
     try:
         version = log_pt2_model(Tracking(uri, experiment, run_id), run_id, model, example, name="generator",
                                 registered_name=NAME)
-        assert version == "1" and client.get_model_version(NAME, version).run_id == run_id
+        registered = client.get_model_version(NAME, version)
+        assert version == "1" and registered.run_id == run_id
+        assert [m.name for m in client.search_logged_models([experiment])] == ["generator"]
         loaded = mlflow.pytorch.load_model(f"models:/{NAME}/{version}")
         requirements = Path(mlflow.pyfunc.get_model_dependencies(f"models:/{NAME}/{version}")).read_text().split()
     finally:
