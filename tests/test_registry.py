@@ -201,18 +201,27 @@ def test_each_decision_is_one_line_naming_the_numbers_the_versions_and_the_footi
         # Deciding again for the version @best already points to (a concurrent decision got there first).
         assert promote(client, NAME, v2, "fid_final", "min") == (
             True, f"moved: fid_final 35.5, the lowest of 3 versions on footing {SHOWN}", True)
-        other = _version(client, tmp_path, 5.0, **{"sweeper.data_fingerprint": "other"})
-        assert promote(client, NAME, other, "fid_final", "min") == (
-            False, "not moved: @best is version 2, measured on another footing (sweeper.data_fingerprint other vs abc), "
-            f"so the numbers do not compare; this version's footing: {SHOWN.replace('=abc', '=other')}", True)
-        diverged = _version(client, tmp_path, float("nan"))
-        assert promote(client, NAME, diverged, "fid_final", "min") == (
-            False, "not moved: this version has no finite fid_final", True)
-        untagged = str(client.create_model_version(NAME, source=str(tmp_path), tags={"fid_final": "1"}).version)
-        assert promote(client, NAME, untagged, "fid_final", "min") == (
-            False, "not moved: this version has no footing tag (sweeper.footing)", True)
     assert _best(client) == v2 and client.get_model_version(NAME, v3).description == "test"
     assert not caplog.records  # the registry answered every call: nothing to warn about
+
+
+def test_a_version_on_another_footing_is_told_the_first_tag_that_differs(client, tmp_path):
+    v1 = _version(client, tmp_path, 40.0)
+    promote(client, NAME, v1, "fid_final", "min")
+    other = _version(client, tmp_path, 5.0, **{"sweeper.data_fingerprint": "other", "sweeper.resolution": "32"})
+    assert promote(client, NAME, other, "fid_final", "min") == (
+        False, "not moved: @best is version 1, measured on another footing (sweeper.data_fingerprint other vs abc), "
+        "so the numbers do not compare; this version's footing: "
+        f"{SHOWN.replace('=abc', '=other').replace('resolution=64', 'resolution=32')}", True)
+
+
+def test_a_version_without_a_finite_number_or_a_footing_is_told_so(client, tmp_path):
+    diverged = _version(client, tmp_path, float("nan"))
+    assert promote(client, NAME, diverged, "fid_final", "min") == (
+        False, "not moved: this version has no finite fid_final", True)
+    untagged = str(client.create_model_version(NAME, source=str(tmp_path), tags={"fid_final": "1"}).version)
+    assert promote(client, NAME, untagged, "fid_final", "min") == (
+        False, "not moved: this version has no footing tag (sweeper.footing)", True)
 
 
 def test_a_higher_is_better_decision_says_above_and_highest_and_touching_intervals_overlap(client, tmp_path):
