@@ -4,6 +4,7 @@ import http.client
 import http.server
 import logging
 import random
+import shutil
 import threading
 from dataclasses import replace
 from pathlib import Path
@@ -37,8 +38,17 @@ FOOTING = {**extractor_footing(INCEPTION_FP32), "sweeper.data_fingerprint": "abc
 NAME = "cats-generator"
 
 
+@pytest.fixture(scope="module")
+def empty_store(tmp_path_factory):
+    """A migrated, empty sqlite store: each test copies it, as MLflow's schema migrations take seconds a store."""
+    db = tmp_path_factory.mktemp("empty_store") / "mlflow.db"
+    MlflowClient(f"sqlite:///{db}").search_registered_models()  # creates the tracking and registry tables
+    return db
+
+
 @pytest.fixture
-def client(tmp_path):
+def client(tmp_path, empty_store):
+    shutil.copyfile(empty_store, tmp_path / "mlflow.db")
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
     client.create_registered_model(NAME)
     return client
