@@ -4,15 +4,31 @@ import http.client
 import http.server
 import logging
 import random
+import shutil
 import threading
 from dataclasses import replace
+from pathlib import Path
 
+import mlflow
+import numpy as np
 import pytest
+import torch
 from conftest import free_port, start_server, stop_server, wait_until_up
 from mlflow.tracking import MlflowClient
+from packaging.version import Version
 
 from sweeper.kinds.gan import extractor_footing
-from sweeper.tracking.registry import ALIAS, DECISION_TAG, model_name, promote, tag_version
+from sweeper.tracking.registry import (
+    ALIAS,
+    DECISION_TAG,
+    _one_line,
+    describe_footing,
+    log_pt2_model,
+    model_name,
+    promote,
+    tag_version,
+)
+from sweeper.tracking.runs import Tracking
 from trainables.metrics import ExtractorSpec
 
 SHA_A, SHA_B = "a" * 64, "b" * 64
@@ -22,8 +38,17 @@ FOOTING = {**extractor_footing(INCEPTION_FP32), "sweeper.data_fingerprint": "abc
 NAME = "cats-generator"
 
 
+@pytest.fixture(scope="module")
+def empty_store(tmp_path_factory):
+    """A migrated, empty sqlite store: each test copies it, as MLflow's schema migrations take seconds a store."""
+    db = tmp_path_factory.mktemp("empty_store") / "mlflow.db"
+    MlflowClient(f"sqlite:///{db}").search_registered_models()  # creates the tracking and registry tables
+    return db
+
+
 @pytest.fixture
-def client(tmp_path):
+def client(tmp_path, empty_store):
+    shutil.copyfile(empty_store, tmp_path / "mlflow.db")
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
     client.create_registered_model(NAME)
     return client
@@ -164,6 +189,164 @@ def test_a_quick_sweeps_model_never_competes_with_the_real_one(client, tmp_path)
     q1 = _version(client, tmp_path, 5.0, name=quick)
     assert promote(client, quick, q1, "fid_final", "min").moved and _best(client, quick) == q1
     assert _best(client, real) == v1 and len(client.search_model_versions(f"name = '{real}'")) == 1
+
+
+# FOOTING as the decisions print it: sorted, without "sweeper.", the weights' digest cut to 12.
+SHOWN = ("[data_fingerprint=abc, fid_final_extractor=inception-v3-compat, fid_final_precision=fp32, "
+         "fid_final_weights_sha256=aaaaaaaaaaaa..., final_fid_samples=10000, ref_samples=5000, resolution=64]")
+
+
+def test_each_decision_is_one_line_naming_the_numbers_the_versions_and_the_footing(client, tmp_path, caplog):
+    with caplog.at_level(logging.WARNING, logger="sweeper.tracking.registry"):
+        v1 = _version(client, tmp_path, 40.0)
+        assert promote(client, NAME, v1, "fid_final", "min") == (
+            True, f"moved: fid_final 40, the lowest of 1 version on footing {SHOWN} (no version had @best yet)", True)
+        v2 = _version(client, tmp_path, 35.5)
+        assert promote(client, NAME, v2, "fid_final", "min") == (
+            True, f"moved: fid_final 35.5 below version 1's 40, the lowest of 2 versions on footing {SHOWN}", True)
+        v3 = _version(client, tmp_path, 45.0)
+        assert promote(client, NAME, v3, "fid_final", "min") == (
+            False, f"not moved: fid_final 45 is not below version 2's 35.5, the lowest of 3 versions on footing {SHOWN}",
+            True)
+        # Deciding again for the version @best already points to (a concurrent decision got there first).
+        assert promote(client, NAME, v2, "fid_final", "min") == (
+            True, f"moved: fid_final 35.5, the lowest of 3 versions on footing {SHOWN}", True)
+    assert _best(client) == v2 and client.get_model_version(NAME, v3).description == "test"
+    assert not caplog.records  # the registry answered every call: nothing to warn about
+
+
+def test_a_version_on_another_footing_is_told_the_first_tag_that_differs(client, tmp_path):
+    v1 = _version(client, tmp_path, 40.0)
+    promote(client, NAME, v1, "fid_final", "min")
+    other = _version(client, tmp_path, 5.0, **{"sweeper.data_fingerprint": "other", "sweeper.resolution": "32"})
+    assert promote(client, NAME, other, "fid_final", "min") == (
+        False, "not moved: @best is version 1, measured on another footing (sweeper.data_fingerprint other vs abc), "
+        "so the numbers do not compare; this version's footing: "
+        f"{SHOWN.replace('=abc', '=other').replace('resolution=64', 'resolution=32')}", True)
+
+
+def test_a_version_without_a_finite_number_or_a_footing_is_told_so(client, tmp_path):
+    diverged = _version(client, tmp_path, float("nan"))
+    assert promote(client, NAME, diverged, "fid_final", "min") == (
+        False, "not moved: this version has no finite fid_final", True)
+    untagged = str(client.create_model_version(NAME, source=str(tmp_path), tags={"fid_final": "1"}).version)
+    assert promote(client, NAME, untagged, "fid_final", "min") == (
+        False, "not moved: this version has no footing tag (sweeper.footing)", True)
+
+
+def test_a_higher_is_better_decision_says_above_and_highest_and_touching_intervals_overlap(client, tmp_path):
+    v1 = _version(client, tmp_path, 0.0, test_acc="0.5", test_acc_low="0.25", test_acc_high="0.75")
+    assert promote(client, NAME, v1, "test_acc", "max").why == (
+        f"moved: test_acc 0.5, the highest of 1 version on footing {SHOWN} (no version had @best yet)")
+    # Its interval starts where v1's ends: closed intervals that meet overlap.
+    v2 = _version(client, tmp_path, 0.0, test_acc="0.875", test_acc_low="0.75", test_acc_high="1.0")
+    assert promote(client, NAME, v2, "test_acc", "max").why == (
+        f"moved: test_acc 0.875 above version 1's 0.5, the highest of 2 versions on footing {SHOWN}; a difference "
+        "inside the noise: the 95% intervals [0.75, 1] and version 1's [0.25, 0.75] overlap")
+    v3 = _version(client, tmp_path, 0.0, test_acc="0.625", test_acc_low="0.5", test_acc_high="0.75")
+    assert promote(client, NAME, v3, "test_acc", "max") == (
+        False, f"not moved: test_acc 0.625 is not above version 2's 0.875, the highest of 3 versions on footing "
+        f"{SHOWN}; a difference inside the noise: the 95% intervals [0.5, 0.75] and version 2's [0.75, 1] overlap", True)
+    v4 = _version(client, tmp_path, 0.0, test_acc="0.25", test_acc_low="0.125", test_acc_high="0.375")
+    assert promote(client, NAME, v4, "test_acc", "max") == (
+        False, f"not moved: test_acc 0.25 is not above version 2's 0.875, the highest of 4 versions on footing {SHOWN}",
+        True)  # intervals apart: nothing said about noise
+
+
+def test_a_registry_error_leaves_best_and_warns_once_naming_both_failed_calls(client, tmp_path, caplog):
+    v1 = _version(client, tmp_path, 40.0)
+    promote(client, NAME, v1, "fid_final", "min")
+    missing = "MlflowException: Model Version (name=cats-generator, version=7) not found"
+    with caplog.at_level(logging.WARNING, logger="sweeper.tracking.registry"):
+        decision = promote(client, NAME, "7", "fid_final", "min")  # a version the registry does not have
+    assert decision == (False, f"not updated: the registry failed ({missing}); @best left where it was", False)
+    assert [r.getMessage() for r in caplog.records] == [
+        f"models:/cats-generator@best {decision.why}; the decision not recorded on version 7 ({missing})"]
+    assert _best(client) == v1
+
+
+def test_an_error_is_shown_by_its_type_and_first_line_cut_in_the_middle_past_300_characters():
+    assert _one_line(TimeoutError()) == "TimeoutError: "
+    assert _one_line(RuntimeError("\n  503 Service Unavailable\nretries exhausted")) == "RuntimeError: 503 Service Unavailable"
+    assert _one_line(ValueError("x" * 300)) == "ValueError: " + "x" * 300
+    assert _one_line(ValueError("h" * 140 + "m" * 21 + "t" * 140)) == "ValueError: " + "h" * 140 + " ... " + "t" * 140
+
+
+def test_no_footing_is_shown_as_none_and_only_64_character_strings_are_cut():
+    assert describe_footing(None) == describe_footing({}) == "[none]"
+    assert describe_footing({"sweeper.b": "c" * 64, "a": "d" * 63, "sweeper.n": 64}) == (
+        f"[a={'d' * 63}, b=cccccccccccc..., n=64]")
+
+
+class _Meanwhile(MlflowClient):
+    """The real registry, where every listing of the versions comes just after `meanwhile(client)`: another
+    writer's calls landing between a decision's read of @best and its listing, in a fixed order."""
+
+    def __init__(self, uri, meanwhile):
+        super().__init__(uri)
+        self.meanwhile = meanwhile
+
+    def search_model_versions(self, *args, **kwargs):
+        self.meanwhile(self)
+        return super().search_model_versions(*args, **kwargs)
+
+
+def test_best_that_keeps_changing_under_concurrent_sweeps_is_given_up_after_five_rounds(client, tmp_path, caplog):
+    v1 = _version(client, tmp_path, 40.0)
+    promote(client, NAME, v1, "fid_final", "min")
+    new = _version(client, tmp_path, 35.0)
+    arrived = []
+
+    def another_sweep_registers_a_better_version(registry):
+        arrived.append(_version(registry, tmp_path, 35.0 - len(arrived) - 1))
+        registry.set_registered_model_alias(NAME, ALIAS, arrived[-1])
+
+    with caplog.at_level(logging.WARNING, logger="sweeper.tracking.registry"):
+        decision = promote(_Meanwhile(client.tracking_uri, another_sweep_registers_a_better_version), NAME, new,
+                           "fid_final", "min")
+    why = ("not updated: @best kept changing under concurrent sweeps for 5 rounds; it may not be the best on footing "
+           f"{SHOWN}")
+    assert decision == (False, why, False) and len(arrived) == 5
+    assert [r.getMessage() for r in caplog.records] == [f"models:/cats-generator@best {why}"]
+    assert _best(client) == arrived[-1] and client.get_model_version(NAME, new).tags[DECISION_TAG] == why
+
+
+def test_best_on_a_version_deleted_meanwhile_is_left_alone(client, tmp_path):
+    v1 = _version(client, tmp_path, 40.0)
+    promote(client, NAME, v1, "fid_final", "min")
+    v2 = _version(client, tmp_path, 35.0)
+    # @best read as version 1, which someone deletes (and MLflow its alias) before the versions are listed.
+    decision = promote(_Meanwhile(client.tracking_uri, lambda registry: registry.delete_model_version(NAME, v1)),
+                       NAME, v2, "fid_final", "min")
+    assert decision == (False, "not moved: @best points to version 1, which the registry does not list", True)
+    assert ALIAS not in _aliases(client)
+
+def test_a_model_is_logged_into_its_run_as_pt2_registered_and_loads_back_computing_the_same(tmp_path):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(uri)
+    experiment = client.create_experiment("models", artifact_location=(tmp_path / "artifacts").as_uri())
+    run_id = client.create_run(experiment).info.run_id
+    torch.manual_seed(0)
+    model = torch.nn.Linear(3, 2).eval()
+    example = np.random.default_rng(0).standard_normal((2, 3)).astype(np.float32)
+    previous = mlflow.get_tracking_uri()
+    try:
+        version = log_pt2_model(Tracking(uri, experiment, run_id), run_id, model, example, name="generator",
+                                registered_name=NAME)
+        registered = client.get_model_version(NAME, version)
+        assert version == "1" and registered.run_id == run_id
+        assert [m.name for m in client.search_logged_models([experiment])] == ["generator"]
+        loaded = mlflow.pytorch.load_model(f"models:/{NAME}/{version}")
+        requirements = Path(mlflow.pyfunc.get_model_dependencies(f"models:/{NAME}/{version}")).read_text().split()
+    finally:
+        mlflow.set_tracking_uri(previous)
+    # pt2 loads back as torch.export's graph, not as the pickled nn.Linear; it computes the same.
+    assert not isinstance(loaded, torch.nn.Linear)
+    x = torch.from_numpy(example)
+    assert torch.allclose(loaded(x), x @ model.weight.T + model.bias)
+    # Given, not inferred: MLflow and the installed torch, pinned without its local build tag (+cu130), which
+    # pip could not install from PyPI.
+    assert sorted(requirements) == [f"mlflow=={mlflow.__version__}", f"torch=={Version(torch.__version__).public}"]
 
 
 # --- a real `mlflow server`: sweeps registering at once, and a server that fails ---
