@@ -47,11 +47,11 @@ class GANKind(Kind):
     # cuDNN workspaces, a CUDA graph captured after its warm-up steps); the FID at the sweep's own
     # fid_samples, whose batches set the evaluation's peak.
     footprint_changes = {"steps_per_eval": 20}
-    # 4 x 100 G steps at batch 32: ~5 minutes on 2 cores with a fresh cache. Face shapes need ~800
-    # (tried: 6 and 6:14 minutes), and even then the standard FID on 128 images picks a noise texture
-    # over them (bench/RESULTS.md, "The README's quick sweep").
+    # 4 x 125 G steps at batch 16: 4:38 on 2 cores with a fresh cache (a step at batch 16 costs about
+    # half one at 32, and faces need steps, not batch). Face shapes need ~800 G steps, more than 5
+    # minutes, and the winner, picked by the proxy, draws blobs (bench/RESULTS.md, "The README's quick sweep").
     quick = Quick(num_samples=6, config=dict(
-        resolution=32, g_width=16, d_width=16, batch_size=32, steps_per_eval=100, num_evals=4,
+        resolution=32, g_width=16, d_width=16, batch_size=16, steps_per_eval=125, num_evals=4,
         # Two halves of the real images and two final draws (sweeper.driver.final) at half the old
         # counts: the standard Inception (~5-9 img/s on 2 CPU cores) sees as many images as before.
         fid_samples=512, ref_samples=256, final_fid_samples=128))
