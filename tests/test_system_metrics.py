@@ -12,6 +12,7 @@ import numpy as np
 import psutil
 import pytest
 from conftest import free_port, start_server, stop_server, wait_until_up
+from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from sweeper.trial.system import (
@@ -31,7 +32,15 @@ BIG_MIB = 200
 
 
 def samples(client, run_id, key=CPU) -> list:
-    return client.get_metric_history(run_id, key)
+    # The test's own reads retry (MLFLOW_HTTP_REQUEST_MAX_RETRIES=0 is set for the monitor under test):
+    # a server just resumed from SIGSTOP resets the kept-alive connections it held while stopped.
+    for attempt in range(5):
+        try:
+            return client.get_metric_history(run_id, key)
+        except MlflowException as error:
+            if "Connection" not in str(error) or attempt == 4:
+                raise
+            time.sleep(0.5)
 
 
 def wait_for(condition, timeout_s: float, what: str):
