@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import free_port, start_server, stop_server, wait_until_up
+from mlflow.store.entities.paged_list import PagedList
 from mlflow.tracking import MlflowClient
 from packaging.version import Version
 
@@ -320,6 +321,28 @@ def test_best_on_a_version_deleted_meanwhile_is_left_alone(client, tmp_path):
                        NAME, v2, "fid_final", "min")
     assert decision == (False, "not moved: @best points to version 1, which the registry does not list", True)
     assert ALIAS not in _aliases(client)
+
+class _Lagging(MlflowClient):
+    """The real registry, whose listing of the versions does not show `hidden` yet (a search that lags the
+    write that registered it, as a replica or a search index can)."""
+
+    def __init__(self, uri, hidden: str):
+        super().__init__(uri)
+        self.hidden = hidden
+
+    def search_model_versions(self, *args, **kwargs):
+        page = super().search_model_versions(*args, **kwargs)
+        return PagedList([v for v in page if str(v.version) != self.hidden], page.token)
+
+
+def test_a_new_version_the_listing_does_not_show_yet_is_still_weighed(client, tmp_path):
+    v1 = _version(client, tmp_path, 40.0)
+    promote(client, NAME, v1, "fid_final", "min")
+    v2 = _version(client, tmp_path, 35.0)
+    decision = promote(_Lagging(client.tracking_uri, v2), NAME, v2, "fid_final", "min")
+    assert decision[:2] == (True, f"moved: fid_final 35 below version 1's 40, the lowest of 2 versions on footing {SHOWN}")
+    assert _best(client) == v2
+
 
 def test_a_model_is_logged_into_its_run_as_pt2_registered_and_loads_back_computing_the_same(tmp_path):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
