@@ -35,7 +35,7 @@ sweep = Sweep(
     name="wgangp",
     # n_critic is searched, so not fixed here. The EMA is G itself for the first 320 kimg (1,000 G
     # steps at n_critic 5, 5,000 at 1): averaged from step 0 it would still hold ~37% of the untrained
-    # G after 10,000 steps at 0.9999. --quick (<= 64 kimg) never reaches it: there the EMA is G.
+    # G after 10,000 steps at 0.9999. --quick (<= 96 kimg) never reaches it: there the EMA is G.
     config=GANConfig(data="toy-faces", loss="wgan-gp", gp_weight=10.0, resolution=64, batch_size=64,
                      ema_start_kimg=320.0, steps_per_eval=500, num_evals=20),
     space=space,

@@ -67,7 +67,7 @@ def quick_sweep(tmp_path_factory):
             env = {**os.environ, "SWEEPER_OFFLINE": "1", "SWEEPER_CACHE": str(workdir / "cache")}
             env.pop("MLFLOW_TRACKING_URI", None)
             ran = subprocess.run(
-                # The quick budget cut to a sixth of its steps (4 x 20 G steps, not 4 x 125): these tests
+                # The quick budget cut to 80 G steps (4 x 20, not 9 x 135): these tests
                 # inspect what a sweep leaves behind, not how good its faces are, and CI has 2 cores.
                 [sys.executable, "-m", "sweeper", "run", str(REPO / "search_spaces" / "wgangp.py"), "--quick",
                  "--set", "steps_per_eval=20", "--set", "num_evals=4",

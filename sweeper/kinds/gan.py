@@ -47,11 +47,13 @@ class GANKind(Kind):
     # cuDNN workspaces, a CUDA graph captured after its warm-up steps); the FID at the sweep's own
     # fid_samples, whose batches set the evaluation's peak.
     footprint_changes = {"steps_per_eval": 20}
-    # 4 x 125 G steps at batch 16: 4:38 on 2 cores with a fresh cache (a step at batch 16 costs about
-    # half one at 32, and faces need steps, not batch). Face shapes need ~800 G steps, more than 5
-    # minutes, and the winner, picked by the proxy, draws blobs (bench/RESULTS.md, "The README's quick sweep").
+    # 9 periods of 135 G steps at batch 16: Promotion's rungs at 2 and 6 periods cut at 270 and 810 G
+    # steps, and the finalist trains to 1,215. Faces need steps, not batch (a step at batch 16 costs
+    # about half one at 32): the warm start draws face shapes from ~800 G steps, and a cut before that
+    # (rung 6 at 600 steps) let a texture's early dip win. 4:14 on 2 cores with a fresh cache
+    # (bench/RESULTS.md, "The README's quick sweep: faces at 1,215 G steps").
     quick = Quick(num_samples=6, config=dict(
-        resolution=32, g_width=16, d_width=16, batch_size=16, steps_per_eval=125, num_evals=4,
+        resolution=32, g_width=16, d_width=16, batch_size=16, steps_per_eval=135, num_evals=9,
         # Two halves of the real images and two final draws (sweeper.driver.final) at half the old
         # counts: the standard Inception (~5-9 img/s on 2 CPU cores) sees as many images as before.
         fid_samples=512, ref_samples=256, final_fid_samples=128))
