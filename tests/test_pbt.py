@@ -23,7 +23,9 @@ from sweeper.tracking.lineage import CLONED_AT_TAG, CLONED_FROM_RUN_TAG, GENERAT
 
 pytestmark = pytest.mark.slow  # a real sweep, killed and resumed: minutes
 
-MEMBERS, NUM_EVALS, STEPS, BATCH = 4, 6, 4, 16
+# 10 periods, not 6: the fixture kills the sweep once 2 exploits have happened, and who exploits whom
+# depends on the order results arrive in; with 6 periods one run on 2 cores ended after a single exploit.
+MEMBERS, NUM_EVALS, STEPS, BATCH = 4, 10, 4, 16
 SPACE = f'''
 from sweeper import PBT, Range, Sweep
 from trainables.config import GANConfig
