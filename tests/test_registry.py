@@ -322,6 +322,7 @@ def test_best_on_a_version_deleted_meanwhile_is_left_alone(client, tmp_path):
     assert decision == (False, "not moved: @best points to version 1, which the registry does not list", True)
     assert ALIAS not in _aliases(client)
 
+
 class _Lagging(MlflowClient):
     """The real registry, whose listing of the versions does not show `hidden` yet (a search that lags the
     write that registered it, as a replica or a search index can)."""
