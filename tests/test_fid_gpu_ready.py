@@ -95,7 +95,12 @@ def test_fp32_cache_keys_are_unchanged_and_other_precisions_get_their_own():
 def test_cuda_numerics_switch_tf32_and_restore_the_callers_flags(caller_tf32):
     # Only process flags: entering the context for a CUDA device needs no GPU.
     conv, matmul = torch.backends.cudnn.conv, torch.backends.cuda.matmul
-    before = (conv.fp32_precision, matmul.fp32_precision)
+    # The legacy switches below set flags the per-operator ones do not restore (cuDNN's RNN flag and
+    # its legacy bool): the legacy values are put back first, then the per-operator ones, or a later
+    # torch.export in this process asks the legacy query, meets mixed flags and refuses.
+    legacy = (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32)
+    switches = (conv, torch.backends.cudnn.rnn, matmul)
+    before = [switch.fp32_precision for switch in switches]
     try:
         torch.backends.cudnn.allow_tf32 = caller_tf32  # the legacy switch, as a training loop may set it
         torch.backends.cuda.matmul.allow_tf32 = caller_tf32
@@ -107,7 +112,10 @@ def test_cuda_numerics_switch_tf32_and_restore_the_callers_flags(caller_tf32):
         assert torch.backends.cudnn.allow_tf32 is caller_tf32
         assert torch.backends.cuda.matmul.allow_tf32 is caller_tf32
     finally:
-        conv.fp32_precision, matmul.fp32_precision = before
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = legacy
+        for switch, value in zip(switches, before):
+            switch.fp32_precision = value
+    assert (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32) == legacy  # answers again
 
 
 def test_bf16_features_are_close_to_fp32_but_not_equal(faces):
