@@ -19,6 +19,9 @@ from conftest import store_count
 from mlflow.tracking import MlflowClient
 from sessions import kill_session, session
 
+from sweeper.driver import final, resume
+from sweeper.driver.resume import SweepState
+
 pytestmark = pytest.mark.slow  # real sweeps (killed, resumed, failing): minutes
 
 NUM_SAMPLES, NUM_EVALS = 3, 8
@@ -174,6 +177,29 @@ def test_a_resume_repeats_no_finished_step(resumed):
             assert [m.value for m in history] == pytest.approx([] if expected is None else [expected]), key
     assert version.run_id == child_run_of(children, registered["trial_id"])
     assert len(client.get_metric_history(parents[0].info.run_id, "fid_final")) == 1
+
+
+def test_numbers_a_killed_step_logs_again_on_resume_stay_one_point_each(tmp_path):
+    """The window test_a_resume_repeats_no_finished_step can only hit by chance: a driver killed after
+    logging the final numbers and before recording that it did. The resume logs them again, with the
+    timestamp the state recorded, and MLflow's store keeps one point per number."""
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    experiment = client.create_experiment("resumed")
+    parent, child = (client.create_run(experiment).info.run_id for _ in range(2))
+    (tmp_path / "experiment").mkdir()
+    first = SweepState(str(tmp_path / "experiment"), "resumed", "space.py", True, "running", "2026-12-07T00:00:00",
+                       client.tracking_uri, experiment, parent)
+    resume.write_state(first, None)
+    stamp = resume.logged_at(first)
+    for driver in (first, resume.sweeps_in(str(tmp_path))[0]):  # the killed driver, then the resume
+        assert resume.logged_at(driver) == stamp
+        final._log_measured(client, child, 3, {"fid_final": 41.5, "final_eval_period": 3}, {}, {}, resume.logged_at(driver))
+        client.log_metric(parent, "fid_final", 41.5, timestamp=resume.logged_at(driver))
+    assert [(m.value, m.step, m.timestamp) for m in client.get_metric_history(child, "fid_final")] == [(41.5, 3, stamp)]
+    assert [(m.value, m.timestamp) for m in client.get_metric_history(parent, "fid_final")] == [(41.5, stamp)]
+    # Without the recorded timestamp a second log is a second point: what the state's record prevents.
+    client.log_metric(parent, "fid_final", 41.5, timestamp=stamp + 1)
+    assert len(client.get_metric_history(parent, "fid_final")) == 2
 
 
 def child_run_of(children, trial_id: str) -> str:

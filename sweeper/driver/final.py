@@ -91,7 +91,7 @@ def evaluate(run: Running, table: pd.DataFrame, results,
     for column in filter(None, (kind.select_metric, kind.final_metric, "final_eval_period")):
         table[column] = float("nan")
     table.attrs["final_metrics"] = sorted({key for metrics, _ in measured.values() for key in metrics})
-    logged = list(resume.recorded(state, resume.FINAL_LOGGED) or [])
+    logged, stamp = list(resume.recorded(state, resume.FINAL_LOGGED) or []), resume.logged_at(state)
     for trial_id, (metrics, files) in measured.items():
         row = table.index[table["trial_id"] == trial_id][0]
         values = {**metrics, "final_eval_period": chosen[trial_id].period}
@@ -99,7 +99,7 @@ def evaluate(run: Running, table: pd.DataFrame, results,
             table.loc[row, key] = value
         if trial_id not in logged:
             _log_measured(run.tracking.client(), table.loc[row, "run_id"], chosen[trial_id].period, values, files,
-                          inputs.final_tags)
+                          inputs.final_tags, stamp)
             logged.append(trial_id)
             resume.record(state, resume.FINAL_LOGGED, logged)
     return table, chosen
@@ -151,9 +151,9 @@ def result_of(results, trial_id: str):
     return next(r for r in results if r.metrics and r.metrics.get("trial_id") == trial_id)
 
 
-def _log_measured(client, run_id: str, step: int, metrics: dict, files: dict, tags: dict) -> None:
+def _log_measured(client, run_id: str, step: int, metrics: dict, files: dict, tags: dict, timestamp: int) -> None:
     for key, value in metrics.items():
-        client.log_metric(run_id, key, float(value), step=step)
+        client.log_metric(run_id, key, float(value), timestamp=timestamp, step=step)
     for key, value in tags.items():
         client.set_tag(run_id, key, value)
     if files:

@@ -23,7 +23,8 @@ record instead of running it again:
 - `parent_metrics`, `summary`: the parent run's summary numbers, files and figures.
 
 A driver killed inside a step (between two MLflow calls) leaves it unrecorded: it runs again on
-resume. For a registration that is a model version already made from the winner's run: it is
+resume. Its metrics are logged again with the timestamp recorded for them (`logged_at`), so each
+stays one point in MLflow. For a registration that is a model version already made from the winner's run: it is
 deleted and the registration done again (sweeper.driver.run), so one version remains.
 
 **Trials `resume` re-runs after they errored** (Tune's `resume_errored`) were told to the searcher
@@ -58,6 +59,7 @@ STATE_FILE, SWEEP_FILE, FINAL_FILES = "sweeper.json", "sweep.pkl", "final_files.
 # The steps after the trials that a resume must not repeat (see the module's docstring).
 FINAL_MEASURED, FINAL_LOGGED, REGISTERED, PARENT_METRICS, SUMMARY = (
     "final_measured", "final_logged", "registered", "parent_metrics", "summary")
+LOGGED_AT = "logged_at"  # the time every metric of those steps is logged with (logged_at below)
 RUNNING, FINISHED, INTERRUPTED, FAILED = "running", "finished", "interrupted", "failed"
 
 
@@ -119,6 +121,18 @@ def record(state: SweepState | None, step: str, made) -> None:
         return
     state.steps[step] = made
     _write_state_file(state)
+
+
+def logged_at(state: SweepState | None) -> int:
+    """The timestamp (ms since the epoch) every metric of the steps after the trials is logged with,
+    recorded the first time it is asked for. A driver killed between an MLflow call and the record
+    of its step logs the same numbers again on resume: with the same key, step, value and timestamp
+    MLflow's store keeps them as one point (its SQL store skips a metric row it already holds), not two."""
+    stamp = recorded(state, LOGGED_AT)
+    if stamp is None:
+        stamp = int(time.time() * 1000)
+        record(state, LOGGED_AT, stamp)
+    return stamp
 
 
 def record_measured(state: SweepState | None, measured: dict) -> None:

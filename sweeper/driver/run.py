@@ -279,9 +279,10 @@ def _summarise(run: Running, table, results, searcher, candidates: dict, state: 
         client.set_tag(run.tracking.parent_run_id, "sweeper.best_trial", winner)
         if kind.model_kind is not None:
             registered = _register_once(run, table, candidates[winner], state)
+    stamp = resume.logged_at(state)
     if resume.recorded(state, resume.PARENT_METRICS) is None:
         for key, value in metrics.items():
-            client.log_metric(run.tracking.parent_run_id, key, value)
+            client.log_metric(run.tracking.parent_run_id, key, value, timestamp=stamp)
         resume.record(state, resume.PARENT_METRICS, {key: float(value) for key, value in metrics.items()})
     best_config = without_generation(final.result_of(results, winner).config) if winner else None
     summary = SweepSummary(sweep.name, run.tracking, table, final_metric, run.inputs.measured_on, winner=winner,
@@ -289,8 +290,8 @@ def _summarise(run: Running, table, results, searcher, candidates: dict, state: 
                            lines=lines, **registered)
     if resume.recorded(state, resume.SUMMARY) is None:
         log_summary(run.tracking, sweep, table, results, searcher, winner, kind.final_metric,
-                    extra={"summary.json": _summary_json(summary)})
-        _log_rungs(run)
+                    extra={"summary.json": _summary_json(summary)}, timestamp=stamp)
+        _log_rungs(run, stamp)
         _log_lineage(run, candidates.get(winner), table)
         resume.record(state, resume.SUMMARY, True)
     end_run(client, run.tracking.parent_run_id, COMPLETED if winner is not None else NO_WINNER)
@@ -337,13 +338,14 @@ def _end_interrupted(run: Running, table, results=None, searcher=None) -> SweepS
                         run.kind.final_metric or "", interrupted=True, experiment_path=run.path)
 
 
-def _log_rungs(run: Running) -> None:
+def _log_rungs(run: Running, timestamp: int | None = None) -> None:
     """The promotion scheduler's decisions, as saved with the experiment (sweeper.search.spending)."""
     state = (read_search_state(run.path) or {}).get("scheduler")
     if state is None:
         return
     try:
-        for line in log_rungs(run.tracking.client(), run.tracking.parent_run_id, child_runs(run.tracking), state):
+        for line in log_rungs(run.tracking.client(), run.tracking.parent_run_id, child_runs(run.tracking), state,
+                              timestamp):
             print(line, flush=True)
     except Exception as e:  # noqa: BLE001  the sweep's results matter more than this record of them
         log.warning("the rungs' decisions were not logged (%s: %s)", type(e).__name__, str(e).splitlines()[0][:200])

@@ -51,9 +51,9 @@ def rank_correlations(state: dict) -> dict[str, float]:
     return out
 
 
-def log_rungs(client, parent_run_id: str, runs: dict[str, str], state: dict) -> list[str]:
+def log_rungs(client, parent_run_id: str, runs: dict[str, str], state: dict, timestamp: int | None = None) -> list[str]:
     """Tags on the trials' runs (`runs`: trial id -> run id), rungs.json and the correlations on the
-    parent; returns the console lines."""
+    parent (at `timestamp`, ms; None: now); returns the console lines."""
     rows = decisions(state)
     by_trial: dict[str, list[str]] = {}
     for row in rows:
@@ -66,7 +66,7 @@ def log_rungs(client, parent_run_id: str, runs: dict[str, str], state: dict) -> 
                                               indent=1), "rungs.json")
     correlations = rank_correlations(state)
     for key, value in correlations.items():
-        client.log_metric(parent_run_id, key, value)
+        client.log_metric(parent_run_id, key, value, timestamp=timestamp)
     counts = ", ".join(f"{sum(r['rung'] == rung for r in rows)} at {rung}" for rung in state["rungs"])
     lines = [f"rungs: {counts} eval periods"]
     if correlations:

@@ -26,10 +26,11 @@ PERIOD_GRID = re.compile(r"grids/eval_(\d+)\.png")  # each period's grid (sweepe
 
 
 def log_summary(tracking: Tracking, sweep, table: pd.DataFrame, results, searcher, winner: str | None,
-                final_metric: str | None, extra: dict[str, bytes] = None) -> None:
+                final_metric: str | None, extra: dict[str, bytes] = None, timestamp: int | None = None) -> None:
     """Write the files into the parent run, and the parameter importances as its metrics. A figure
     that cannot be drawn is logged and left out: the sweep's results matter more than its pictures.
-    `final_metric`: the re-measured number that ranks the trials where it exists (None: none)."""
+    `final_metric`: the re-measured number that ranks the trials where it exists (None: none);
+    `timestamp` (ms): the metrics' (None: now)."""
     client, files, metrics = tracking.client(), dict(extra or {}), {}
     ranking = final_metric if final_metric and final_metric in table else sweep.metric
     parts = {
@@ -53,7 +54,7 @@ def log_summary(tracking: Tracking, sweep, table: pd.DataFrame, results, searche
             (Path(tmp) / name).write_bytes(content)
         client.log_artifacts(tracking.parent_run_id, tmp)
     for key, value in metrics.items():
-        client.log_metric(tracking.parent_run_id, key, value)
+        client.log_metric(tracking.parent_run_id, key, value, timestamp=timestamp)
 
 
 def _curves(results, metric: str) -> dict[str, pd.DataFrame]:
