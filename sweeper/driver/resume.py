@@ -24,8 +24,9 @@ record instead of running it again:
 
 A driver killed inside a step (between two MLflow calls) leaves it unrecorded: it runs again on
 resume. Its metrics are logged again with the timestamp recorded for them (`logged_at`), so each
-stays one point in MLflow. For a registration that is a model version already made from the winner's run: it is
-deleted and the registration done again (sweeper.driver.run), so one version remains.
+stays one point in MLflow. For a registration that is a model version already made from the
+winner's run: it is deleted and the registration done again (sweeper.driver.run), so one version
+remains.
 
 **Trials `resume` re-runs after they errored** (Tune's `resume_errored`) were told to the searcher
 as FAIL. Optuna cannot tell a finished trial again, and Tune's ConcurrencyLimiter passes nothing on
